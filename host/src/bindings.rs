@@ -1,0 +1,10 @@
+//! Host bindings generated from `wit/` (the `sluice:task` package).
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "task",
+    imports: { default: trappable },
+    with: {
+        "sluice:task/sql.cursor": crate::capabilities::sql_host::CursorHandle,
+    },
+});

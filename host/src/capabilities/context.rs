@@ -1,0 +1,54 @@
+//! The `context` interface: facts about the task instance.
+
+use crate::bindings::sluice::task::context::Host;
+
+use super::TaskHost;
+
+/// The values served to the guest; fixed for the try.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// DAG id.
+    pub dag_id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Task id.
+    pub task_id: String,
+    /// Try number, from 1.
+    pub try_number: u32,
+    /// Logical date, RFC 3339.
+    pub logical_date: String,
+    /// Merged params as a JSON object.
+    pub params: String,
+    /// Staging directory (same path on host and guest).
+    pub staging_dir: String,
+}
+
+impl Host for TaskHost {
+    fn dag_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.context.dag_id.clone())
+    }
+
+    fn run_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.context.run_id.clone())
+    }
+
+    fn task_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.context.task_id.clone())
+    }
+
+    fn try_number(&mut self) -> wasmtime::Result<u32> {
+        Ok(self.context.try_number)
+    }
+
+    fn logical_date(&mut self) -> wasmtime::Result<String> {
+        Ok(self.context.logical_date.clone())
+    }
+
+    fn params(&mut self) -> wasmtime::Result<String> {
+        Ok(self.context.params.clone())
+    }
+
+    fn staging_dir(&mut self) -> wasmtime::Result<String> {
+        Ok(self.context.staging_dir.clone())
+    }
+}

@@ -1,0 +1,106 @@
+//! Per-try limits: wall-clock deadline and linear memory.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The wall-clock deadline of a try, shared by the epoch callback (guest code),
+/// the host calls, and the executor's watchdog (which interrupts DuckDB).
+#[derive(Debug)]
+pub struct Deadline {
+    at: Instant,
+    timeout: Duration,
+    fired: AtomicBool,
+}
+
+impl Deadline {
+    /// A deadline `timeout` from now.
+    pub fn after(timeout: Duration) -> Self {
+        Self {
+            at: Instant::now() + timeout,
+            timeout,
+            fired: AtomicBool::new(false),
+        }
+    }
+
+    /// The instant it expires.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// The configured timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether it has passed (and remembers that it did).
+    pub fn expired(&self) -> bool {
+        if self.fired.load(Ordering::Relaxed) {
+            return true;
+        }
+        if Instant::now() >= self.at {
+            self.fired.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+/// The error that stops a task at its deadline.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("timed out after {}", humantime::format_duration(*.0))]
+pub struct TimedOut(pub Duration);
+
+/// The error that stops a task growing its memory past the limit.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "memory limit exceeded: the task asked for {desired} bytes of linear memory; its limit is {limit} bytes"
+)]
+pub struct MemoryExceeded {
+    /// Bytes requested.
+    pub desired: usize,
+    /// The limit.
+    pub limit: usize,
+}
+
+/// Linear memory and table limits of a task instance.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryLimiter {
+    memory: usize,
+    table_elements: usize,
+}
+
+impl MemoryLimiter {
+    /// A limiter allowing `memory` bytes of linear memory in all.
+    pub fn new(memory: u64) -> Self {
+        Self {
+            memory: usize::try_from(memory).unwrap_or(usize::MAX),
+            table_elements: 1 << 20,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            return Err(wasmtime::Error::new(MemoryExceeded {
+                desired,
+                limit: self.memory,
+            }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_elements)
+    }
+}

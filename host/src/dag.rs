@@ -1,0 +1,161 @@
+//! The validated model of a DAG: what a manifest says once defaults are applied,
+//! and what a deployment stores (with each task's component digest).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A DAG ready to deploy or run. Tasks are in a topological order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DagSpec {
+    /// The DAG's id, unique in a Sluice home.
+    pub id: String,
+    /// Free text shown by `sluice versions`.
+    pub description: String,
+    /// DAG-level params, visible to every task (run params override them).
+    pub params: Map<String, Value>,
+    /// How many task instances of one run may run at the same time.
+    pub max_active_tasks: u32,
+    /// The tasks, upstream before downstream.
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// One task of a DAG.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The task id, unique in its DAG.
+    pub id: String,
+    /// The plugin name from the manifest.
+    pub plugin: String,
+    /// The sha256 of the component (hex); empty until deployed.
+    pub component: String,
+    /// Upstream task ids.
+    pub after: Vec<String>,
+    /// Task params (override DAG params).
+    pub params: Map<String, Value>,
+    /// Limits and retry policy.
+    pub policy: TaskPolicy,
+}
+
+/// Limits and retry policy of a task instance.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TaskPolicy {
+    /// Retries after the first try (0: one try in all).
+    pub retries: u32,
+    /// Delay before the first retry.
+    pub retry_delay: Duration,
+    /// Double the delay on each further retry.
+    pub retry_exponential_backoff: bool,
+    /// Upper bound of the delay with backoff.
+    pub max_retry_delay: Duration,
+    /// Wall-clock limit of one try, SQL included.
+    pub timeout: Duration,
+    /// Maximum WebAssembly linear memory, in bytes.
+    pub memory: u64,
+    /// DuckDB `memory_limit`, in bytes.
+    pub duckdb_memory: u64,
+    /// DuckDB worker threads.
+    pub threads: u32,
+    /// DuckDB `max_temp_directory_size` (spill to staging), in bytes.
+    pub spill_limit: u64,
+}
+
+impl Default for TaskPolicy {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+        Self {
+            retries: 0,
+            retry_delay: Duration::from_secs(10),
+            retry_exponential_backoff: false,
+            max_retry_delay: Duration::from_secs(3600),
+            timeout: Duration::from_secs(3600),
+            memory: 512 << 20,
+            duckdb_memory: 4 << 30,
+            threads: cores,
+            spill_limit: 64 << 30,
+        }
+    }
+}
+
+impl TaskPolicy {
+    /// Total tries allowed.
+    pub fn max_tries(&self) -> u32 {
+        self.retries.saturating_add(1)
+    }
+
+    /// Delay before try `next_try` (2 = first retry), with backoff when enabled.
+    pub fn delay_before(&self, next_try: u32) -> Duration {
+        if !self.retry_exponential_backoff {
+            return self.retry_delay;
+        }
+        let doublings = next_try.saturating_sub(2).min(30);
+        self.retry_delay
+            .saturating_mul(1 << doublings)
+            .min(self.max_retry_delay)
+    }
+}
+
+impl DagSpec {
+    /// The task with id `id`.
+    pub fn task(&self, id: &str) -> Option<&TaskSpec> {
+        self.tasks.iter().find(|t| t.id == id)
+    }
+
+    /// Canonical JSON: the bytes a DAG version digest is computed over.
+    pub fn canonical_json(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or(Value::Null);
+        canonicalize(value).to_string()
+    }
+}
+
+/// Sorts object keys recursively so that equal specs serialize identically.
+fn canonicalize(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, canonicalize(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(canonicalize).collect()),
+        other => other,
+    }
+}
+
+/// Whether `id` is a valid DAG or task id: ASCII letters, digits, `_` and `-`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let policy = TaskPolicy {
+            retry_delay: Duration::from_secs(1),
+            retry_exponential_backoff: true,
+            max_retry_delay: Duration::from_secs(5),
+            ..TaskPolicy::default()
+        };
+        let delays: Vec<u64> = (2..=6).map(|t| policy.delay_before(t).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 5, 5]);
+    }
+
+    #[test]
+    fn canonical_json_ignores_key_order() {
+        let a: Value = serde_json::json!({"b": 1, "a": {"y": 2, "x": 3}});
+        let b: Value = serde_json::json!({"a": {"x": 3, "y": 2}, "b": 1});
+        assert_eq!(canonicalize(a).to_string(), canonicalize(b).to_string());
+    }
+}

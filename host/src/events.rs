@@ -1,0 +1,65 @@
+//! Events flowing from running tasks to the scheduler, and from the scheduler
+//! to whoever watches a run (the CLI's live display).
+
+use chrono::{DateTime, Utc};
+
+use crate::state::{RunState, TaskState};
+
+/// Identifies one try of one task instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskKey {
+    /// Run id.
+    pub run_id: String,
+    /// Task id.
+    pub task_id: String,
+    /// Try number.
+    pub try_number: u32,
+}
+
+/// Something that happened in a run.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    /// A task instance changed state.
+    TaskState {
+        /// Task id.
+        task_id: String,
+        /// New state.
+        state: TaskState,
+        /// Try number (0 before the first try).
+        try_number: u32,
+        /// Error text, for failures.
+        error: Option<String>,
+    },
+    /// A log line of a try.
+    Log {
+        /// Which try.
+        key: TaskKey,
+        /// When.
+        ts: DateTime<Utc>,
+        /// Level name.
+        level: &'static str,
+        /// Message.
+        message: String,
+    },
+    /// Progress reported by the task.
+    Progress {
+        /// Which try.
+        key: TaskKey,
+        /// Units done.
+        done: u64,
+        /// Units in all (0: unknown).
+        total: u64,
+    },
+    /// DuckDB's estimate for the statement a task is running, in percent.
+    SqlProgress {
+        /// Which try.
+        key: TaskKey,
+        /// 0–100.
+        percent: f64,
+    },
+    /// The run ended.
+    RunFinished {
+        /// Final state.
+        state: RunState,
+    },
+}

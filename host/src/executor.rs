@@ -1,0 +1,236 @@
+//! Runs one try of a task instance: opens its DuckDB session, builds its
+//! sandbox, calls `run`, and enforces the deadline (epoch interruption for guest
+//! code, DuckDB interruption for SQL). The local executor runs tries as tokio
+//! blocking tasks in this process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::bindings::TaskPre;
+use crate::bindings::sluice::task::types::ErrorKind;
+use crate::capabilities::limits::{MemoryExceeded, TimedOut};
+use crate::capabilities::sql::SqlConfig;
+use crate::capabilities::wasi::{CapturedOutput, sandbox_ctx};
+use crate::capabilities::{Deadline, LogSink, MemoryLimiter, SqlSession, TaskContext, TaskHost};
+use crate::dag::TaskPolicy;
+use crate::engine::Engine;
+use crate::events::{RunEvent, TaskKey};
+
+/// Largest output a task may return.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// How often a running task's SQL progress is sampled for the live display.
+const PROGRESS_POLL: Duration = Duration::from_millis(250);
+
+/// Everything needed to run one try.
+#[derive(Debug, Clone)]
+pub struct TryRequest {
+    /// Which try.
+    pub key: TaskKey,
+    /// DAG id.
+    pub dag_id: String,
+    /// The run's logical date.
+    pub logical_date: DateTime<Utc>,
+    /// Merged params (JSON object).
+    pub params: Value,
+    /// Outputs of upstream tasks, by task id.
+    pub upstream: serde_json::Map<String, Value>,
+    /// The run's staging directory (canonical).
+    pub staging_dir: PathBuf,
+    /// Limits.
+    pub policy: TaskPolicy,
+}
+
+/// How a try ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TryOutcome {
+    /// `run` returned this JSON output.
+    Success {
+        /// The output.
+        output: String,
+    },
+    /// The try failed.
+    Failed {
+        /// Why, in one line.
+        error: String,
+        /// Whether another try may help.
+        retryable: bool,
+    },
+}
+
+/// Runs one try to its end. Never panics on guest behaviour.
+pub async fn run_try(
+    engine: Arc<Engine>,
+    pre: TaskPre<TaskHost>,
+    request: TryRequest,
+    events: UnboundedSender<RunEvent>,
+) -> TryOutcome {
+    let deadline = Arc::new(Deadline::after(request.policy.timeout));
+    let (handles_tx, handles_rx) = tokio::sync::oneshot::channel();
+    let key = request.key.clone();
+    let worker = {
+        let deadline = deadline.clone();
+        let events = events.clone();
+        tokio::task::spawn_blocking(move || {
+            run_blocking(&engine, &pre, request, deadline, events, handles_tx)
+        })
+    };
+    tokio::pin!(worker);
+
+    // Watch the try: sample SQL progress, and interrupt DuckDB at the deadline.
+    let handles: Option<(Arc<duckdb::InterruptHandle>, duckdb::ProgressHandle)> =
+        handles_rx.await.ok();
+    let mut interrupted = false;
+    let mut ticker = tokio::time::interval(PROGRESS_POLL);
+    let deadline_at = tokio::time::Instant::from_std(deadline.at());
+    loop {
+        tokio::select! {
+            joined = &mut worker => {
+                return joined.unwrap_or_else(|e| TryOutcome::Failed {
+                    error: format!("the host thread running the task failed: {e}"),
+                    retryable: true,
+                });
+            }
+            () = tokio::time::sleep_until(deadline_at), if !interrupted => {
+                interrupted = true;
+                deadline.expired();
+                if let Some((interrupt, _)) = &handles {
+                    interrupt.interrupt();
+                }
+            }
+            _ = ticker.tick() => {
+                if let Some(percent) = handles.as_ref().and_then(|(_, p)| p.query_progress().percentage()) {
+                    let _ = events.send(RunEvent::SqlProgress { key: key.clone(), percent });
+                }
+            }
+        }
+    }
+}
+
+type Handles = (Arc<duckdb::InterruptHandle>, duckdb::ProgressHandle);
+
+fn run_blocking(
+    engine: &Engine,
+    pre: &TaskPre<TaskHost>,
+    request: TryRequest,
+    deadline: Arc<Deadline>,
+    events: UnboundedSender<RunEvent>,
+    handles: tokio::sync::oneshot::Sender<Handles>,
+) -> TryOutcome {
+    let mut log = LogSink::new(request.key.clone(), events);
+    let failed = |error: String| TryOutcome::Failed {
+        error,
+        retryable: true,
+    };
+    let staging = match request.staging_dir.to_str() {
+        Some(s) => s.to_owned(),
+        None => {
+            return failed(format!(
+                "staging path {} is not UTF-8",
+                request.staging_dir.display()
+            ));
+        }
+    };
+    let sql = match SqlSession::open(SqlConfig {
+        staging_dir: request.staging_dir.clone(),
+        memory_limit: request.policy.duckdb_memory,
+        threads: request.policy.threads,
+        spill_limit: request.policy.spill_limit,
+    }) {
+        Ok(sql) => sql,
+        Err(e) => return failed(format!("cannot open the task's DuckDB session: {e}")),
+    };
+    let _ = handles.send((sql.interrupt_handle(), sql.progress_handle()));
+    let (wasi, captured) = match sandbox_ctx(&request.staging_dir) {
+        Ok(ctx) => ctx,
+        Err(e) => return failed(format!("cannot build the task's sandbox: {e:#}")),
+    };
+    let input =
+        serde_json::json!({ "params": request.params, "upstream": request.upstream }).to_string();
+    let context = TaskContext {
+        dag_id: request.dag_id,
+        run_id: request.key.run_id.clone(),
+        task_id: request.key.task_id.clone(),
+        try_number: request.key.try_number,
+        logical_date: request
+            .logical_date
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        params: request.params.to_string(),
+        staging_dir: staging,
+    };
+    let host = TaskHost::new(
+        context,
+        sql,
+        log.clone(),
+        deadline.clone(),
+        MemoryLimiter::new(request.policy.memory),
+        wasi,
+    );
+    let mut store = engine.store(host);
+    let result = pre
+        .instantiate(&mut store)
+        .and_then(|task| task.call_run(&mut store, &input));
+    // Close the DuckDB session before reporting, so the staging files are complete.
+    drop(store);
+    let panic_message = drain_output(&captured, &mut log);
+
+    match result {
+        _ if deadline.expired() => {
+            let error = TimedOut(deadline.timeout()).to_string();
+            log.line("error", &format!("[sluice] {error}"));
+            failed(error)
+        }
+        Ok(Ok(output)) if output.len() > MAX_OUTPUT_BYTES => TryOutcome::Failed {
+            error: format!(
+                "output is {} bytes; the limit is {MAX_OUTPUT_BYTES} bytes (hand large data over as files in staging)",
+                output.len()
+            ),
+            retryable: false,
+        },
+        Ok(Ok(output)) => TryOutcome::Success { output },
+        Ok(Err(task_error)) => TryOutcome::Failed {
+            error: task_error.message,
+            retryable: task_error.kind == ErrorKind::Retryable,
+        },
+        Err(trap) => {
+            log.line("error", &format!("[sluice] the task trapped: {trap:?}"));
+            let error = if let Some(e) = trap.downcast_ref::<MemoryExceeded>() {
+                e.to_string()
+            } else if let Some(e) = trap.downcast_ref::<TimedOut>() {
+                e.to_string()
+            } else if let Some(panic) = panic_message {
+                format!("panicked: {panic}")
+            } else {
+                format!("trapped: {}", trap.root_cause())
+            };
+            failed(error)
+        }
+    }
+}
+
+/// Moves captured stdout/stderr into the log; returns a Rust panic message seen on stderr.
+fn drain_output(captured: &CapturedOutput, log: &mut LogSink) -> Option<String> {
+    let stdout = captured.stdout.contents();
+    for line in String::from_utf8_lossy(&stdout).lines() {
+        log.line("info", &format!("[stdout] {line}"));
+    }
+    let stderr = captured.stderr.contents();
+    let stderr = String::from_utf8_lossy(&stderr);
+    let mut panic = None;
+    let mut lines = stderr.lines();
+    while let Some(line) = lines.next() {
+        log.line("warn", &format!("[stderr] {line}"));
+        if panic.is_none() && line.contains("panicked at") {
+            panic = lines.next().map(|msg| {
+                log.line("warn", &format!("[stderr] {msg}"));
+                msg.trim().to_owned()
+            });
+        }
+    }
+    panic
+}

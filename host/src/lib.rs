@@ -1,0 +1,25 @@
+//! Sluice: runs data-pipeline tasks as sandboxed WebAssembly components, with
+//! DuckDB in the host doing the heavy lifting.
+//!
+//! Data flows one way: the CLI asks the [`scheduler`] to run a deployed DAG
+//! version; the scheduler hands each try to the [`executor`], which
+//! instantiates the component with the [`engine`]; the guest reaches the world
+//! only through the host calls in [`capabilities`] (its context, SQL in its own
+//! DuckDB session confined to the run's staging directory, logging).
+
+mod bindings;
+pub mod capabilities;
+pub mod dag;
+pub mod engine;
+pub mod events;
+pub mod executor;
+pub mod home;
+pub mod manifest;
+pub mod plugins;
+pub mod registry;
+pub mod runtime;
+pub mod scheduler;
+pub mod state;
+pub mod store;
+
+pub use runtime::Sluice;

@@ -1,0 +1,385 @@
+//! The `sluice` command line.
+
+mod display;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value};
+
+use sluice::Sluice;
+use sluice::home::Home;
+use sluice::manifest::Manifest;
+use sluice::scheduler::{RunOptions, run_dag};
+use sluice::state::RunState;
+use sluice::store::VersionRecord;
+
+/// Run data-pipeline tasks as sandboxed WebAssembly components.
+#[derive(Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    /// The Sluice home: metadatabase, components, compile cache, staging.
+    #[arg(long, global = true, env = "SLUICE_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compile the plugins workspace to components in `<plugins>/dist`.
+    Build {
+        /// The plugins workspace.
+        #[arg(long, default_value = "plugins")]
+        plugins: PathBuf,
+    },
+    /// Store a DAG's components and record its version.
+    Deploy {
+        /// A manifest file or a directory holding `dag.toml`.
+        dag: PathBuf,
+    },
+    /// List the deployed versions of a DAG.
+    Versions {
+        /// DAG id.
+        dag_id: String,
+    },
+    /// Run a DAG: a manifest path (deployed first) or a deployed DAG id.
+    Run {
+        /// Manifest path or DAG id.
+        dag: String,
+        /// A run param, `key=value` (value parsed as JSON when it is JSON).
+        #[arg(long = "param", short = 'p', value_parser = parse_param)]
+        params: Vec<(String, Value)>,
+        /// Build the plugins workspace next to the manifest's plugin directory first.
+        #[arg(long)]
+        build: bool,
+        /// The run's logical date (RFC 3339; default now).
+        #[arg(long)]
+        logical_date: Option<chrono::DateTime<chrono::Utc>>,
+        /// Print plain state changes instead of the live display.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Inspect runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Print the log of a task instance.
+    Logs {
+        /// Run id.
+        run_id: String,
+        /// Task id.
+        task_id: String,
+        /// Only this try.
+        #[arg(long = "try")]
+        try_number: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Recent runs, newest first.
+    List {
+        /// Only runs of this DAG.
+        #[arg(long)]
+        dag: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One run and its task instances.
+    Show {
+        /// Run id.
+        run_id: String,
+    },
+}
+
+fn parse_param(text: &str) -> Result<(String, Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not key=value"))?;
+    if key.is_empty() {
+        return Err(format!("`{text}` has an empty key"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SLUICE_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn open(home: Option<PathBuf>) -> Result<Sluice> {
+    let root = home.unwrap_or_else(Home::default_root);
+    Ok(Sluice::open(&root)?)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Build { plugins } => {
+            let built = sluice::plugins::build_plugins(&plugins, false)?;
+            for path in built {
+                println!("built {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deploy { dag } => {
+            let manifest = Manifest::load(&dag)?;
+            let sluice = open(cli.home)?;
+            deploy(&sluice, &manifest)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Versions { dag_id } => {
+            let sluice = open(cli.home)?;
+            let versions = sluice.store.versions(&dag_id)?;
+            if versions.is_empty() {
+                bail!("DAG `{dag_id}` has not been deployed");
+            }
+            println!(
+                "{:<1} {:<12} {:<24} {:<20} {:>5}  SOURCE",
+                "", "VERSION", "LABEL", "DEPLOYED", "TASKS"
+            );
+            for v in versions {
+                println!(
+                    "{:<1} {:<12} {:<24} {:<20} {:>5}  {}",
+                    if v.current { "*" } else { "" },
+                    short(&v.digest),
+                    v.label,
+                    v.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    v.spec.tasks.len(),
+                    v.source
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            dag,
+            params,
+            build,
+            logical_date,
+            no_progress,
+        } => {
+            let sluice = open(cli.home)?;
+            let version = resolve_version(&sluice, &dag, build)?;
+            let options = RunOptions {
+                params: params.into_iter().collect::<Map<_, _>>(),
+                logical_date,
+            };
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let summary = runtime.block_on(async {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let display = display::spawn(&version.spec, rx, no_progress);
+                let summary = run_dag(&sluice, &version, options, Some(tx)).await;
+                let _ = display.await;
+                summary
+            })?;
+            print_run_result(&sluice, &summary.run_id)?;
+            Ok(if summary.state == RunState::Success {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Runs {
+            command: RunsCommand::List { dag, limit },
+        } => {
+            let sluice = open(cli.home)?;
+            println!(
+                "{:<36} {:<20} {:<12} {:<8} {:<20} {:>10}",
+                "RUN", "DAG", "VERSION", "STATE", "STARTED", "DURATION"
+            );
+            for r in sluice.store.runs(dag.as_deref(), limit)? {
+                let duration = match (r.started_at, r.ended_at) {
+                    (Some(s), Some(e)) => display::seconds((e - s).to_std().unwrap_or_default()),
+                    _ => String::new(),
+                };
+                println!(
+                    "{:<36} {:<20} {:<12} {:<8} {:<20} {:>10}",
+                    r.run_id,
+                    r.dag_id,
+                    short(&r.version),
+                    r.state,
+                    r.started_at
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_default(),
+                    duration
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs {
+            command: RunsCommand::Show { run_id },
+        } => {
+            let sluice = open(cli.home)?;
+            show_run(&sluice, &run_id)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs {
+            run_id,
+            task_id,
+            try_number,
+        } => {
+            let sluice = open(cli.home)?;
+            let run = sluice.store.run(&run_id)?;
+            if !sluice
+                .store
+                .tasks(&run.run_id)?
+                .iter()
+                .any(|t| t.task_id == task_id)
+            {
+                bail!("run `{run_id}` has no task `{task_id}`");
+            }
+            for line in sluice.store.logs(&run_id, &task_id, try_number)? {
+                println!(
+                    "{} try {} {:<5} {}",
+                    line.ts.format("%H:%M:%S%.3f"),
+                    line.try_number,
+                    line.level,
+                    line.message
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
+fn deploy(sluice: &Sluice, manifest: &Manifest) -> Result<sluice::registry::Deployment> {
+    let d = sluice::registry::deploy(&sluice.home, &sluice.store, &sluice.engine, manifest)?;
+    let what = if d.new_version {
+        "new version"
+    } else {
+        "unchanged"
+    };
+    let compiled = if d.compiled.is_empty() {
+        "nothing compiled".to_owned()
+    } else {
+        format!("compiled {}", d.compiled.join(", "))
+    };
+    println!(
+        "deployed {} {} ({}) — {what}, {compiled}",
+        d.dag_id,
+        short(&d.version),
+        d.label
+    );
+    Ok(d)
+}
+
+/// A path is loaded and deployed; anything else is a deployed DAG id.
+fn resolve_version(sluice: &Sluice, dag: &str, build: bool) -> Result<VersionRecord> {
+    let path = Path::new(dag);
+    if !path.exists() {
+        if build {
+            bail!("--build needs a manifest path; `{dag}` is not one");
+        }
+        return Ok(sluice.store.current_version(dag)?);
+    }
+    let manifest = Manifest::load(path)?;
+    if build {
+        let workspace = manifest
+            .plugin_dir
+            .parent()
+            .filter(|p| p.join("Cargo.toml").is_file())
+            .with_context(|| {
+                format!(
+                    "no plugins workspace (Cargo.toml) next to {}",
+                    manifest.plugin_dir.display()
+                )
+            })?;
+        eprintln!("building {}", workspace.display());
+        sluice::plugins::build_plugins(workspace, false)?;
+    }
+    let deployment = deploy(sluice, &manifest)?;
+    Ok(sluice
+        .store
+        .version(&deployment.dag_id, &deployment.version)?)
+}
+
+fn print_run_result(sluice: &Sluice, run_id: &str) -> Result<()> {
+    let run = sluice.store.run(run_id)?;
+    let version = sluice.store.version(&run.dag_id, &run.version)?;
+    let tasks = sluice.store.tasks(run_id)?;
+    let duration = match (run.started_at, run.ended_at) {
+        (Some(s), Some(e)) => display::seconds((e - s).to_std().unwrap_or_default()),
+        _ => String::new(),
+    };
+    println!("run {} {} in {duration}", run.run_id, run.state);
+    println!("staging: {}", run.staging_dir);
+    let has_downstream: std::collections::HashSet<&str> = version
+        .spec
+        .tasks
+        .iter()
+        .flat_map(|t| t.after.iter().map(String::as_str))
+        .collect();
+    for task in tasks
+        .iter()
+        .filter(|t| !has_downstream.contains(t.task_id.as_str()))
+    {
+        match (&task.output, &task.error) {
+            (Some(output), _) => println!("result of {}: {output}", task.task_id),
+            (None, Some(error)) => println!("{} {}: {error}", task.task_id, task.state),
+            (None, None) => println!("{} {}", task.task_id, task.state),
+        }
+    }
+    if let Some(error) = &run.error {
+        println!("error: {error}");
+    }
+    Ok(())
+}
+
+fn show_run(sluice: &Sluice, run_id: &str) -> Result<()> {
+    let run = sluice.store.run(run_id)?;
+    let version = sluice.store.version(&run.dag_id, &run.version)?;
+    println!("run      {}", run.run_id);
+    println!("dag      {}", run.dag_id);
+    println!("version  {} ({})", run.version, version.label);
+    println!("state    {}", run.state);
+    println!("logical  {}", run.logical_date.to_rfc3339());
+    if let Some(t) = run.started_at {
+        println!("started  {}", t.to_rfc3339());
+    }
+    if let Some(t) = run.ended_at {
+        println!("ended    {}", t.to_rfc3339());
+    }
+    println!("params   {}", run.params);
+    println!("staging  {}", run.staging_dir);
+    if let Some(error) = &run.error {
+        println!("error    {error}");
+    }
+    println!();
+    println!(
+        "{:<20} {:<16} {:>5} {:>10}  {:<12}  DETAIL",
+        "TASK", "STATE", "TRY", "DURATION", "COMPONENT"
+    );
+    for t in sluice.store.tasks(run_id)? {
+        let detail = t.error.as_deref().or(t.output.as_deref()).unwrap_or("");
+        println!(
+            "{:<20} {:<16} {:>5} {:>10}  {:<12}  {}",
+            t.task_id,
+            t.state,
+            format!("{}/{}", t.try_number, t.max_tries),
+            t.duration.map(display::seconds).unwrap_or_default(),
+            short(&t.component),
+            detail
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Content-addressed deployment: components stored as `blobs/sha256/<hex>`, DAG
+//! versions identified by the sha256 of their canonical spec.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::engine::{Engine, EngineError};
+use crate::home::Home;
+use crate::manifest::{Manifest, ManifestError};
+use crate::store::{Store, StoreError};
+
+/// Why a deployment failed. Nothing is recorded when it does.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The manifest or one of its tasks is wrong.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The metadatabase failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing a blob failed.
+    #[error("cannot store component {path}: {source}")]
+    Blob {
+        /// The blob path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The result of a deployment.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// DAG id.
+    pub dag_id: String,
+    /// Version digest (sha256 hex).
+    pub version: String,
+    /// Version label.
+    pub label: String,
+    /// Whether this created a new version (false: identical to an existing one).
+    pub new_version: bool,
+    /// Task ids whose component was compiled by this deployment.
+    pub compiled: Vec<String>,
+}
+
+/// sha256 of `bytes` as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Deploys `manifest`: stores its components, compiles what is not cached, and
+/// records the DAG version (making it current).
+pub fn deploy(
+    home: &Home,
+    store: &Store,
+    engine: &Engine,
+    manifest: &Manifest,
+) -> Result<Deployment, DeployError> {
+    let mut spec = manifest.spec.clone();
+    let mut compiled = Vec::new();
+    for task in &mut spec.tasks {
+        let source = find_plugin(&manifest.plugin_dir, &task.plugin)
+            .map_err(|message| manifest.task_error(&task.id, message))?;
+        let bytes = std::fs::read(&source).map_err(|e| {
+            manifest.task_error(&task.id, format!("cannot read {}: {e}", source.display()))
+        })?;
+        let digest = sha256_hex(&bytes);
+        let blob = home.blob(&digest);
+        if !blob.exists() {
+            write_atomically(&blob, &bytes).map_err(|source| DeployError::Blob {
+                path: blob.clone(),
+                source,
+            })?;
+        }
+        let plugin = format!("plugin `{}` ({})", task.plugin, source.display());
+        let prepared = engine.prepare(&digest, &blob).map_err(|e| match e {
+            EngineError::NotAComponent { message, .. } => {
+                manifest.task_error(&task.id, format!("{plugin} {message}"))
+            }
+            EngineError::WrongWorld { message, .. } => manifest.task_error(
+                &task.id,
+                format!("{plugin} does not implement the sluice:task/task world: {message}"),
+            ),
+            other => manifest.task_error(&task.id, other.to_string()),
+        })?;
+        if prepared.compiled {
+            compiled.push(task.id.clone());
+        }
+        task.component = digest;
+    }
+    let version = sha256_hex(spec.canonical_json().as_bytes());
+    let label = version_label(&manifest.path);
+    let source = manifest.path.display().to_string();
+    let new_version = store.record_version(&version, &label, &spec, &source)?;
+    Ok(Deployment {
+        dag_id: spec.id,
+        version,
+        label,
+        new_version,
+        compiled,
+    })
+}
+
+/// `<dir>/<name>.wasm`, also trying `-` as `_` (cargo's file names).
+fn find_plugin(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let candidates = [
+        format!("{name}.wasm"),
+        format!("{}.wasm", name.replace('-', "_")),
+    ];
+    if let Some(found) = candidates.iter().map(|c| dir.join(c)).find(|p| p.is_file()) {
+        return Ok(found);
+    }
+    let mut available: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".wasm")
+                .map(str::to_owned)
+        })
+        .collect();
+    available.sort();
+    let available = if available.is_empty() {
+        "none".to_owned()
+    } else {
+        available.join(", ")
+    };
+    Err(format!(
+        "plugin `{name}` not found: no {} (available: {available}); `sluice build` builds plugins/",
+        dir.join(&candidates[0]).display()
+    ))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// `git describe --always --dirty` of the manifest's directory, else `dev-<timestamp>`.
+fn version_label(manifest: &Path) -> String {
+    let dir = manifest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--tags"])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("dev-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")))
+}

@@ -1,0 +1,659 @@
+//! The metadatabase: DAG versions, runs, task instances and their tries, task
+//! logs. SQLite in WAL mode, so CLI readers never block a running scheduler.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::dag::DagSpec;
+use crate::state::{RunState, TaskState};
+
+/// A metadatabase error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("metadatabase: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored document does not decode.
+    #[error("metadatabase holds an unreadable record: {0}")]
+    Corrupt(String),
+    /// Something asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS dag_versions (
+    dag_id      TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    label       TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (dag_id, digest)
+);
+CREATE TABLE IF NOT EXISTS dags (
+    dag_id          TEXT PRIMARY KEY,
+    current_version TEXT NOT NULL,
+    deployed_at     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dag_runs (
+    run_id        TEXT PRIMARY KEY,
+    dag_id        TEXT NOT NULL,
+    version       TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    logical_date  TEXT NOT NULL,
+    params        TEXT NOT NULL,
+    staging_dir   TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    started_at    TEXT,
+    ended_at      TEXT,
+    error         TEXT
+);
+CREATE INDEX IF NOT EXISTS dag_runs_by_dag ON dag_runs (dag_id, created_at);
+CREATE TABLE IF NOT EXISTS task_instances (
+    run_id      TEXT NOT NULL,
+    task_id     TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    try_number  INTEGER NOT NULL,
+    max_tries   INTEGER NOT NULL,
+    component   TEXT NOT NULL,
+    started_at  TEXT,
+    ended_at    TEXT,
+    duration_ms INTEGER,
+    output      TEXT,
+    error       TEXT,
+    PRIMARY KEY (run_id, task_id)
+);
+CREATE TABLE IF NOT EXISTS task_tries (
+    run_id      TEXT NOT NULL,
+    task_id     TEXT NOT NULL,
+    try_number  INTEGER NOT NULL,
+    state       TEXT NOT NULL,
+    started_at  TEXT NOT NULL,
+    ended_at    TEXT,
+    duration_ms INTEGER,
+    error       TEXT,
+    PRIMARY KEY (run_id, task_id, try_number)
+);
+CREATE TABLE IF NOT EXISTS task_logs (
+    id          INTEGER PRIMARY KEY,
+    run_id      TEXT NOT NULL,
+    task_id     TEXT NOT NULL,
+    try_number  INTEGER NOT NULL,
+    ts          TEXT NOT NULL,
+    level       TEXT NOT NULL,
+    message     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS task_logs_by_task ON task_logs (run_id, task_id, try_number, id);
+"#;
+
+/// A stored DAG version.
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    /// DAG id.
+    pub dag_id: String,
+    /// sha256 of the canonical spec (hex).
+    pub digest: String,
+    /// Human label (`git describe` or `dev-<timestamp>`).
+    pub label: String,
+    /// The deployed spec.
+    pub spec: DagSpec,
+    /// The manifest it was deployed from.
+    pub source: String,
+    /// When first deployed.
+    pub created_at: DateTime<Utc>,
+    /// Whether it is the DAG's current version.
+    pub current: bool,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    /// Run id.
+    pub run_id: String,
+    /// DAG id.
+    pub dag_id: String,
+    /// The DAG version digest it runs.
+    pub version: String,
+    /// Run state.
+    pub state: RunState,
+    /// Logical date.
+    pub logical_date: DateTime<Utc>,
+    /// Run params (JSON object).
+    pub params: String,
+    /// Staging directory.
+    pub staging_dir: String,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Ended.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// A task instance as stored.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    /// Task id.
+    pub task_id: String,
+    /// State.
+    pub state: TaskState,
+    /// Current (or last) try number; 0 before the first try.
+    pub try_number: u32,
+    /// Tries allowed.
+    pub max_tries: u32,
+    /// Component digest.
+    pub component: String,
+    /// Start of the last try.
+    pub started_at: Option<DateTime<Utc>>,
+    /// End of the last try.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Duration of the last try.
+    pub duration: Option<Duration>,
+    /// Output JSON, on success.
+    pub output: Option<String>,
+    /// Error of the last failed try.
+    pub error: Option<String>,
+}
+
+/// One stored log line.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    /// Try number.
+    pub try_number: u32,
+    /// When.
+    pub ts: DateTime<Utc>,
+    /// Level name.
+    pub level: String,
+    /// Message.
+    pub message: String,
+}
+
+/// A log line to store.
+#[derive(Debug, Clone)]
+pub struct NewLog {
+    /// Run id.
+    pub run_id: String,
+    /// Task id.
+    pub task_id: String,
+    /// Try number.
+    pub try_number: u32,
+    /// When.
+    pub ts: DateTime<Utc>,
+    /// Level name.
+    pub level: &'static str,
+    /// Message.
+    pub message: String,
+}
+
+/// The metadatabase handle. Cheap operations; one connection behind a mutex.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("timestamp `{s}`: {e}")))
+}
+
+fn parse_opt_ts(s: Option<String>) -> Result<Option<DateTime<Utc>>> {
+    s.as_deref().map(parse_ts).transpose()
+}
+
+impl Store {
+    /// Opens (creating if needed) the metadatabase at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut conn)
+    }
+
+    // ---- versions -------------------------------------------------------
+
+    /// Records version `digest` of `spec` (if new) and makes it current.
+    /// Returns whether the version was new.
+    pub fn record_version(
+        &self,
+        digest: &str,
+        label: &str,
+        spec: &DagSpec,
+        source: &str,
+    ) -> Result<bool> {
+        let spec_json =
+            serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let now = ts(Utc::now());
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO dag_versions (dag_id, digest, label, spec, source, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![spec.id, digest, label, spec_json, source, now],
+            )?;
+            tx.execute(
+                "INSERT INTO dags (dag_id, current_version, deployed_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (dag_id) DO UPDATE SET current_version = excluded.current_version,
+                     deployed_at = CASE WHEN dags.current_version = excluded.current_version
+                                        THEN dags.deployed_at ELSE excluded.deployed_at END",
+                params![spec.id, digest, now],
+            )?;
+            tx.commit()?;
+            Ok(inserted == 1)
+        })
+    }
+
+    /// Versions of `dag_id`, newest first.
+    pub fn versions(&self, dag_id: &str) -> Result<Vec<VersionRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT v.dag_id, v.digest, v.label, v.spec, v.source, v.created_at,
+                        COALESCE(d.current_version = v.digest, 0)
+                 FROM dag_versions v LEFT JOIN dags d ON d.dag_id = v.dag_id
+                 WHERE v.dag_id = ?1 ORDER BY v.created_at DESC, v.rowid DESC",
+            )?;
+            let rows = stmt.query_map([dag_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, bool>(6)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (dag_id, digest, label, spec, source, created, current) = row?;
+                out.push(VersionRecord {
+                    spec: serde_json::from_str(&spec)
+                        .map_err(|e| StoreError::Corrupt(format!("version {digest}: {e}")))?,
+                    created_at: parse_ts(&created)?,
+                    dag_id,
+                    digest,
+                    label,
+                    source,
+                    current,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The current version of `dag_id`.
+    pub fn current_version(&self, dag_id: &str) -> Result<VersionRecord> {
+        self.versions(dag_id)?
+            .into_iter()
+            .find(|v| v.current)
+            .ok_or_else(|| StoreError::NotFound(format!("DAG `{dag_id}` has not been deployed")))
+    }
+
+    /// Version `digest` of `dag_id`.
+    pub fn version(&self, dag_id: &str, digest: &str) -> Result<VersionRecord> {
+        self.versions(dag_id)?
+            .into_iter()
+            .find(|v| v.digest == digest)
+            .ok_or_else(|| StoreError::NotFound(format!("DAG `{dag_id}` has no version {digest}")))
+    }
+
+    // ---- runs -----------------------------------------------------------
+
+    /// Creates a run and its task instances (state `scheduled`, try 0).
+    pub fn create_run(&self, run: &RunRecord, spec: &DagSpec) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO dag_runs (run_id, dag_id, version, state, logical_date, params, staging_dir, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    run.run_id,
+                    run.dag_id,
+                    run.version,
+                    run.state.as_str(),
+                    ts(run.logical_date),
+                    run.params,
+                    run.staging_dir,
+                    ts(run.created_at)
+                ],
+            )?;
+            for task in &spec.tasks {
+                tx.execute(
+                    "INSERT INTO task_instances (run_id, task_id, state, try_number, max_tries, component)
+                     VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+                    params![run.run_id, task.id, TaskState::Scheduled.as_str(), task.policy.max_tries(), task.component],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Sets a run's state; stamps `started_at` when it starts and `ended_at` when it ends.
+    pub fn set_run_state(&self, run_id: &str, state: RunState, error: Option<&str>) -> Result<()> {
+        let now = ts(Utc::now());
+        self.with(|c| {
+            c.execute(
+                "UPDATE dag_runs SET state = ?2, error = ?3,
+                     started_at = CASE WHEN ?2 = 'running' AND started_at IS NULL THEN ?4 ELSE started_at END,
+                     ended_at = CASE WHEN ?2 IN ('success', 'failed') THEN ?4 ELSE NULL END
+                 WHERE run_id = ?1",
+                params![run_id, state.as_str(), error, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A run by id.
+    pub fn run(&self, run_id: &str) -> Result<RunRecord> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT run_id, dag_id, version, state, logical_date, params, staging_dir,
+                        created_at, started_at, ended_at, error FROM dag_runs WHERE run_id = ?1",
+                [run_id],
+                raw_run,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("no run `{run_id}`")))
+        })
+        .and_then(RawRun::decode)
+    }
+
+    /// Runs, newest first, optionally of one DAG.
+    pub fn runs(&self, dag_id: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
+        let raws = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT run_id, dag_id, version, state, logical_date, params, staging_dir,
+                        created_at, started_at, ended_at, error FROM dag_runs
+                 WHERE ?1 IS NULL OR dag_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![dag_id, limit], raw_run)?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })?;
+        raws.into_iter().map(RawRun::decode).collect()
+    }
+
+    // ---- task instances -------------------------------------------------
+
+    /// Sets the state of a task instance without starting a try.
+    pub fn set_task_state(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        state: TaskState,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE task_instances SET state = ?3, error = COALESCE(?4, error)
+                 WHERE run_id = ?1 AND task_id = ?2",
+                params![run_id, task_id, state.as_str(), error],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Starts try `try_number` of a task instance: state `running`.
+    pub fn start_try(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        try_number: u32,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let at = ts(at);
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE task_instances SET state = 'running', try_number = ?3, started_at = ?4,
+                     ended_at = NULL, duration_ms = NULL, error = NULL, output = NULL
+                 WHERE run_id = ?1 AND task_id = ?2",
+                params![run_id, task_id, try_number, at],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO task_tries (run_id, task_id, try_number, state, started_at)
+                 VALUES (?1, ?2, ?3, 'running', ?4)",
+                params![run_id, task_id, try_number, at],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Ends the current try of a task instance with `state`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn end_try(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        try_number: u32,
+        state: TaskState,
+        ended: DateTime<Utc>,
+        duration: Duration,
+        output: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let ended = ts(ended);
+        let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE task_instances SET state = ?3, ended_at = ?4, duration_ms = ?5, output = ?6, error = ?7
+                 WHERE run_id = ?1 AND task_id = ?2",
+                params![run_id, task_id, state.as_str(), ended, ms, output, error],
+            )?;
+            tx.execute(
+                "UPDATE task_tries SET state = ?4, ended_at = ?5, duration_ms = ?6, error = ?7
+                 WHERE run_id = ?1 AND task_id = ?2 AND try_number = ?3",
+                params![run_id, task_id, try_number, state.as_str(), ended, ms, error],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The task instances of a run, in DAG order of insertion.
+    pub fn tasks(&self, run_id: &str) -> Result<Vec<TaskRecord>> {
+        let raws = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT task_id, state, try_number, max_tries, component, started_at, ended_at,
+                        duration_ms, output, error FROM task_instances WHERE run_id = ?1 ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map([run_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, Option<String>>(9)?,
+                ))
+            })?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })?;
+        raws.into_iter()
+            .map(
+                |(
+                    task_id,
+                    state,
+                    try_number,
+                    max_tries,
+                    component,
+                    started,
+                    ended,
+                    ms,
+                    output,
+                    error,
+                )| {
+                    Ok(TaskRecord {
+                        state: TaskState::parse(&state)
+                            .ok_or_else(|| StoreError::Corrupt(format!("task state `{state}`")))?,
+                        started_at: parse_opt_ts(started)?,
+                        ended_at: parse_opt_ts(ended)?,
+                        duration: ms.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                        task_id,
+                        try_number,
+                        max_tries,
+                        component,
+                        output,
+                        error,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    // ---- logs -----------------------------------------------------------
+
+    /// Appends log lines in one transaction.
+    pub fn append_logs(&self, logs: &[NewLog]) -> Result<()> {
+        if logs.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO task_logs (run_id, task_id, try_number, ts, level, message)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for l in logs {
+                    stmt.execute(params![
+                        l.run_id,
+                        l.task_id,
+                        l.try_number,
+                        ts(l.ts),
+                        l.level,
+                        l.message
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Log lines of a task instance, of one try or all.
+    pub fn logs(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        try_number: Option<u32>,
+    ) -> Result<Vec<LogRecord>> {
+        let raws = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT try_number, ts, level, message FROM task_logs
+                 WHERE run_id = ?1 AND task_id = ?2 AND (?3 IS NULL OR try_number = ?3) ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![run_id, task_id, try_number], |r| {
+                Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            })?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })?;
+        raws.into_iter()
+            .map(|(try_number, t, level, message)| {
+                Ok(LogRecord {
+                    try_number,
+                    ts: parse_ts(&t)?,
+                    level,
+                    message,
+                })
+            })
+            .collect()
+    }
+}
+
+type RawRun = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn raw_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
+}
+
+trait DecodeRun {
+    fn decode(self) -> Result<RunRecord>;
+}
+
+impl DecodeRun for RawRun {
+    fn decode(self) -> Result<RunRecord> {
+        let (
+            run_id,
+            dag_id,
+            version,
+            state,
+            logical,
+            params,
+            staging,
+            created,
+            started,
+            ended,
+            error,
+        ) = self;
+        Ok(RunRecord {
+            state: RunState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("run state `{state}`")))?,
+            logical_date: parse_ts(&logical)?,
+            created_at: parse_ts(&created)?,
+            started_at: parse_opt_ts(started)?,
+            ended_at: parse_opt_ts(ended)?,
+            run_id,
+            dag_id,
+            version,
+            params,
+            staging_dir: staging,
+            error,
+        })
+    }
+}

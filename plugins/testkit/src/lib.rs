@@ -1,0 +1,265 @@
+//! A test-only task. The `mode` param picks one behaviour for the host's tests
+//! to observe: limits, sandbox escapes, retries, output handling.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_sdk::{Context, Error, Input, Result, sql_literal};
+
+#[derive(Deserialize)]
+struct Params {
+    mode: String,
+    #[serde(default)]
+    ms: u64,
+    #[serde(default)]
+    bytes: usize,
+    #[serde(default = "two")]
+    succeed_on: u32,
+    #[serde(default)]
+    permanent: bool,
+    #[serde(default)]
+    sql: String,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
+}
+
+fn two() -> u32 {
+    2
+}
+
+fn run(ctx: &Context, input: Input<Params>) -> Result<Value> {
+    let p = &input.params;
+    match p.mode.as_str() {
+        "echo" => Ok(echo(ctx, &input)),
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_millis(p.ms));
+            Ok(echo(ctx, &input))
+        }
+        "spin" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "sql" => {
+            let rows = ctx.sql().execute(&p.sql)?;
+            Ok(json!({ "rows": rows }))
+        }
+        "query" => {
+            let rows: Vec<Value> = ctx.sql().query_rows(&p.sql, 1000)?;
+            Ok(json!({ "rows": rows }))
+        }
+        "cursor" => {
+            let mut cursor = ctx.sql().query(&p.sql)?;
+            let (mut batches, mut bytes) = (0u64, 0u64);
+            while let Some(batch) = cursor.next_batch()? {
+                batches += 1;
+                bytes += batch.len() as u64;
+            }
+            Ok(
+                json!({ "batches": batches, "bytes": bytes, "schema_bytes": cursor.schema_ipc().len() }),
+            )
+        }
+        "flaky" => {
+            if ctx.try_number() < p.succeed_on {
+                Err(Error::retryable(format!(
+                    "flaky failure on try {}",
+                    ctx.try_number()
+                )))
+            } else {
+                Ok(json!({ "try": ctx.try_number() }))
+            }
+        }
+        "fail" if p.permanent => Err(Error::permanent("told to fail permanently")),
+        "fail" => Err(Error::retryable("told to fail")),
+        "big-output" => Ok(Value::String("x".repeat(p.bytes))),
+        "stdout" => {
+            println!("hello from stdout");
+            eprintln!("hello from stderr");
+            Ok(json!({}))
+        }
+        "panic" => panic!("testkit was told to panic"),
+        "progress" => {
+            for done in 0..=10 {
+                ctx.progress(done, 10);
+            }
+            ctx.info("progress reported");
+            Ok(json!({}))
+        }
+        "escape" => Ok(escape(ctx, p)),
+        other => Err(Error::permanent(format!("unknown testkit mode `{other}`"))),
+    }
+}
+
+fn echo(ctx: &Context, input: &Input<Params>) -> Value {
+    json!({
+        "dag": ctx.dag_id(),
+        "run": ctx.run_id(),
+        "task": ctx.task_id(),
+        "try": ctx.try_number(),
+        "logical_date": ctx.logical_date(),
+        "staging": ctx.staging_dir(),
+        "upstream": input.upstream_ids().collect::<Vec<_>>(),
+        "rest": input.params.rest,
+    })
+}
+
+/// One attempt to reach outside the sandbox, and what happened.
+fn attempt(name: &str, result: std::result::Result<String, String>) -> Value {
+    match result {
+        Ok(what) => json!({ "attempt": name, "allowed": true, "detail": what }),
+        Err(why) => json!({ "attempt": name, "allowed": false, "detail": why }),
+    }
+}
+
+fn escape(ctx: &Context, p: &Params) -> Value {
+    let staging = ctx.staging_dir();
+    let sql = ctx.sql();
+    let io = |r: std::io::Result<String>| r.map_err(|e| e.to_string());
+    let run_sql = |s: &str| {
+        sql.execute(s)
+            .map(|n| format!("{n} rows"))
+            .map_err(|e| e.to_string())
+    };
+    let lit = |s: &str| sql_literal(s);
+    let other = p
+        .rest
+        .get("other_staging")
+        .and_then(Value::as_str)
+        .unwrap_or("/nonexistent");
+
+    // Controls: the same operations inside staging must work, or the denials prove nothing.
+    let controls = vec![
+        attempt(
+            "wasi write inside staging",
+            io(std::fs::write(format!("{staging}/probe.txt"), "ok").map(|_| "written".into())),
+        ),
+        attempt(
+            "sql read inside staging",
+            run_sql(&format!(
+                "CREATE TABLE probe AS SELECT * FROM read_text({})",
+                lit(&format!("{staging}/probe.txt"))
+            )),
+        ),
+        attempt(
+            "sql copy inside staging",
+            run_sql(&format!(
+                "COPY (SELECT 1 AS x) TO {}",
+                lit(&format!("{staging}/probe.csv"))
+            )),
+        ),
+    ];
+
+    let attempts = vec![
+        attempt(
+            "wasi read /etc/passwd",
+            io(std::fs::read_to_string("/etc/passwd")),
+        ),
+        attempt(
+            "wasi read via ..",
+            io(std::fs::read_to_string(format!(
+                "{staging}/../../../../../../etc/passwd"
+            ))),
+        ),
+        attempt(
+            "wasi write /tmp",
+            io(std::fs::write("/tmp/sluice-escape.txt", "x").map(|_| "written".into())),
+        ),
+        attempt(
+            "wasi list /",
+            io(std::fs::read_dir("/").map(|d| format!("{} entries", d.count()))),
+        ),
+        attempt(
+            "wasi list staging parent",
+            io(std::fs::read_dir(format!("{staging}/.."))
+                .map(|d| format!("{} entries", d.count()))),
+        ),
+        attempt(
+            "wasi read other run",
+            io(std::fs::read_to_string(format!("{other}/secret.txt"))),
+        ),
+        attempt("wasi env vars", {
+            let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+            if vars.is_empty() {
+                Err("no environment".into())
+            } else {
+                Ok(vars.join(","))
+            }
+        }),
+        attempt(
+            "wasi tcp connect",
+            std::net::TcpStream::connect("127.0.0.1:5432")
+                .map(|_| "connected".into())
+                .map_err(|e| e.to_string()),
+        ),
+        attempt(
+            "sql read_text /etc/passwd",
+            run_sql("SELECT * FROM read_text('/etc/passwd')"),
+        ),
+        attempt(
+            "sql read_csv /etc/passwd",
+            run_sql("SELECT * FROM read_csv('/etc/passwd')"),
+        ),
+        attempt(
+            "sql read_text via ..",
+            run_sql(&format!(
+                "SELECT * FROM read_text({})",
+                lit(&format!("{staging}/../../../../../../etc/passwd"))
+            )),
+        ),
+        attempt(
+            "sql read other run",
+            run_sql(&format!(
+                "SELECT * FROM read_text({})",
+                lit(&format!("{other}/secret.txt"))
+            )),
+        ),
+        attempt("sql glob /etc", run_sql("SELECT * FROM glob('/etc/*')")),
+        attempt(
+            "sql copy to /tmp",
+            run_sql("COPY (SELECT 1) TO '/tmp/sluice-escape.csv'"),
+        ),
+        attempt(
+            "sql copy to staging parent",
+            run_sql(&format!(
+                "COPY (SELECT 1) TO {}",
+                lit(&format!("{staging}/../sibling.csv"))
+            )),
+        ),
+        attempt(
+            "sql attach /tmp",
+            run_sql("ATTACH '/tmp/sluice-escape.db' AS x"),
+        ),
+        attempt("sql install extension", run_sql("INSTALL httpfs")),
+        attempt("sql load extension", run_sql("LOAD httpfs")),
+        attempt(
+            "sql enable external access",
+            run_sql("SET enable_external_access = true"),
+        ),
+        attempt(
+            "sql widen allowed directories",
+            run_sql("SET allowed_directories = ['/']"),
+        ),
+        attempt(
+            "sql unlock configuration",
+            run_sql("SET lock_configuration = false"),
+        ),
+        attempt(
+            "sql move temp directory",
+            run_sql("SET temp_directory = '/tmp'"),
+        ),
+        attempt(
+            "sql raise memory limit",
+            run_sql("SET memory_limit = '100GB'"),
+        ),
+    ];
+    json!({ "controls": controls, "attempts": attempts })
+}
+
+sluice_sdk::task!(run);

@@ -1,0 +1,80 @@
+//! Timeouts and memory limits stop a task, fail the run with the reason, and
+//! leave the host serving.
+
+use serde_json::json;
+
+use crate::support::{TestHome, text};
+
+fn body(mode_params: &str, limits: &str) -> String {
+    format!("[tasks.t]\nplugin = \"testkit\"\nparams = {{ {mode_params} }}\n{limits}\n")
+}
+
+async fn failed_with(home: &TestHome, name: &str, body: &str, reason: &str) {
+    let run = home.run(name, body, json!({})).await;
+    assert_eq!(run.state.as_str(), "failed", "{name} did not fail");
+    let task = home.task(&run.run_id, "t");
+    assert_eq!(task.state.as_str(), "failed");
+    let error = task.error.unwrap_or_default();
+    assert!(
+        error.contains(reason),
+        "{name}: expected `{reason}` in `{error}`"
+    );
+    let out = home.cli(&["runs", "show", &run.run_id]);
+    let (show, _) = text(&out);
+    assert!(
+        show.contains("failed") && show.contains(reason),
+        "{name}: runs show lacks the reason:\n{show}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_tasks_stop_at_their_limits_and_the_host_keeps_running() {
+    let home = TestHome::new();
+    failed_with(
+        &home,
+        "spin",
+        &body("mode = \"spin\"", "timeout = \"1s\""),
+        "timed out after 1s",
+    )
+    .await;
+    failed_with(
+        &home,
+        "alloc",
+        &body("mode = \"alloc\"", "memory = \"64MiB\""),
+        "memory limit exceeded",
+    )
+    .await;
+    failed_with(
+        &home,
+        "slow_sql",
+        &body(
+            "mode = \"sql\", sql = \"SELECT count(*) FROM range(10000000000000) a WHERE a.range % 7 = 3\"",
+            "timeout = \"1s\"",
+        ),
+        "timed out after 1s",
+    )
+    .await;
+    // The same process runs the next DAG normally.
+    let ok = home
+        .run("after", &body("mode = \"echo\"", ""), json!({}))
+        .await;
+    assert_eq!(ok.state.as_str(), "success", "{:?}", ok.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_timeout_interrupts_duckdb_promptly() {
+    let home = TestHome::new();
+    let started = std::time::Instant::now();
+    let run = home
+        .run(
+            "interrupt",
+            &body("mode = \"sql\", sql = \"SELECT count(*) FROM range(10000000000000) a WHERE a.range % 7 = 3\"", "timeout = \"1s\""),
+            json!({}),
+        )
+        .await;
+    assert_eq!(run.state.as_str(), "failed");
+    // Not a timing assertion on speed: without the interrupt this query runs for hours.
+    assert!(started.elapsed() < std::time::Duration::from_secs(600));
+    let logs = home.log_text(&run.run_id, "t");
+    assert!(logs.contains("timed out after 1s"), "{logs}");
+}

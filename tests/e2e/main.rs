@@ -1,0 +1,13 @@
+//! End-to-end tests: real components built from `plugins/`, real DuckDB, real
+//! DAG runs, and the real `sluice` binary.
+
+mod support;
+
+mod deploy;
+mod etl;
+mod limits;
+mod manifests;
+mod outputs;
+mod parallel;
+mod retries;
+mod sandbox;

@@ -1,0 +1,120 @@
+//! Bad manifests fail before anything runs, naming the file, the line and the task.
+
+use crate::support::{TestHome, text};
+
+fn deploy_error(home: &TestHome, name: &str, body: &str) -> String {
+    let path = home.manifest(name, body);
+    let out = home.cli(&["deploy", path.to_str().expect("utf-8 path")]);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        !out.status.success(),
+        "deploy of a bad manifest succeeded: {stdout}"
+    );
+    assert!(
+        stderr.contains(path.to_str().expect("utf-8")),
+        "names the file: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn each_bad_manifest_gives_its_error() {
+    let home = TestHome::new();
+    // The header takes 3 lines, so the body starts on line 4.
+    let cases = [
+        (
+            "unknown_dep",
+            "[tasks.a]\nplugin = \"testkit\"\nafter = [\"ghost\"]\n",
+            ":6: task `a`: unknown dependency `ghost`",
+        ),
+        (
+            "cycle",
+            "[tasks.a]\nplugin = \"testkit\"\nafter = [\"b\"]\n[tasks.b]\nplugin = \"testkit\"\nafter = [\"a\"]\n",
+            ": task `a`: dependency cycle: a -> b -> a",
+        ),
+        (
+            "duplicate",
+            "[tasks.a]\nplugin = \"testkit\"\n[tasks.a]\nplugin = \"testkit\"\n",
+            ":6:",
+        ),
+        (
+            "missing_plugin",
+            "[tasks.a]\nplugin = \"no-such-plugin\"\n",
+            ":4: task `a`: plugin `no-such-plugin` not found",
+        ),
+        (
+            "wrong_type",
+            "[tasks.a]\nplugin = \"testkit\"\nretries = \"many\"\n",
+            ":6:",
+        ),
+        (
+            "bad_size",
+            "[tasks.a]\nplugin = \"testkit\"\nmemory = \"lots\"\n",
+            ":6: invalid size `lots`",
+        ),
+        (
+            "no_plugin",
+            "[tasks.a]\nafter = []\n",
+            ":4: task `a`: missing `plugin`",
+        ),
+        (
+            "not_a_task",
+            "[tasks.a]\nplugin = \"not-a-task\"\n",
+            ":4: task `a`: plugin `not-a-task`",
+        ),
+    ];
+    for (name, body, expected) in cases {
+        let stderr = deploy_error(&home, name, body);
+        assert!(
+            stderr.contains(expected),
+            "{name}: expected `{expected}` in:\n{stderr}"
+        );
+    }
+    // Nothing was deployed by any of them.
+    for (name, ..) in cases {
+        assert!(
+            home.sluice
+                .store
+                .versions(name)
+                .expect("versions")
+                .is_empty(),
+            "{name} left a version"
+        );
+    }
+}
+
+#[test]
+fn a_component_of_another_world_is_rejected_naming_what_is_missing() {
+    let home = TestHome::new();
+    let stderr = deploy_error(&home, "wrong_world", "[tasks.a]\nplugin = \"not-a-task\"\n");
+    assert!(
+        stderr.contains("does not implement the sluice:task/task world"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("run"), "names the missing export: {stderr}");
+}
+
+#[test]
+fn a_core_module_is_rejected() {
+    let home = TestHome::new();
+    let dir = home.dir.path().join("core-plugins");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("core.wasm"), b"\0asm\x01\0\0\0").expect("write");
+    let path = home.dir.path().join("core.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[dag]\nid = \"core\"\nplugin_dir = \"{}\"\n[tasks.a]\nplugin = \"core\"\n",
+            dir.display()
+        ),
+    )
+    .expect("write");
+    let out = home.cli(&["deploy", path.to_str().expect("utf-8")]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("core.toml:4: task `a`")
+            && stderr.contains("core WebAssembly module, not a component"),
+        "{stderr}"
+    );
+}

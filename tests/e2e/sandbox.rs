@@ -1,0 +1,75 @@
+//! A task cannot reach outside its staging directory, through WASI or SQL.
+
+use serde_json::{Value, json};
+
+use crate::support::TestHome;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_escape_attempt_is_denied_and_controls_work() {
+    let home = TestHome::new();
+    // Another run's staging directory holding a file the task must not read.
+    let other = home
+        .run(
+            "victim",
+            "[tasks.a]\nplugin = \"testkit\"\nparams = { mode = \"echo\" }\n",
+            json!({}),
+        )
+        .await;
+    std::fs::write(other.staging_dir.join("secret.txt"), "secret").expect("write secret");
+    // Files the SQL attempts would create if they were allowed.
+    let _ = std::fs::remove_file("/tmp/sluice-escape.csv");
+    let _ = std::fs::remove_file("/tmp/sluice-escape.txt");
+
+    let body = "[tasks.probe]\nplugin = \"testkit\"\nparams = { mode = \"escape\" }\n";
+    let run = home
+        .run(
+            "escape",
+            body,
+            json!({ "other_staging": other.staging_dir.display().to_string() }),
+        )
+        .await;
+    assert_eq!(run.state.as_str(), "success", "{:?}", run.error);
+    let report = home.output(&run.run_id, "probe");
+
+    let controls = report["controls"].as_array().expect("controls");
+    assert_eq!(controls.len(), 3);
+    for c in controls {
+        assert_eq!(
+            c["allowed"], true,
+            "a control inside staging failed, so denials prove nothing: {c}"
+        );
+    }
+    let attempts = report["attempts"].as_array().expect("attempts");
+    assert!(attempts.len() >= 20, "{} attempts", attempts.len());
+    let allowed: Vec<&Value> = attempts.iter().filter(|a| a["allowed"] != false).collect();
+    assert!(allowed.is_empty(), "escapes that worked: {allowed:#?}");
+
+    assert!(!std::path::Path::new("/tmp/sluice-escape.csv").exists());
+    assert!(!std::path::Path::new("/tmp/sluice-escape.txt").exists());
+    assert!(
+        !run.staging_dir
+            .parent()
+            .expect("parent")
+            .join("sibling.csv")
+            .exists()
+    );
+
+    // SQL denials carry DuckDB's reason, not a crash.
+    let by_name = |name: &str| -> String {
+        attempts
+            .iter()
+            .find(|a| a["attempt"] == name)
+            .map(|a| a["detail"].to_string())
+            .unwrap_or_default()
+    };
+    let read = by_name("sql read_text /etc/passwd");
+    assert!(
+        read.contains("Permission Error") || read.contains("disabled"),
+        "{read}"
+    );
+    let set = by_name("sql enable external access");
+    assert!(
+        set.contains("lock") || set.contains("locked") || set.contains("disabled"),
+        "{set}"
+    );
+}

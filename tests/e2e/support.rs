@@ -1,0 +1,148 @@
+//! Shared fixtures: plugins built once per test binary, a fresh Sluice home per
+//! test, helpers to deploy and run DAGs in-process or through the CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value};
+use sluice::Sluice;
+use sluice::manifest::Manifest;
+use sluice::scheduler::{RunOptions, RunSummary, run_dag};
+use sluice::store::TaskRecord;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `plugins/dist`, after building the plugins workspace (once per process).
+pub fn plugins_dist() -> &'static Path {
+    static DIST: OnceLock<PathBuf> = OnceLock::new();
+    DIST.get_or_init(|| {
+        let plugins = repo_root().join("plugins");
+        if let Err(e) = sluice::plugins::build_plugins(&plugins, true) {
+            panic!("building the plugins failed: {e}");
+        }
+        plugins
+            .join("dist")
+            .canonicalize()
+            .expect("plugins/dist exists after the build")
+    })
+}
+
+/// A private Sluice home and a directory for manifests.
+pub struct TestHome {
+    pub dir: tempfile::TempDir,
+    pub sluice: Sluice,
+}
+
+impl TestHome {
+    pub fn new() -> Self {
+        let dist = plugins_dist();
+        assert!(dist.join("testkit.wasm").is_file());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sluice = Sluice::open(&dir.path().join("home")).expect("open Sluice home");
+        Self { dir, sluice }
+    }
+
+    pub fn home_path(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// Writes `body` as `<name>/dag.toml`, after a `[dag]` header naming the
+    /// built plugins directory.
+    pub fn manifest(&self, name: &str, body: &str) -> PathBuf {
+        let dir = self.dir.path().join("dags").join(name);
+        std::fs::create_dir_all(&dir).expect("dag dir");
+        let text = format!(
+            "[dag]\nid = \"{name}\"\nplugin_dir = \"{}\"\n{body}",
+            plugins_dist().display()
+        );
+        let path = dir.join("dag.toml");
+        std::fs::write(&path, text).expect("write manifest");
+        path
+    }
+
+    /// Deploys the manifest at `path` (panics with the error if it fails).
+    pub fn deploy(&self, path: &Path) -> sluice::registry::Deployment {
+        let manifest = Manifest::load(path).unwrap_or_else(|e| panic!("{e}"));
+        sluice::registry::deploy(
+            &self.sluice.home,
+            &self.sluice.store,
+            &self.sluice.engine,
+            &manifest,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Deploys and runs a DAG described by `body`, with run params.
+    pub async fn run(&self, name: &str, body: &str, params: Value) -> RunSummary {
+        let path = self.manifest(name, body);
+        let deployment = self.deploy(&path);
+        let version = self
+            .sluice
+            .store
+            .version(&deployment.dag_id, &deployment.version)
+            .expect("version");
+        let params: Map<String, Value> = params.as_object().cloned().unwrap_or_default();
+        run_dag(
+            &self.sluice,
+            &version,
+            RunOptions {
+                params,
+                logical_date: None,
+            },
+            None,
+        )
+        .await
+        .expect("run carried out")
+    }
+
+    pub fn task(&self, run_id: &str, task_id: &str) -> TaskRecord {
+        self.sluice
+            .store
+            .tasks(run_id)
+            .expect("tasks")
+            .into_iter()
+            .find(|t| t.task_id == task_id)
+            .unwrap_or_else(|| panic!("no task {task_id}"))
+    }
+
+    pub fn output(&self, run_id: &str, task_id: &str) -> Value {
+        let record = self.task(run_id, task_id);
+        let output = record
+            .output
+            .clone()
+            .unwrap_or_else(|| panic!("task {task_id} has no output: {record:?}"));
+        serde_json::from_str(&output).expect("output is JSON")
+    }
+
+    pub fn log_text(&self, run_id: &str, task_id: &str) -> String {
+        self.sluice
+            .store
+            .logs(run_id, task_id, None)
+            .expect("logs")
+            .into_iter()
+            .map(|l| format!("{} {}\n", l.level, l.message))
+            .collect()
+    }
+
+    /// Runs the real `sluice` binary against this home.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .env("SLUICE_HOME", self.home_path())
+            .current_dir(repo_root())
+            .output()
+            .expect("run sluice")
+    }
+}
+
+/// stdout and stderr of a CLI call, for assertions and failure messages.
+pub fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
