@@ -16,7 +16,10 @@ use crate::bindings::sluice::task::types::ErrorKind;
 use crate::capabilities::limits::{MemoryExceeded, TimedOut};
 use crate::capabilities::sql::SqlConfig;
 use crate::capabilities::wasi::{CapturedOutput, sandbox_ctx};
-use crate::capabilities::{Deadline, LogSink, MemoryLimiter, SqlSession, TaskContext, TaskHost};
+use crate::capabilities::{
+    Deadline, LogSink, MemoryLimiter, SharedHandles, SqlHandles, SqlPool, SqlSession, TaskContext,
+    TaskHost,
+};
 use crate::dag::TaskPolicy;
 use crate::engine::Engine;
 use crate::events::{RunEvent, TaskKey};
@@ -66,28 +69,37 @@ pub enum TryOutcome {
 /// Runs one try to its end. Never panics on guest behaviour.
 pub async fn run_try(
     engine: Arc<Engine>,
+    sql_pool: Arc<SqlPool>,
     pre: TaskPre<TaskHost>,
     request: TryRequest,
     events: UnboundedSender<RunEvent>,
 ) -> TryOutcome {
     let deadline = Arc::new(Deadline::after(request.policy.timeout));
-    let (handles_tx, handles_rx) = tokio::sync::oneshot::channel();
+    let sql = SqlSession::new(
+        sql_pool,
+        SqlConfig {
+            staging_dir: request.staging_dir.clone(),
+            memory_limit: request.policy.duckdb_memory,
+            threads: request.policy.threads,
+            spill_limit: request.policy.spill_limit,
+        },
+    );
+    let handles = sql.handles();
     let key = request.key.clone();
     let worker = {
         let deadline = deadline.clone();
         let events = events.clone();
         tokio::task::spawn_blocking(move || {
-            run_blocking(&engine, &pre, request, deadline, events, handles_tx)
+            run_blocking(&engine, &pre, sql, request, deadline, events)
         })
     };
     tokio::pin!(worker);
 
-    // Watch the try: sample SQL progress, and interrupt DuckDB at the deadline.
-    let handles: Option<(Arc<duckdb::InterruptHandle>, duckdb::ProgressHandle)> =
-        handles_rx.await.ok();
-    let mut interrupted = false;
+    // Watch the try: sample SQL progress; from the deadline on, interrupt DuckDB
+    // at every tick (a statement may start after the first interrupt).
     let mut ticker = tokio::time::interval(PROGRESS_POLL);
     let deadline_at = tokio::time::Instant::from_std(deadline.at());
+    let mut past_deadline = false;
     loop {
         tokio::select! {
             joined = &mut worker => {
@@ -96,15 +108,18 @@ pub async fn run_try(
                     retryable: true,
                 });
             }
-            () = tokio::time::sleep_until(deadline_at), if !interrupted => {
-                interrupted = true;
+            () = tokio::time::sleep_until(deadline_at), if !past_deadline => {
+                past_deadline = true;
                 deadline.expired();
-                if let Some((interrupt, _)) = &handles {
-                    interrupt.interrupt();
-                }
+                interrupt(&handles);
             }
             _ = ticker.tick() => {
-                if let Some(percent) = handles.as_ref().and_then(|(_, p)| p.query_progress().percentage()) {
+                if past_deadline {
+                    interrupt(&handles);
+                    continue;
+                }
+                let percent = lock(&handles).as_ref().and_then(|h| h.progress.query_progress().percentage());
+                if let Some(percent) = percent {
                     let _ = events.send(RunEvent::SqlProgress { key: key.clone(), percent });
                 }
             }
@@ -112,15 +127,25 @@ pub async fn run_try(
     }
 }
 
-type Handles = (Arc<duckdb::InterruptHandle>, duckdb::ProgressHandle);
+fn lock(handles: &SharedHandles) -> std::sync::MutexGuard<'_, Option<SqlHandles>> {
+    handles
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn interrupt(handles: &SharedHandles) {
+    if let Some(h) = lock(handles).as_ref() {
+        h.interrupt.interrupt();
+    }
+}
 
 fn run_blocking(
     engine: &Engine,
     pre: &TaskPre<TaskHost>,
+    sql: SqlSession,
     request: TryRequest,
     deadline: Arc<Deadline>,
     events: UnboundedSender<RunEvent>,
-    handles: tokio::sync::oneshot::Sender<Handles>,
 ) -> TryOutcome {
     let mut log = LogSink::new(request.key.clone(), events);
     let failed = |error: String| TryOutcome::Failed {
@@ -136,16 +161,6 @@ fn run_blocking(
             ));
         }
     };
-    let sql = match SqlSession::open(SqlConfig {
-        staging_dir: request.staging_dir.clone(),
-        memory_limit: request.policy.duckdb_memory,
-        threads: request.policy.threads,
-        spill_limit: request.policy.spill_limit,
-    }) {
-        Ok(sql) => sql,
-        Err(e) => return failed(format!("cannot open the task's DuckDB session: {e}")),
-    };
-    let _ = handles.send((sql.interrupt_handle(), sql.progress_handle()));
     let (wasi, captured) = match sandbox_ctx(&request.staging_dir) {
         Ok(ctx) => ctx,
         Err(e) => return failed(format!("cannot build the task's sandbox: {e:#}")),
@@ -175,7 +190,6 @@ fn run_blocking(
     let result = pre
         .instantiate(&mut store)
         .and_then(|task| task.call_run(&mut store, &input));
-    // Close the DuckDB session before reporting, so the staging files are complete.
     drop(store);
     let panic_message = drain_output(&captured, &mut log);
 

@@ -7,6 +7,7 @@
 //! only through the host calls in [`capabilities`] (its context, SQL in its own
 //! DuckDB session confined to the run's staging directory, logging).
 
+pub mod bench;
 mod bindings;
 pub mod capabilities;
 pub mod dag;

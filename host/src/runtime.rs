@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::capabilities::SqlPool;
 use crate::engine::{Engine, EngineError};
 use crate::home::Home;
 use crate::store::{Store, StoreError};
@@ -34,6 +35,8 @@ pub struct Sluice {
     pub store: Arc<Store>,
     /// The wasmtime engine.
     pub engine: Arc<Engine>,
+    /// Fresh DuckDB databases for the next task instances.
+    pub sql_pool: Arc<SqlPool>,
 }
 
 impl Sluice {
@@ -45,7 +48,9 @@ impl Sluice {
         })?;
         let store = Arc::new(Store::open(&home.database())?);
         let engine = Arc::new(Engine::new(&home.compile_cache())?);
+        let sql_pool = Arc::new(SqlPool::new(2));
         Ok(Self {
+            sql_pool,
             home,
             store,
             engine,

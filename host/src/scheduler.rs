@@ -309,12 +309,13 @@ impl<'a> RunLoop<'a> {
             policy: task.policy,
         };
         let engine = self.sluice.engine.clone();
+        let sql_pool = self.sluice.sql_pool.clone();
         let events = self.events_tx.clone();
         let task_id = task.id.clone();
         self.active += 1;
         self.running.spawn(async move {
             let clock = Instant::now();
-            let outcome = run_try(engine, pre, request, events).await;
+            let outcome = run_try(engine, sql_pool, pre, request, events).await;
             Completion::TryDone {
                 task_id,
                 try_number,

@@ -62,19 +62,17 @@ async fn runaway_tasks_stop_at_their_limits_and_the_host_keeps_running() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sql_timeout_interrupts_duckdb_promptly() {
+async fn the_sql_timeout_interrupts_duckdb() {
     let home = TestHome::new();
-    let started = std::time::Instant::now();
-    let run = home
-        .run(
-            "interrupt",
-            &body("mode = \"sql\", sql = \"SELECT count(*) FROM range(10000000000000) a WHERE a.range % 7 = 3\"", "timeout = \"1s\""),
-            json!({}),
-        )
-        .await;
+    let sql = "mode = \"sql\", sql = \"SELECT count(*) FROM range(10000000000000) a WHERE a.range % 7 = 3\"";
+    // A guard against hanging, not a speed check: uninterrupted, this query runs for hours.
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        home.run("interrupt", &body(sql, "timeout = \"1s\""), json!({})),
+    )
+    .await
+    .expect("the running DuckDB statement was not interrupted at the task's timeout");
     assert_eq!(run.state.as_str(), "failed");
-    // Not a timing assertion on speed: without the interrupt this query runs for hours.
-    assert!(started.elapsed() < std::time::Duration::from_secs(600));
     let logs = home.log_text(&run.run_id, "t");
     assert!(logs.contains("timed out after 1s"), "{logs}");
 }

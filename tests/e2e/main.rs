@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bench;
 mod deploy;
 mod etl;
 mod limits;

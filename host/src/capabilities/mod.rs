@@ -17,7 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub use context::TaskContext;
 pub use limits::{Deadline, MemoryLimiter};
 pub use log::LogSink;
-pub use sql::SqlSession;
+pub use sql::{SharedHandles, SqlHandles, SqlPool, SqlSession};
 
 /// Everything a running task instance can reach. Owned by its wasmtime store.
 pub struct TaskHost {

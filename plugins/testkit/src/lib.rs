@@ -12,6 +12,8 @@ struct Params {
     ms: u64,
     #[serde(default)]
     bytes: usize,
+    #[serde(default)]
+    n: u64,
     #[serde(default = "two")]
     succeed_on: u32,
     #[serde(default)]
@@ -93,8 +95,35 @@ fn run(ctx: &Context, input: Input<Params>) -> Result<Value> {
             Ok(json!({}))
         }
         "escape" => Ok(escape(ctx, p)),
+        "hostcalls" => Ok(host_calls(ctx, p.n.max(1))),
         other => Err(Error::permanent(format!("unknown testkit mode `{other}`"))),
     }
+}
+
+/// Times `n` trivial host calls (a context read) against `n` calls of a local
+/// function, inside the guest: nanoseconds per call of each.
+fn host_calls(ctx: &Context, n: u64) -> Value {
+    #[inline(never)]
+    fn local(x: u32) -> u32 {
+        std::hint::black_box(x).wrapping_add(1)
+    }
+    let start = std::time::Instant::now();
+    let mut acc = 0u32;
+    for _ in 0..n {
+        acc = acc.wrapping_add(ctx.try_number());
+    }
+    let host = start.elapsed();
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        acc = acc.wrapping_add(local(i as u32));
+    }
+    let local_time = start.elapsed();
+    json!({
+        "calls": n,
+        "host_ns_per_call": host.as_nanos() as f64 / n as f64,
+        "local_ns_per_call": local_time.as_nanos() as f64 / n as f64,
+        "checksum": acc,
+    })
 }
 
 fn echo(ctx: &Context, input: &Input<Params>) -> Value {

@@ -1,0 +1,31 @@
+//! `sluice bench --smoke` keeps every benchmark case compiling and working.
+//! It asserts that each case reported its figures, never how fast they were.
+
+use crate::support::{TestHome, plugins_dist, repo_root, text};
+
+#[test]
+fn every_benchmark_case_runs_in_smoke_mode() {
+    plugins_dist();
+    let home = TestHome::new();
+    let repo = repo_root().canonicalize().expect("repo");
+    let out = home.cli(&["bench", "--smoke", "--repo", repo.to_str().expect("utf-8")]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "bench failed\n{stdout}\n{stderr}");
+    for heading in [
+        "1. sandbox tax",
+        "2. start-up",
+        "3. host call cost",
+        "4. scheduling overhead",
+        "5. data out",
+    ] {
+        assert!(
+            stdout.contains(heading),
+            "missing `{heading}` in:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("components compiled: 0, new version: false"),
+        "{stdout}"
+    );
+    assert!(stdout.matches('x').count() >= 3, "ratios printed: {stdout}");
+}
