@@ -363,7 +363,7 @@ async fn run_once(
         &version,
         RunOptions {
             params,
-            logical_date: None,
+            ..RunOptions::default()
         },
         None,
     )

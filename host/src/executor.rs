@@ -49,6 +49,10 @@ pub struct TryRequest {
     pub policy: TaskPolicy,
 }
 
+/// Threads closing the DuckDB databases of finished tries. Join them before
+/// deleting the run's staging directory; nothing else waits for them.
+pub type Closing = Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>;
+
 /// How a try ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TryOutcome {
@@ -73,6 +77,7 @@ pub async fn run_try(
     pre: TaskPre<TaskHost>,
     request: TryRequest,
     events: UnboundedSender<RunEvent>,
+    closing: Closing,
 ) -> TryOutcome {
     let deadline = Arc::new(Deadline::after(request.policy.timeout));
     let sql = SqlSession::new(
@@ -90,7 +95,7 @@ pub async fn run_try(
         let deadline = deadline.clone();
         let events = events.clone();
         tokio::task::spawn_blocking(move || {
-            run_blocking(&engine, &pre, sql, request, deadline, events)
+            run_blocking(&engine, &pre, sql, request, deadline, events, &closing)
         })
     };
     tokio::pin!(worker);
@@ -146,6 +151,7 @@ fn run_blocking(
     request: TryRequest,
     deadline: Arc<Deadline>,
     events: UnboundedSender<RunEvent>,
+    closing: &Closing,
 ) -> TryOutcome {
     let mut log = LogSink::new(request.key.clone(), events);
     let failed = |error: String| TryOutcome::Failed {
@@ -190,7 +196,12 @@ fn run_blocking(
     let result = pre
         .instantiate(&mut store)
         .and_then(|task| task.call_run(&mut store, &input));
-    drop(store);
+    if let Some(thread) = store.into_data().sql.close() {
+        closing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(thread);
+    }
     let panic_message = drain_output(&captured, &mut log);
 
     match result {

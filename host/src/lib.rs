@@ -20,6 +20,7 @@ pub mod plugins;
 pub mod registry;
 pub mod runtime;
 pub mod scheduler;
+pub mod staging;
 pub mod state;
 pub mod store;
 

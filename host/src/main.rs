@@ -12,7 +12,9 @@ use serde_json::{Map, Value};
 use sluice::Sluice;
 use sluice::home::Home;
 use sluice::manifest::Manifest;
-use sluice::scheduler::{RunOptions, run_dag};
+use sluice::scheduler::{
+    ClearScope, RunOptions, RunSummary, StagingPolicy, clear, resume_run, run_dag,
+};
 use sluice::state::RunState;
 use sluice::store::VersionRecord;
 
@@ -23,6 +25,9 @@ struct Cli {
     /// The Sluice home: metadatabase, components, compile cache, staging.
     #[arg(long, global = true, env = "SLUICE_HOME")]
     home: Option<PathBuf>,
+    /// How long a failed run's staging directory is kept for clear and re-run.
+    #[arg(long, global = true, env = "SLUICE_STAGING_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    staging_ttl: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,10 +50,18 @@ enum Command {
         /// DAG id.
         dag_id: String,
     },
-    /// Run a DAG: a manifest path (deployed first) or a deployed DAG id.
+    /// Run a DAG: a manifest path (deployed first) or a deployed DAG id; or
+    /// carry on a run whose host process died (`--resume <run>`).
     Run {
         /// Manifest path or DAG id.
-        dag: String,
+        #[arg(required_unless_present = "resume", conflicts_with = "resume")]
+        dag: Option<String>,
+        /// Resume this run: tries left running count as failed; what succeeded is reused.
+        #[arg(long, value_name = "RUN")]
+        resume: Option<String>,
+        /// Keep the staging directory (for the TTL) even if the run succeeds.
+        #[arg(long)]
+        keep_staging: bool,
         /// A run param, `key=value` (value parsed as JSON when it is JSON).
         #[arg(long = "param", short = 'p', value_parser = parse_param)]
         params: Vec<(String, Value)>,
@@ -96,6 +109,38 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Reset a task instance (and optionally its downstream or upstream) and
+    /// re-run it in the same run, reusing what is staged; the run re-binds to
+    /// the DAG's current version.
+    Clear {
+        /// Run id.
+        run_id: String,
+        /// Task id.
+        task_id: String,
+        /// Also clear every task downstream.
+        #[arg(long)]
+        downstream: bool,
+        /// Also clear every task upstream.
+        #[arg(long)]
+        upstream: bool,
+        /// List what would be cleared, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print plain state changes instead of the live display.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Reclaim staging directories past their TTL, and orphans.
+    Gc {
+        /// List what would be reclaimed, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Staging directories and their audit trail.
+    Staging {
+        #[command(subcommand)]
+        command: StagingCommand,
+    },
     /// Print the log of a task instance.
     Logs {
         /// Run id.
@@ -106,6 +151,12 @@ enum Command {
         #[arg(long = "try")]
         try_number: Option<u32>,
     },
+}
+
+#[derive(Subcommand)]
+enum StagingCommand {
+    /// Every staging directory: state, kept until, deleted when and why.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -197,32 +248,133 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run {
             dag,
+            resume,
+            keep_staging,
             params,
             build,
             logical_date,
             no_progress,
         } => {
             let sluice = open(cli.home)?;
-            let version = resolve_version(&sluice, &dag, build)?;
-            let options = RunOptions {
-                params: params.into_iter().collect::<Map<_, _>>(),
-                logical_date,
+            let policy = StagingPolicy {
+                keep: keep_staging,
+                ttl: cli.staging_ttl,
             };
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let summary = runtime.block_on(async {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let display = display::spawn(&version.spec, rx, no_progress);
-                let summary = run_dag(&sluice, &version, options, Some(tx)).await;
-                let _ = display.await;
-                summary
-            })?;
-            print_run_result(&sluice, &summary.run_id)?;
+            let summary = if let Some(run_id) = resume {
+                let record = sluice.store.run(&run_id)?;
+                let version = sluice.store.version(&record.dag_id, &record.version)?;
+                drive(&version.spec, no_progress, |tx| {
+                    resume_run(&sluice, &run_id, policy, Some(tx))
+                })?
+            } else {
+                let dag = dag.context("a DAG (manifest path or id) is required")?;
+                let version = resolve_version(&sluice, &dag, build)?;
+                let options = RunOptions {
+                    params: params.into_iter().collect::<Map<_, _>>(),
+                    logical_date,
+                    staging: policy,
+                };
+                drive(&version.spec, no_progress, |tx| {
+                    run_dag(&sluice, &version, options, Some(tx))
+                })?
+            };
+            print_run_result(&sluice, &summary.run_id, cli.staging_ttl)?;
             Ok(if summary.state == RunState::Success {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Clear {
+            run_id,
+            task_id,
+            downstream,
+            upstream,
+            dry_run,
+            no_progress,
+        } => {
+            let sluice = open(cli.home)?;
+            let cleared = clear(
+                &sluice,
+                &run_id,
+                &task_id,
+                ClearScope {
+                    downstream,
+                    upstream,
+                },
+                dry_run,
+            )?;
+            if dry_run {
+                println!("would clear in run {run_id}: {}", cleared.join(", "));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let record = sluice.store.run(&run_id)?;
+            println!(
+                "cleared in run {run_id}: {} (now on version {})",
+                cleared.join(", "),
+                short(&record.version)
+            );
+            let version = sluice.store.version(&record.dag_id, &record.version)?;
+            let policy = StagingPolicy {
+                keep: false,
+                ttl: cli.staging_ttl,
+            };
+            let summary = drive(&version.spec, no_progress, |tx| {
+                resume_run(&sluice, &run_id, policy, Some(tx))
+            })?;
+            print_run_result(&sluice, &summary.run_id, cli.staging_ttl)?;
+            Ok(if summary.state == RunState::Success {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Gc { dry_run } => {
+            let sluice = open(cli.home)?;
+            let now = chrono::Utc::now();
+            let reclaimed =
+                sluice::staging::sweep(&sluice.home, &sluice.store, cli.staging_ttl, now, dry_run)?;
+            let verb = if dry_run {
+                "would reclaim"
+            } else {
+                "reclaimed"
+            };
+            for r in &reclaimed {
+                println!("{verb} {} ({}): {}", r.run_id, r.reason, r.path);
+            }
+            println!(
+                "{verb} {} staging director{}",
+                reclaimed.len(),
+                if reclaimed.len() == 1 { "y" } else { "ies" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Staging {
+            command: StagingCommand::List,
+        } => {
+            let sluice = open(cli.home)?;
+            let ttl = chrono::Duration::from_std(cli.staging_ttl).unwrap_or(chrono::Duration::MAX);
+            let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default()
+            };
+            println!(
+                "{:<36} {:<9} {:<20} {:<20} {:<20} {:<14} PATH",
+                "RUN", "STATE", "CREATED", "KEPT UNTIL", "DELETED", "REASON"
+            );
+            for v in sluice.store.volumes()? {
+                println!(
+                    "{:<36} {:<9} {:<20} {:<20} {:<20} {:<14} {}",
+                    v.run_id,
+                    v.state,
+                    when(Some(v.created_at)),
+                    when(v.released_at.map(|t| t + ttl)),
+                    when(v.deleted_at),
+                    v.delete_reason.as_deref().unwrap_or(""),
+                    v.path
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Runs {
             command: RunsCommand::List { dag, limit },
@@ -309,6 +461,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Runs `start` on a new async runtime with the live display attached.
+fn drive<F, Fut>(spec: &sluice::dag::DagSpec, no_progress: bool, start: F) -> Result<RunSummary>
+where
+    F: FnOnce(tokio::sync::mpsc::UnboundedSender<sluice::events::RunEvent>) -> Fut,
+    Fut: std::future::Future<Output = Result<RunSummary, sluice::scheduler::RunError>>,
+{
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    Ok(runtime.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let display = display::spawn(spec, rx, no_progress);
+        let summary = start(tx).await;
+        let _ = display.await;
+        summary
+    })?)
+}
+
 fn short(digest: &str) -> &str {
     digest.get(..12).unwrap_or(digest)
 }
@@ -364,7 +532,8 @@ fn resolve_version(sluice: &Sluice, dag: &str, build: bool) -> Result<VersionRec
         .version(&deployment.dag_id, &deployment.version)?)
 }
 
-fn print_run_result(sluice: &Sluice, run_id: &str) -> Result<()> {
+fn print_run_result(sluice: &Sluice, run_id: &str, ttl: std::time::Duration) -> Result<()> {
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
     let run = sluice.store.run(run_id)?;
     let version = sluice.store.version(&run.dag_id, &run.version)?;
     let tasks = sluice.store.tasks(run_id)?;
@@ -373,7 +542,21 @@ fn print_run_result(sluice: &Sluice, run_id: &str) -> Result<()> {
         _ => String::new(),
     };
     println!("run {} {} in {duration}", run.run_id, run.state);
-    println!("staging: {}", run.staging_dir);
+    match sluice.store.volume(run_id)? {
+        Some(v) if v.state == "deleted" => println!(
+            "staging: {} (deleted: {}; `--keep-staging` keeps it)",
+            run.staging_dir,
+            v.delete_reason.as_deref().unwrap_or("")
+        ),
+        Some(v) => println!(
+            "staging: {} (kept until {})",
+            run.staging_dir,
+            v.released_at
+                .map(|t| (t + ttl).to_rfc3339())
+                .unwrap_or_else(|| "the run ends".into())
+        ),
+        None => println!("staging: {}", run.staging_dir),
+    }
     let has_downstream: std::collections::HashSet<&str> = version
         .spec
         .tasks

@@ -17,8 +17,9 @@ use crate::bindings::TaskPre;
 use crate::capabilities::TaskHost;
 use crate::dag::{DagSpec, TaskSpec};
 use crate::events::{RunEvent, TaskKey};
-use crate::executor::{TryOutcome, TryRequest, run_try};
+use crate::executor::{Closing, TryOutcome, TryRequest, run_try};
 use crate::runtime::Sluice;
+use crate::staging;
 use crate::state::{RunState, TaskState};
 use crate::store::{NewLog, RunRecord, StoreError, VersionRecord};
 
@@ -32,6 +33,12 @@ pub enum RunError {
     /// The metadatabase failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The staging lifecycle failed.
+    #[error(transparent)]
+    Lifecycle(#[from] staging::StagingError),
+    /// What was asked cannot be done (unknown task, run still running, ...).
+    #[error("{0}")]
+    Invalid(String),
     /// The staging directory could not be created.
     #[error("cannot create staging directory {path}: {source}")]
     Staging {
@@ -49,6 +56,26 @@ pub struct RunOptions {
     pub params: Map<String, Value>,
     /// The logical date (default: now).
     pub logical_date: Option<DateTime<Utc>>,
+    /// What happens to the staging directory when the run ends.
+    pub staging: StagingPolicy,
+}
+
+/// What happens to a run's staging directory when the run ends.
+#[derive(Debug, Clone, Copy)]
+pub struct StagingPolicy {
+    /// Keep it for `ttl` even if the run succeeds.
+    pub keep: bool,
+    /// How long a failed (or kept) run's directory is kept.
+    pub ttl: std::time::Duration,
+}
+
+impl Default for StagingPolicy {
+    fn default() -> Self {
+        Self {
+            keep: false,
+            ttl: staging::DEFAULT_TTL,
+        }
+    }
 }
 
 /// How a run ended.
@@ -106,8 +133,156 @@ pub async fn run_dag(
         error: None,
     };
     sluice.store.create_run(&record, &version.spec)?;
-    let mut run = RunLoop::new(sluice, &version.spec, record, options.params, observer);
+    sluice.store.add_volume(&run_id, &record.staging_dir, now)?;
+    // The automatic sweep: reclaim what expired while nothing was running.
+    if let Err(e) = staging::sweep(&sluice.home, &sluice.store, options.staging.ttl, now, false) {
+        tracing::warn!("staging sweep failed: {e}");
+    }
+    let mut run = RunLoop::load(
+        sluice,
+        &version.spec,
+        record,
+        options.params,
+        options.staging,
+        observer,
+    )?;
     run.drive().await
+}
+
+/// Carries an existing run to its end: a run whose host process died (tries
+/// left `running` count as failed tries), or one with cleared tasks. Tasks that
+/// succeeded are not run again; their staged files and outputs are reused.
+pub async fn resume_run(
+    sluice: &Sluice,
+    run_id: &str,
+    policy: StagingPolicy,
+    observer: Option<UnboundedSender<RunEvent>>,
+) -> Result<RunSummary, RunError> {
+    let record = sluice.store.run(run_id)?;
+    let version = sluice.store.version(&record.dag_id, &record.version)?;
+    let params: Map<String, Value> = serde_json::from_str(&record.params).unwrap_or_default();
+    let mut run = RunLoop::load(sluice, &version.spec, record, params, policy, observer)?;
+    run.recover_interrupted()?;
+    if let Some(why) = run.staging_gone()? {
+        run.fail_pending(&why)?;
+        return run.finish();
+    }
+    sluice.store.activate_volume(run_id)?;
+    run.drive().await
+}
+
+/// Which task instances a clear resets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClearScope {
+    /// Also everything downstream of the task.
+    pub downstream: bool,
+    /// Also everything upstream of the task.
+    pub upstream: bool,
+}
+
+/// Resets `task_id` (and its scope) in `run_id` for another try, re-binding the
+/// run to its DAG's current version. With `dry_run`, only reports the tasks.
+/// Tasks downstream of a cleared task that were `upstream_failed` are reset
+/// too, since the failure that blocked them is being retried.
+pub fn clear(
+    sluice: &Sluice,
+    run_id: &str,
+    task_id: &str,
+    scope: ClearScope,
+    dry_run: bool,
+) -> Result<Vec<String>, RunError> {
+    let run = sluice.store.run(run_id)?;
+    if run.state == RunState::Running {
+        return Err(RunError::Invalid(format!(
+            "run `{run_id}` is running; clear it once it has ended"
+        )));
+    }
+    let current = sluice.store.current_version(&run.dag_id)?;
+    let spec = &current.spec;
+    if spec.task(task_id).is_none() {
+        return Err(RunError::Invalid(format!(
+            "task `{task_id}` is not in the current version {} of DAG `{}`",
+            &current.digest[..12],
+            run.dag_id
+        )));
+    }
+    let existing = sluice.store.tasks(run_id)?;
+    let missing: Vec<&str> = spec
+        .tasks
+        .iter()
+        .map(|t| t.id.as_str())
+        .filter(|id| !existing.iter().any(|e| e.task_id == *id))
+        .collect();
+    if !missing.is_empty() {
+        return Err(RunError::Invalid(format!(
+            "the current version of `{}` has tasks this run never had ({}); start a new run",
+            run.dag_id,
+            missing.join(", ")
+        )));
+    }
+    let mut selected: Vec<String> = vec![task_id.to_owned()];
+    if scope.upstream {
+        selected.extend(related(spec, task_id, Direction::Upstream));
+    }
+    if scope.downstream {
+        selected.extend(related(spec, task_id, Direction::Downstream));
+    } else {
+        let blocked = related(spec, task_id, Direction::Downstream);
+        selected.extend(blocked.into_iter().filter(|t| {
+            existing
+                .iter()
+                .any(|e| &e.task_id == t && e.state == TaskState::UpstreamFailed)
+        }));
+    }
+    let mut ordered: Vec<String> = spec
+        .tasks
+        .iter()
+        .map(|t| t.id.clone())
+        .filter(|t| selected.contains(t))
+        .collect();
+    ordered.dedup();
+    if !dry_run {
+        let tries: Vec<(String, u32)> = ordered
+            .iter()
+            .filter_map(|t| spec.task(t).map(|s| (t.clone(), s.policy.max_tries())))
+            .collect();
+        sluice.store.rebind_run(run_id, &current.digest)?;
+        sluice.store.reset_tasks(run_id, &tries)?;
+    }
+    Ok(ordered)
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Upstream,
+    Downstream,
+}
+
+/// Tasks transitively upstream or downstream of `task_id`.
+fn related(spec: &DagSpec, task_id: &str, direction: Direction) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    let mut frontier = vec![task_id.to_owned()];
+    while let Some(current) = frontier.pop() {
+        let next: Vec<String> = match direction {
+            Direction::Upstream => spec
+                .task(&current)
+                .map(|t| t.after.clone())
+                .unwrap_or_default(),
+            Direction::Downstream => spec
+                .tasks
+                .iter()
+                .filter(|t| t.after.contains(&current))
+                .map(|t| t.id.clone())
+                .collect(),
+        };
+        for t in next {
+            if !found.contains(&t) {
+                found.push(t.clone());
+                frontier.push(t);
+            }
+        }
+    }
+    found
 }
 
 struct TaskSlot {
@@ -135,52 +310,161 @@ struct RunLoop<'a> {
     spec: &'a DagSpec,
     run: RunRecord,
     run_params: Map<String, Value>,
+    staging: StagingPolicy,
     slots: HashMap<String, TaskSlot>,
     running: JoinSet<Completion>,
     active: usize,
     events_tx: UnboundedSender<RunEvent>,
     events_rx: UnboundedReceiver<RunEvent>,
+    closing: Closing,
     observer: Option<UnboundedSender<RunEvent>>,
     logs: Vec<NewLog>,
 }
 
 impl<'a> RunLoop<'a> {
-    fn new(
+    /// A loop over `run`, with task states as stored.
+    fn load(
         sluice: &'a Sluice,
         spec: &'a DagSpec,
         run: RunRecord,
         run_params: Map<String, Value>,
+        staging: StagingPolicy,
         observer: Option<UnboundedSender<RunEvent>>,
-    ) -> Self {
+    ) -> Result<Self, RunError> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let slots = spec
-            .tasks
-            .iter()
+        let slots = sluice
+            .store
+            .tasks(&run.run_id)?
+            .into_iter()
             .map(|t| {
+                let output = t
+                    .output
+                    .as_deref()
+                    .map(|o| serde_json::from_str(o).unwrap_or(Value::String(o.to_owned())));
                 (
-                    t.id.clone(),
+                    t.task_id,
                     TaskSlot {
-                        state: TaskState::Scheduled,
-                        try_number: 0,
-                        output: None,
-                        error: None,
+                        state: t.state,
+                        try_number: t.try_number,
+                        output,
+                        error: t.error,
                     },
                 )
             })
             .collect();
-        Self {
+        Ok(Self {
             sluice,
             spec,
             run,
             run_params,
+            staging,
             slots,
             running: JoinSet::new(),
             active: 0,
             events_tx,
             events_rx,
+            closing: Closing::default(),
             observer,
             logs: Vec::new(),
+        })
+    }
+
+    /// Tries left `running` (or waiting) by a host process that died: a running
+    /// try counts as failed and is retried if tries remain.
+    fn recover_interrupted(&mut self) -> Result<(), RunError> {
+        let now = Utc::now();
+        for task in &self.spec.tasks {
+            let Some(slot) = self.slots.get(&task.id) else {
+                continue;
+            };
+            let (state, try_number) = (slot.state, slot.try_number);
+            match state {
+                TaskState::Running => {
+                    let error = format!("the host process stopped during try {try_number}");
+                    let max_tries = self
+                        .sluice
+                        .store
+                        .tasks(&self.run.run_id)?
+                        .into_iter()
+                        .find(|t| t.task_id == task.id)
+                        .map_or(task.policy.max_tries(), |t| t.max_tries);
+                    let retry = try_number < max_tries;
+                    let next = if retry {
+                        TaskState::UpForRetry
+                    } else {
+                        TaskState::Failed
+                    };
+                    let started = self
+                        .sluice
+                        .store
+                        .tries(&self.run.run_id, &task.id)?
+                        .last()
+                        .map_or(now, |t| t.started_at);
+                    let elapsed = (now - started).to_std().unwrap_or_default();
+                    self.sluice.store.end_try(
+                        &self.run.run_id,
+                        &task.id,
+                        try_number,
+                        next,
+                        now,
+                        elapsed,
+                        None,
+                        Some(&error),
+                    )?;
+                    self.set_state(
+                        &task.id,
+                        if retry {
+                            TaskState::Scheduled
+                        } else {
+                            TaskState::Failed
+                        },
+                        Some(error),
+                    )?;
+                    if !retry {
+                        self.fail_downstream(&task.id)?;
+                    }
+                }
+                TaskState::Queued | TaskState::UpForRetry => {
+                    self.set_state(&task.id, TaskState::Scheduled, None)?
+                }
+                _ => {}
+            }
         }
+        Ok(())
+    }
+
+    /// Why the run's staging directory can no longer be used, if it cannot.
+    fn staging_gone(&self) -> Result<Option<String>, RunError> {
+        let volume = self.sluice.store.volume(&self.run.run_id)?;
+        if let Some(v) = volume.filter(|v| v.state == "deleted") {
+            return Ok(Some(format!(
+                "the run's staging directory {} was reclaimed ({}, at {}); the upstream data this task needs is gone, start a new run",
+                v.path,
+                v.delete_reason.as_deref().unwrap_or("unknown reason"),
+                v.deleted_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+            )));
+        }
+        if !std::path::Path::new(&self.run.staging_dir).is_dir() {
+            return Ok(Some(format!(
+                "the run's staging directory {} no longer exists; the upstream data this task needs is gone, start a new run",
+                self.run.staging_dir
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Fails every task that would still run, with `why`.
+    fn fail_pending(&mut self, why: &str) -> Result<(), RunError> {
+        for task in &self.spec.tasks {
+            if self
+                .slots
+                .get(&task.id)
+                .is_some_and(|s| !s.state.is_finished())
+            {
+                self.set_state(&task.id, TaskState::Failed, Some(why.to_owned()))?;
+            }
+        }
+        Ok(())
     }
 
     async fn drive(&mut self) -> Result<RunSummary, RunError> {
@@ -273,9 +557,14 @@ impl<'a> RunLoop<'a> {
     fn start_try(&mut self, task: &TaskSpec, pre: TaskPre<TaskHost>) -> Result<(), RunError> {
         let try_number = self.slots.get(&task.id).map_or(0, |s| s.try_number) + 1;
         let started = Utc::now();
-        self.sluice
-            .store
-            .start_try(&self.run.run_id, &task.id, try_number, started)?;
+        self.sluice.store.start_try(
+            &self.run.run_id,
+            &task.id,
+            try_number,
+            &self.run.version,
+            &task.component,
+            started,
+        )?;
         if let Some(slot) = self.slots.get_mut(&task.id) {
             slot.state = TaskState::Running;
             slot.try_number = try_number;
@@ -310,12 +599,13 @@ impl<'a> RunLoop<'a> {
         };
         let engine = self.sluice.engine.clone();
         let sql_pool = self.sluice.sql_pool.clone();
+        let closing = self.closing.clone();
         let events = self.events_tx.clone();
         let task_id = task.id.clone();
         self.active += 1;
         self.running.spawn(async move {
             let clock = Instant::now();
-            let outcome = run_try(engine, sql_pool, pre, request, events).await;
+            let outcome = run_try(engine, sql_pool, pre, request, events, closing).await;
             Completion::TryDone {
                 task_id,
                 try_number,
@@ -531,6 +821,26 @@ impl<'a> RunLoop<'a> {
         self.sluice
             .store
             .set_run_state(&self.run.run_id, state, error.as_deref())?;
+        // Every database must be closed before its files may be deleted.
+        let closing = std::mem::take(
+            &mut *self
+                .closing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for thread in closing {
+            let _ = thread.join();
+        }
+        if self.staging_gone()?.is_none() {
+            staging::release(
+                &self.sluice.store,
+                &self.run.run_id,
+                std::path::Path::new(&self.run.staging_dir),
+                state == RunState::Success,
+                self.staging.keep,
+                Utc::now(),
+            )?;
+        }
         self.notify(RunEvent::RunFinished { state });
         Ok(RunSummary {
             run_id: self.run.run_id.clone(),

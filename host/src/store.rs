@@ -20,12 +20,18 @@ pub enum StoreError {
     /// A stored document does not decode.
     #[error("metadatabase holds an unreadable record: {0}")]
     Corrupt(String),
+    /// The metadatabase was written by an incompatible version of sluice.
+    #[error("metadatabase: {0}")]
+    Incompatible(String),
     /// Something asked for does not exist.
     #[error("{0}")]
     NotFound(String),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
+
+/// Bumped whenever `SCHEMA` changes incompatibly.
+const SCHEMA_VERSION: u32 = 1;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS dag_versions (
@@ -74,6 +80,8 @@ CREATE TABLE IF NOT EXISTS task_tries (
     run_id      TEXT NOT NULL,
     task_id     TEXT NOT NULL,
     try_number  INTEGER NOT NULL,
+    version     TEXT NOT NULL,
+    component   TEXT NOT NULL,
     state       TEXT NOT NULL,
     started_at  TEXT NOT NULL,
     ended_at    TEXT,
@@ -89,6 +97,15 @@ CREATE TABLE IF NOT EXISTS task_logs (
     ts          TEXT NOT NULL,
     level       TEXT NOT NULL,
     message     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS staging_volumes (
+    run_id        TEXT PRIMARY KEY,
+    path          TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    released_at   TEXT,
+    deleted_at    TEXT,
+    delete_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS task_logs_by_task ON task_logs (run_id, task_id, try_number, id);
 "#;
@@ -164,6 +181,44 @@ pub struct TaskRecord {
     pub error: Option<String>,
 }
 
+/// One try of a task instance.
+#[derive(Debug, Clone)]
+pub struct TryRecord {
+    /// Try number.
+    pub try_number: u32,
+    /// The DAG version the try ran.
+    pub version: String,
+    /// The component digest the try ran.
+    pub component: String,
+    /// How it ended (or `running`).
+    pub state: TaskState,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// End.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Error, if it failed.
+    pub error: Option<String>,
+}
+
+/// A run's staging directory and what happened to it.
+#[derive(Debug, Clone)]
+pub struct VolumeRecord {
+    /// The run.
+    pub run_id: String,
+    /// The directory.
+    pub path: String,
+    /// `active`, `retained` or `deleted`.
+    pub state: String,
+    /// Created (or first seen, for an orphan).
+    pub created_at: DateTime<Utc>,
+    /// When its run ended and released it (`retained`); kept until this plus the TTL.
+    pub released_at: Option<DateTime<Utc>>,
+    /// Deleted at.
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// `run_succeeded`, `ttl_expired` or `orphaned`.
+    pub delete_reason: Option<String>,
+}
+
 /// One stored log line.
 #[derive(Debug, Clone)]
 pub struct LogRecord {
@@ -221,7 +276,18 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let fresh: bool =
+            conn.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |r| r.get(0))?;
+        if !fresh && version != SCHEMA_VERSION {
+            return Err(StoreError::Incompatible(format!(
+                "{} has schema version {version}; this sluice uses version {SCHEMA_VERSION} \
+                 (no migration exists yet: use a new SLUICE_HOME)",
+                path.display()
+            )));
+        }
         conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -418,12 +484,15 @@ impl Store {
         })
     }
 
-    /// Starts try `try_number` of a task instance: state `running`.
+    /// Starts try `try_number` of a task instance with `component` of DAG
+    /// `version`: state `running`.
     pub fn start_try(
         &self,
         run_id: &str,
         task_id: &str,
         try_number: u32,
+        version: &str,
+        component: &str,
         at: DateTime<Utc>,
     ) -> Result<()> {
         let at = ts(at);
@@ -431,14 +500,15 @@ impl Store {
             let tx = c.transaction()?;
             tx.execute(
                 "UPDATE task_instances SET state = 'running', try_number = ?3, started_at = ?4,
-                     ended_at = NULL, duration_ms = NULL, error = NULL, output = NULL
+                     ended_at = NULL, duration_ms = NULL, error = NULL, output = NULL, component = ?5
                  WHERE run_id = ?1 AND task_id = ?2",
-                params![run_id, task_id, try_number, at],
+                params![run_id, task_id, try_number, at, component],
             )?;
             tx.execute(
-                "INSERT OR REPLACE INTO task_tries (run_id, task_id, try_number, state, started_at)
-                 VALUES (?1, ?2, ?3, 'running', ?4)",
-                params![run_id, task_id, try_number, at],
+                "INSERT OR REPLACE INTO task_tries
+                     (run_id, task_id, try_number, version, component, state, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
+                params![run_id, task_id, try_number, version, component, at],
             )?;
             tx.commit()?;
             Ok(())
@@ -530,6 +600,169 @@ impl Store {
                 },
             )
             .collect()
+    }
+
+    /// Re-binds a run to DAG version `version` (after a clear) and marks it running.
+    pub fn rebind_run(&self, run_id: &str, version: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE dag_runs SET version = ?2, state = 'running', ended_at = NULL, error = NULL WHERE run_id = ?1",
+                params![run_id, version],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Resets task instances to `scheduled`, each `(task, tries)` allowed `tries`
+    /// more tries; try numbers go on counting.
+    pub fn reset_tasks(&self, run_id: &str, tasks: &[(String, u32)]) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            for (task_id, extra) in tasks {
+                tx.execute(
+                    "UPDATE task_instances SET state = 'scheduled', output = NULL, error = NULL,
+                         ended_at = NULL, duration_ms = NULL, max_tries = try_number + ?3
+                     WHERE run_id = ?1 AND task_id = ?2",
+                    params![run_id, task_id, extra],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The tries of a task instance: (try, version, component, state, error).
+    pub fn tries(&self, run_id: &str, task_id: &str) -> Result<Vec<TryRecord>> {
+        let raws = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT try_number, version, component, state, started_at, ended_at, error FROM task_tries
+                 WHERE run_id = ?1 AND task_id = ?2 ORDER BY try_number",
+            )?;
+            let rows = stmt.query_map(params![run_id, task_id], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                ))
+            })?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })?;
+        raws.into_iter()
+            .map(
+                |(try_number, version, component, state, started, ended, error)| {
+                    Ok(TryRecord {
+                        try_number,
+                        version,
+                        component,
+                        state: TaskState::parse(&state)
+                            .ok_or_else(|| StoreError::Corrupt(format!("try state `{state}`")))?,
+                        started_at: parse_ts(&started)?,
+                        ended_at: parse_opt_ts(ended)?,
+                        error,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    // ---- staging volumes ------------------------------------------------
+
+    /// Records the staging directory of a new run (state `active`).
+    pub fn add_volume(&self, run_id: &str, path: &str, at: DateTime<Utc>) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO staging_volumes (run_id, path, state, created_at) VALUES (?1, ?2, 'active', ?3)",
+                params![run_id, path, ts(at)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Marks a volume `active` again (a cleared or resumed run uses it).
+    pub fn activate_volume(&self, run_id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE staging_volumes SET state = 'active', released_at = NULL WHERE run_id = ?1 AND state <> 'deleted'",
+                [run_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Keeps a volume, released by its run at `at`, for the TTL in force (its
+    /// run failed, or was told to keep it).
+    pub fn retain_volume(&self, run_id: &str, at: DateTime<Utc>) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE staging_volumes SET state = 'retained', released_at = ?2 WHERE run_id = ?1",
+                params![run_id, ts(at)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Records that a volume was deleted, when and why (inserting a row for an orphan).
+    pub fn delete_volume(
+        &self,
+        run_id: &str,
+        path: &str,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO staging_volumes (run_id, path, state, created_at, deleted_at, delete_reason)
+                 VALUES (?1, ?2, 'deleted', ?3, ?3, ?4)
+                 ON CONFLICT (run_id) DO UPDATE SET state = 'deleted', deleted_at = ?3, delete_reason = ?4,
+                     released_at = NULL",
+                params![run_id, path, ts(at), reason],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Every volume ever recorded, newest first.
+    pub fn volumes(&self) -> Result<Vec<VolumeRecord>> {
+        let raws = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT run_id, path, state, created_at, released_at, deleted_at, delete_reason
+                 FROM staging_volumes ORDER BY created_at DESC, rowid DESC",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                ))
+            })?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })?;
+        raws.into_iter()
+            .map(|(run_id, path, state, created, retain, deleted, reason)| {
+                Ok(VolumeRecord {
+                    run_id,
+                    path,
+                    state,
+                    created_at: parse_ts(&created)?,
+                    released_at: parse_opt_ts(retain)?,
+                    deleted_at: parse_opt_ts(deleted)?,
+                    delete_reason: reason,
+                })
+            })
+            .collect()
+    }
+
+    /// The volume of `run_id`, if recorded.
+    pub fn volume(&self, run_id: &str) -> Result<Option<VolumeRecord>> {
+        Ok(self.volumes()?.into_iter().find(|v| v.run_id == run_id))
     }
 
     // ---- logs -----------------------------------------------------------

@@ -12,6 +12,7 @@ fn etl_example_runs_and_its_aggregate_is_exact() {
         "--param",
         &format!("rows={rows}"),
         "--no-progress",
+        "--keep-staging",
     ]);
     let (stdout, stderr) = text(&out);
     assert!(

@@ -6,6 +6,7 @@ mod support;
 mod bench;
 mod deploy;
 mod etl;
+mod lifecycle;
 mod limits;
 mod manifests;
 mod outputs;

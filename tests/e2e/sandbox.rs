@@ -15,6 +15,8 @@ async fn every_escape_attempt_is_denied_and_controls_work() {
             json!({}),
         )
         .await;
+    // It succeeded, so its directory was deleted; put one back as if it were still there.
+    std::fs::create_dir_all(&other.staging_dir).expect("victim staging");
     std::fs::write(other.staging_dir.join("secret.txt"), "secret").expect("write secret");
     // Files the SQL attempts would create if they were allowed.
     let _ = std::fs::remove_file("/tmp/sluice-escape.csv");

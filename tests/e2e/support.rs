@@ -78,6 +78,20 @@ impl TestHome {
 
     /// Deploys and runs a DAG described by `body`, with run params.
     pub async fn run(&self, name: &str, body: &str, params: Value) -> RunSummary {
+        let params: Map<String, Value> = params.as_object().cloned().unwrap_or_default();
+        self.run_with(
+            name,
+            body,
+            RunOptions {
+                params,
+                ..RunOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Deploys and runs a DAG described by `body` with `options`.
+    pub async fn run_with(&self, name: &str, body: &str, options: RunOptions) -> RunSummary {
         let path = self.manifest(name, body);
         let deployment = self.deploy(&path);
         let version = self
@@ -85,18 +99,9 @@ impl TestHome {
             .store
             .version(&deployment.dag_id, &deployment.version)
             .expect("version");
-        let params: Map<String, Value> = params.as_object().cloned().unwrap_or_default();
-        run_dag(
-            &self.sluice,
-            &version,
-            RunOptions {
-                params,
-                logical_date: None,
-            },
-            None,
-        )
-        .await
-        .expect("run carried out")
+        run_dag(&self.sluice, &version, options, None)
+            .await
+            .expect("run carried out")
     }
 
     pub fn task(&self, run_id: &str, task_id: &str) -> TaskRecord {

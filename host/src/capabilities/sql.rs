@@ -72,12 +72,14 @@ pub type SharedHandles = Arc<std::sync::Mutex<Option<SqlHandles>>>;
 
 /// A task instance's DuckDB session. The database is opened (and locked down)
 /// at the first SQL call, so tasks that use no SQL pay nothing for it.
-/// Dropping the session closes the database off the caller's thread.
+/// [`SqlSession::close`] hands back the thread that closes the database, so
+/// the caller decides when to wait for it.
 pub struct SqlSession {
     pool: Arc<SqlPool>,
     config: SqlConfig,
     requests: Option<mpsc::Sender<Request>>,
     handles: SharedHandles,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SqlSession {
@@ -88,6 +90,7 @@ impl SqlSession {
             config,
             requests: None,
             handles: SharedHandles::default(),
+            thread: None,
         }
     }
 
@@ -103,7 +106,7 @@ impl SqlSession {
             let config = self.config.clone();
             let (requests, inbox) = mpsc::channel::<Request>();
             let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name("sluice-sql".into())
                 .spawn(move || {
                     let conn = match fresh.and_then(|conn| lock_down(conn, &config)) {
@@ -129,6 +132,7 @@ impl SqlSession {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handles);
             self.requests = Some(requests);
+            self.thread = Some(thread);
         }
         self.requests
             .as_ref()
@@ -172,8 +176,16 @@ impl SqlSession {
     }
 }
 
-impl Drop for SqlSession {
-    fn drop(&mut self) {
+impl SqlSession {
+    /// Stops what runs and closes the database; returns the thread doing the
+    /// closing (none if the database was never opened). Join it before deleting
+    /// the staging directory.
+    pub fn close(mut self) -> Option<std::thread::JoinHandle<()>> {
+        self.stop();
+        self.thread.take()
+    }
+
+    fn stop(&mut self) {
         // Stop whatever runs; closing the channel ends the thread, which closes the database.
         if let Some(handles) = self
             .handles
@@ -184,6 +196,12 @@ impl Drop for SqlSession {
             handles.interrupt.interrupt();
         }
         self.requests.take();
+    }
+}
+
+impl Drop for SqlSession {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

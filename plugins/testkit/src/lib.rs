@@ -36,6 +36,13 @@ fn run(ctx: &Context, input: Input<Params>) -> Result<Value> {
             std::thread::sleep(std::time::Duration::from_millis(p.ms));
             Ok(echo(ctx, &input))
         }
+        "sleep-first" => {
+            // A long first try (to be killed mid-way), then quick success.
+            if ctx.try_number() == 1 {
+                std::thread::sleep(std::time::Duration::from_millis(p.ms));
+            }
+            Ok(echo(ctx, &input))
+        }
         "spin" => {
             let mut x: u64 = 0;
             loop {
