@@ -304,6 +304,8 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
                 task_id: "t".into(),
                 try_number: 1,
                 logical_date: String::new(),
+                data_interval_start: String::new(),
+                data_interval_end: String::new(),
                 params: "{}".into(),
                 staging_dir: staging.display().to_string(),
             },

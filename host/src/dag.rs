@@ -17,6 +17,9 @@ pub struct DagSpec {
     pub params: Map<String, Value>,
     /// How many task instances of one run may run at the same time.
     pub max_active_tasks: u32,
+    /// When runs are created by `sluice scheduler` (none: manual runs only).
+    #[serde(default)]
+    pub schedule: Option<crate::schedule::ScheduleSpec>,
     /// The tasks, upstream before downstream.
     pub tasks: Vec<TaskSpec>,
 }

@@ -39,6 +39,8 @@ pub struct TryRequest {
     pub dag_id: String,
     /// The run's logical date.
     pub logical_date: DateTime<Utc>,
+    /// The run's data interval.
+    pub interval: crate::schedule::Interval,
     /// Merged params (JSON object).
     pub params: Value,
     /// Outputs of upstream tasks, by task id.
@@ -178,6 +180,14 @@ fn run_blocking(
         run_id: request.key.run_id.clone(),
         task_id: request.key.task_id.clone(),
         try_number: request.key.try_number,
+        data_interval_start: request
+            .interval
+            .start
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        data_interval_end: request
+            .interval
+            .end
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         logical_date: request
             .logical_date
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -10,6 +10,7 @@
 pub mod bench;
 mod bindings;
 pub mod capabilities;
+pub mod daemon;
 pub mod dag;
 pub mod engine;
 pub mod events;
@@ -19,6 +20,7 @@ pub mod manifest;
 pub mod plugins;
 pub mod registry;
 pub mod runtime;
+pub mod schedule;
 pub mod scheduler;
 pub mod staging;
 pub mod state;

@@ -130,6 +130,25 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Create and run scheduled DAG runs until Ctrl-C (which lets running runs
+    /// finish); resumes runs a stopped host left running.
+    Scheduler {
+        /// One pass: start what is due, wait for it, exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Create and run the runs of a scheduled DAG for intervals starting between
+    /// two dates, skipping intervals that already succeeded.
+    Backfill {
+        /// DAG id.
+        dag_id: String,
+        /// First interval start (2026-01-31, 2026-01-31T06:00:00, or RFC 3339; in the DAG's time zone).
+        #[arg(long)]
+        from: String,
+        /// Last interval start, inclusive.
+        #[arg(long)]
+        to: String,
+    },
     /// Reclaim staging directories past their TTL, and orphans.
     Gc {
         /// List what would be reclaimed, delete nothing.
@@ -273,6 +292,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     params: params.into_iter().collect::<Map<_, _>>(),
                     logical_date,
                     staging: policy,
+                    ..RunOptions::default()
                 };
                 drive(&version.spec, no_progress, |tx| {
                     run_dag(&sluice, &version, options, Some(tx))
@@ -327,6 +347,63 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            })
+        }
+        Command::Scheduler { once } => {
+            let sluice = std::sync::Arc::new(open(cli.home)?);
+            let policy = StagingPolicy {
+                keep: false,
+                ttl: cli.staging_ttl,
+            };
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let done = runtime.block_on(async {
+                let shutdown = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                    eprintln!("stopping: no new runs; waiting for running runs to finish");
+                };
+                sluice::daemon::serve(sluice.clone(), policy, once, shutdown).await
+            })?;
+            for run in &done {
+                println!("{} {}", run.run_id, run.state);
+            }
+            println!("scheduler stopped after {} run(s)", done.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backfill { dag_id, from, to } => {
+            let sluice = std::sync::Arc::new(open(cli.home)?);
+            let version = sluice.store.current_version(&dag_id)?;
+            let tz = version
+                .spec
+                .schedule
+                .as_ref()
+                .map_or("UTC", |s| s.timezone.as_str())
+                .to_owned();
+            let from =
+                sluice::schedule::parse_start_date(&from, &tz).map_err(anyhow::Error::msg)?;
+            let to = sluice::schedule::parse_start_date(&to, &tz).map_err(anyhow::Error::msg)?;
+            let policy = StagingPolicy {
+                keep: false,
+                ttl: cli.staging_ttl,
+            };
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let done = runtime.block_on(sluice::daemon::backfill(
+                sluice.clone(),
+                &dag_id,
+                from,
+                to,
+                policy,
+            ))?;
+            for run in &done {
+                println!("{} {}", run.run_id, run.state);
+            }
+            println!("backfilled {} run(s)", done.len());
+            let failed = done.iter().any(|r| r.state != RunState::Success);
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
             })
         }
         Command::Gc { dry_run } => {
@@ -586,7 +663,13 @@ fn show_run(sluice: &Sluice, run_id: &str) -> Result<()> {
     println!("dag      {}", run.dag_id);
     println!("version  {} ({})", run.version, version.label);
     println!("state    {}", run.state);
+    println!("type     {}", run.run_type);
     println!("logical  {}", run.logical_date.to_rfc3339());
+    println!(
+        "interval {} .. {}",
+        run.interval_start.to_rfc3339(),
+        run.interval_end.to_rfc3339()
+    );
     if let Some(t) = run.started_at {
         println!("started  {}", t.to_rfc3339());
     }

@@ -76,6 +76,16 @@ struct RawDag {
     plugin_dir: Option<String>,
     #[serde(default)]
     max_active_tasks: Option<u32>,
+    #[serde(default)]
+    schedule: Option<Spanned<String>>,
+    #[serde(default)]
+    timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    start_date: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    catchup: Option<bool>,
+    #[serde(default)]
+    max_active_runs: Option<u32>,
 }
 
 /// A task table; also the shape of `[defaults]` (where only policy fields are allowed).
@@ -268,6 +278,47 @@ impl Manifest {
             }
         })?;
 
+        let schedule = match &raw.dag.schedule {
+            None => None,
+            Some(cron) => {
+                let timezone = raw
+                    .dag
+                    .timezone
+                    .as_ref()
+                    .map_or_else(|| "UTC".to_owned(), |t| t.get_ref().clone());
+                crate::schedule::Schedule::parse(cron.get_ref(), &timezone).map_err(|m| {
+                    let span = raw
+                        .dag
+                        .timezone
+                        .as_ref()
+                        .filter(|_| m.starts_with("unknown time zone"))
+                        .map_or(cron.span(), |t| t.span());
+                    at(Some(span), None, m)
+                })?;
+                let Some(start) = &raw.dag.start_date else {
+                    return Err(at(
+                        Some(cron.span()),
+                        None,
+                        "a `schedule` needs a `start_date`".into(),
+                    ));
+                };
+                let text = match start.get_ref() {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Datetime(d) => d.to_string(),
+                    other => other.to_string(),
+                };
+                let start_date = crate::schedule::parse_start_date(&text, &timezone)
+                    .map_err(|m| at(Some(start.span()), None, m))?;
+                Some(crate::schedule::ScheduleSpec {
+                    cron: cron.get_ref().clone(),
+                    timezone,
+                    start_date,
+                    catchup: raw.dag.catchup.unwrap_or(false),
+                    max_active_runs: raw.dag.max_active_runs.unwrap_or(16).max(1),
+                })
+            }
+        };
+
         let manifest_dir = path.parent().unwrap_or(Path::new("."));
         let plugin_dir = manifest_dir.join(raw.dag.plugin_dir.as_deref().unwrap_or("plugins"));
         Ok(Self {
@@ -278,6 +329,7 @@ impl Manifest {
                 description: raw.dag.description,
                 params: raw.params,
                 max_active_tasks: raw.dag.max_active_tasks.unwrap_or(16).max(1),
+                schedule,
                 tasks,
             },
             lines,
@@ -441,6 +493,40 @@ params = { rows = 10 }
             e.starts_with("dag.toml:5:") && e.contains("invalid duration `soon`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn schedule_errors_name_their_line() {
+        let e = error("[dag]\nid = \"d\"\nschedule = \"@daily\"\n[tasks.a]\nplugin = \"p\"\n");
+        assert_eq!(e, "dag.toml:3: a `schedule` needs a `start_date`");
+        let e = error(
+            "[dag]\nid = \"d\"\nschedule = \"99 * * * *\"\nstart_date = 2026-01-01\n[tasks.a]\nplugin = \"p\"\n",
+        );
+        assert!(
+            e.starts_with("dag.toml:3: invalid schedule `99 * * * *`"),
+            "{e}"
+        );
+        let e = error(
+            "[dag]\nid = \"d\"\nschedule = \"@daily\"\ntimezone = \"Mars/Base\"\nstart_date = 2026-01-01\n[tasks.a]\nplugin = \"p\"\n",
+        );
+        assert_eq!(e, "dag.toml:4: unknown time zone `Mars/Base`");
+    }
+
+    #[test]
+    fn a_schedule_is_part_of_the_spec() {
+        let m = parse("[dag]\nid = \"d\"\nschedule = \"30 1 * * *\"\ntimezone = \"Europe/Paris\"\nstart_date = 2026-03-01\ncatchup = true\n[tasks.a]\nplugin = \"p\"\n")
+            .expect("valid");
+        let s = m.spec.schedule.expect("schedule");
+        assert_eq!(
+            (
+                s.cron.as_str(),
+                s.timezone.as_str(),
+                s.catchup,
+                s.max_active_runs
+            ),
+            ("30 1 * * *", "Europe/Paris", true, 16)
+        );
+        assert_eq!(s.start_date.to_rfc3339(), "2026-02-28T23:00:00+00:00");
     }
 
     #[test]

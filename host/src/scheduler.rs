@@ -19,6 +19,7 @@ use crate::dag::{DagSpec, TaskSpec};
 use crate::events::{RunEvent, TaskKey};
 use crate::executor::{Closing, TryOutcome, TryRequest, run_try};
 use crate::runtime::Sluice;
+use crate::schedule::Interval;
 use crate::staging;
 use crate::state::{RunState, TaskState};
 use crate::store::{NewLog, RunRecord, StoreError, VersionRecord};
@@ -58,6 +59,33 @@ pub struct RunOptions {
     pub logical_date: Option<DateTime<Utc>>,
     /// What happens to the staging directory when the run ends.
     pub staging: StagingPolicy,
+    /// Why the run exists.
+    pub run_type: RunType,
+    /// The data interval (scheduled and backfill runs); its start is the logical date.
+    pub interval: Option<Interval>,
+}
+
+/// Why a run exists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunType {
+    /// Started by `sluice run`.
+    #[default]
+    Manual,
+    /// Created by `sluice scheduler` for a due interval.
+    Scheduled,
+    /// Created by `sluice backfill`.
+    Backfill,
+}
+
+impl RunType {
+    /// The stored name, also the run id prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::Scheduled => "scheduled",
+            Self::Backfill => "backfill",
+        }
+    }
 }
 
 /// What happens to a run's staging directory when the run ends.
@@ -91,14 +119,16 @@ pub struct RunSummary {
     pub error: Option<String>,
 }
 
-/// A new run id: `manual__<UTC timestamp>_<random hex>`.
-pub fn new_run_id(now: DateTime<Utc>) -> String {
+/// A new run id: `<type>__<timestamp>_<random hex>`; the timestamp is the
+/// logical date for scheduled and backfill runs, the creation time otherwise.
+pub fn new_run_id(run_type: RunType, when: DateTime<Utc>) -> String {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(now.timestamp_nanos_opt().unwrap_or_default() as u128);
+    hasher.write_u128(Utc::now().timestamp_nanos_opt().unwrap_or_default() as u128);
     hasher.write_u32(std::process::id());
     format!(
-        "manual__{}_{:06x}",
-        now.format("%Y%m%dT%H%M%S"),
+        "{}__{}_{:06x}",
+        run_type.as_str(),
+        when.format("%Y%m%dT%H%M%S"),
         hasher.finish() & 0xff_ffff
     )
 }
@@ -110,8 +140,39 @@ pub async fn run_dag(
     options: RunOptions,
     observer: Option<UnboundedSender<RunEvent>>,
 ) -> Result<RunSummary, RunError> {
+    let record = create_run(sluice, version, &options)?;
+    let mut run = RunLoop::load(
+        sluice,
+        &version.spec,
+        record,
+        options.params,
+        options.staging,
+        observer,
+    )?;
+    run.drive().await
+}
+
+/// Records a new run of `version` (task instances `scheduled`) and creates its
+/// staging directory, without running anything.
+pub fn create_run(
+    sluice: &Sluice,
+    version: &VersionRecord,
+    options: &RunOptions,
+) -> Result<RunRecord, RunError> {
     let now = Utc::now();
-    let run_id = new_run_id(now);
+    let interval = options.interval.unwrap_or_else(|| {
+        let logical = options.logical_date.unwrap_or(now);
+        Interval {
+            start: logical,
+            end: logical,
+        }
+    });
+    let when = if options.interval.is_some() {
+        interval.start
+    } else {
+        now
+    };
+    let run_id = new_run_id(options.run_type, when);
     let staging = sluice.home.staging(&run_id);
     let staging = std::fs::create_dir_all(&staging)
         .and_then(|()| staging.canonicalize())
@@ -124,7 +185,10 @@ pub async fn run_dag(
         dag_id: version.dag_id.clone(),
         version: version.digest.clone(),
         state: RunState::Queued,
-        logical_date: options.logical_date.unwrap_or(now),
+        logical_date: interval.start,
+        run_type: options.run_type.as_str().to_owned(),
+        interval_start: interval.start,
+        interval_end: interval.end,
         params: Value::Object(options.params.clone()).to_string(),
         staging_dir: staging.display().to_string(),
         created_at: now,
@@ -138,15 +202,7 @@ pub async fn run_dag(
     if let Err(e) = staging::sweep(&sluice.home, &sluice.store, options.staging.ttl, now, false) {
         tracing::warn!("staging sweep failed: {e}");
     }
-    let mut run = RunLoop::load(
-        sluice,
-        &version.spec,
-        record,
-        options.params,
-        options.staging,
-        observer,
-    )?;
-    run.drive().await
+    Ok(record)
 }
 
 /// Carries an existing run to its end: a run whose host process died (tries
@@ -592,6 +648,10 @@ impl<'a> RunLoop<'a> {
             },
             dag_id: self.spec.id.clone(),
             logical_date: self.run.logical_date,
+            interval: Interval {
+                start: self.run.interval_start,
+                end: self.run.interval_end,
+            },
             params: Value::Object(params),
             upstream,
             staging_dir: PathBuf::from(&self.run.staging_dir),

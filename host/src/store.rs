@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS dag_runs (
     version       TEXT NOT NULL,
     state         TEXT NOT NULL,
     logical_date  TEXT NOT NULL,
+    run_type      TEXT NOT NULL,
+    interval_start TEXT NOT NULL,
+    interval_end  TEXT NOT NULL,
     params        TEXT NOT NULL,
     staging_dir   TEXT NOT NULL,
     created_at    TEXT NOT NULL,
@@ -142,6 +145,12 @@ pub struct RunRecord {
     pub state: RunState,
     /// Logical date.
     pub logical_date: DateTime<Utc>,
+    /// `manual`, `scheduled` or `backfill`.
+    pub run_type: String,
+    /// Start of the data interval.
+    pub interval_start: DateTime<Utc>,
+    /// End of the data interval.
+    pub interval_end: DateTime<Utc>,
     /// Run params (JSON object).
     pub params: String,
     /// Staging directory.
@@ -372,6 +381,15 @@ impl Store {
         })
     }
 
+    /// Ids of every deployed DAG.
+    pub fn dag_ids(&self) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT dag_id FROM dags ORDER BY dag_id")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+    }
+
     /// The current version of `dag_id`.
     pub fn current_version(&self, dag_id: &str) -> Result<VersionRecord> {
         self.versions(dag_id)?
@@ -395,14 +413,18 @@ impl Store {
         self.with(|c| {
             let tx = c.transaction()?;
             tx.execute(
-                "INSERT INTO dag_runs (run_id, dag_id, version, state, logical_date, params, staging_dir, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO dag_runs (run_id, dag_id, version, state, logical_date, run_type, interval_start,
+                     interval_end, params, staging_dir, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     run.run_id,
                     run.dag_id,
                     run.version,
                     run.state.as_str(),
                     ts(run.logical_date),
+                    run.run_type,
+                    ts(run.interval_start),
+                    ts(run.interval_end),
                     run.params,
                     run.staging_dir,
                     ts(run.created_at)
@@ -440,7 +462,8 @@ impl Store {
         self.with(|c| {
             c.query_row(
                 "SELECT run_id, dag_id, version, state, logical_date, params, staging_dir,
-                        created_at, started_at, ended_at, error FROM dag_runs WHERE run_id = ?1",
+                        created_at, started_at, ended_at, error, run_type, interval_start, interval_end
+                 FROM dag_runs WHERE run_id = ?1",
                 [run_id],
                 raw_run,
             )
@@ -455,13 +478,24 @@ impl Store {
         let raws = self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT run_id, dag_id, version, state, logical_date, params, staging_dir,
-                        created_at, started_at, ended_at, error FROM dag_runs
-                 WHERE ?1 IS NULL OR dag_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+                        created_at, started_at, ended_at, error, run_type, interval_start, interval_end
+                 FROM dag_runs WHERE ?1 IS NULL OR dag_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![dag_id, limit], raw_run)?;
             Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
         })?;
         raws.into_iter().map(RawRun::decode).collect()
+    }
+
+    /// Runs in state `state`, oldest first, optionally of one DAG.
+    pub fn runs_in_state(&self, state: RunState, dag_id: Option<&str>) -> Result<Vec<RunRecord>> {
+        let mut runs: Vec<RunRecord> = self
+            .runs(dag_id, u32::MAX)?
+            .into_iter()
+            .filter(|r| r.state == state)
+            .collect();
+        runs.reverse();
+        Ok(runs)
     }
 
     // ---- task instances -------------------------------------------------
@@ -826,32 +860,34 @@ impl Store {
 }
 
 type RawRun = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
+    (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+    ),
+    (Option<String>, Option<String>, Option<String>),
+    (String, String, String),
 );
 
 fn raw_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
     Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-        r.get(10)?,
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+        ),
+        (r.get(8)?, r.get(9)?, r.get(10)?),
+        (r.get(11)?, r.get(12)?, r.get(13)?),
     ))
 }
 
@@ -862,22 +898,17 @@ trait DecodeRun {
 impl DecodeRun for RawRun {
     fn decode(self) -> Result<RunRecord> {
         let (
-            run_id,
-            dag_id,
-            version,
-            state,
-            logical,
-            params,
-            staging,
-            created,
-            started,
-            ended,
-            error,
+            (run_id, dag_id, version, state, logical, params, staging, created),
+            (started, ended, error),
+            (run_type, interval_start, interval_end),
         ) = self;
         Ok(RunRecord {
             state: RunState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(format!("run state `{state}`")))?,
             logical_date: parse_ts(&logical)?,
+            interval_start: parse_ts(&interval_start)?,
+            interval_end: parse_ts(&interval_end)?,
+            run_type,
             created_at: parse_ts(&created)?,
             started_at: parse_opt_ts(started)?,
             ended_at: parse_opt_ts(ended)?,

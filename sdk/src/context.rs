@@ -93,6 +93,26 @@ impl Context {
         context::logical_date()
     }
 
+    /// Start of the run's data interval (RFC 3339, UTC).
+    pub fn data_interval_start(&self) -> String {
+        context::data_interval_start()
+    }
+
+    /// End of the run's data interval (RFC 3339, UTC).
+    pub fn data_interval_end(&self) -> String {
+        context::data_interval_end()
+    }
+
+    /// The logical date as `YYYY-MM-DD`.
+    pub fn ds(&self) -> String {
+        context::ds()
+    }
+
+    /// The logical date as `YYYYMMDD`.
+    pub fn ds_nodash(&self) -> String {
+        context::ds_nodash()
+    }
+
     /// Absolute path of the run's staging directory, valid in the task and in SQL.
     pub fn staging_dir(&self) -> String {
         context::staging_dir()

@@ -13,3 +13,4 @@ mod outputs;
 mod parallel;
 mod retries;
 mod sandbox;
+mod schedules;

@@ -17,6 +17,10 @@ pub struct TaskContext {
     pub try_number: u32,
     /// Logical date, RFC 3339.
     pub logical_date: String,
+    /// Start of the data interval, RFC 3339.
+    pub data_interval_start: String,
+    /// End of the data interval, RFC 3339.
+    pub data_interval_end: String,
     /// Merged params as a JSON object.
     pub params: String,
     /// Staging directory (same path on host and guest).
@@ -42,6 +46,32 @@ impl Host for TaskHost {
 
     fn logical_date(&mut self) -> wasmtime::Result<String> {
         Ok(self.context.logical_date.clone())
+    }
+
+    fn data_interval_start(&mut self) -> wasmtime::Result<String> {
+        Ok(self.context.data_interval_start.clone())
+    }
+
+    fn data_interval_end(&mut self) -> wasmtime::Result<String> {
+        Ok(self.context.data_interval_end.clone())
+    }
+
+    fn ds(&mut self) -> wasmtime::Result<String> {
+        Ok(self
+            .context
+            .logical_date
+            .get(..10)
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    fn ds_nodash(&mut self) -> wasmtime::Result<String> {
+        Ok(self
+            .context
+            .logical_date
+            .get(..10)
+            .unwrap_or_default()
+            .replace('-', ""))
     }
 
     fn params(&mut self) -> wasmtime::Result<String> {

@@ -1,0 +1,203 @@
+//! `sluice scheduler` and `sluice backfill`: runs created from DAG schedules.
+//!
+//! A pass looks at every deployed DAG with a schedule and creates a run for
+//! each complete data interval not yet scheduled (only the latest one unless
+//! `catchup`), within `max_active_runs`. On start, runs left `running` by a
+//! host that died are resumed. On shutdown no new run starts and the running
+//! ones finish.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinSet;
+
+use crate::Sluice;
+use crate::schedule::{Interval, Schedule};
+use crate::scheduler::{
+    RunError, RunOptions, RunSummary, RunType, StagingPolicy, create_run, resume_run,
+};
+use crate::state::RunState;
+use crate::store::VersionRecord;
+
+/// The longest the scheduler sleeps between passes.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// A run a pass decided to create.
+#[derive(Debug, Clone)]
+pub struct DueRun {
+    /// The DAG version it will run.
+    pub version: VersionRecord,
+    /// Its data interval.
+    pub interval: Interval,
+}
+
+/// Runs of `dag_id` created from its schedule (scheduled or backfill).
+fn interval_runs(sluice: &Sluice, dag_id: &str) -> Result<Vec<crate::store::RunRecord>, RunError> {
+    Ok(sluice
+        .store
+        .runs(Some(dag_id), u32::MAX)?
+        .into_iter()
+        .filter(|r| r.run_type != RunType::Manual.as_str())
+        .collect())
+}
+
+fn is_active(state: RunState) -> bool {
+    matches!(state, RunState::Queued | RunState::Running)
+}
+
+/// The runs due at `now` across every scheduled DAG.
+pub fn due_runs(sluice: &Sluice, now: DateTime<Utc>) -> Result<Vec<DueRun>, RunError> {
+    let mut due = Vec::new();
+    for dag_id in sluice.store.dag_ids()? {
+        let version = sluice.store.current_version(&dag_id)?;
+        let Some(spec) = version.spec.schedule.clone() else {
+            continue;
+        };
+        let schedule = Schedule::of(&spec).map_err(RunError::Invalid)?;
+        let existing = interval_runs(sluice, &dag_id)?;
+        let active = existing.iter().filter(|r| is_active(r.state)).count();
+        let latest = existing.iter().map(|r| r.interval_start).max();
+        let mut candidates: Vec<Interval> = schedule
+            .complete_since(spec.start_date, now)
+            .into_iter()
+            .filter(|i| latest.is_none_or(|l| i.start > l))
+            .collect();
+        if !spec.catchup {
+            candidates = candidates.pop().into_iter().collect();
+        }
+        let room = (spec.max_active_runs as usize).saturating_sub(active);
+        due.extend(candidates.into_iter().take(room).map(|interval| DueRun {
+            version: version.clone(),
+            interval,
+        }));
+    }
+    Ok(due)
+}
+
+/// When the next interval of any scheduled DAG becomes due, after `now`.
+fn next_wakeup(sluice: &Sluice, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, RunError> {
+    let mut next: Option<DateTime<Utc>> = None;
+    for dag_id in sluice.store.dag_ids()? {
+        let version = sluice.store.current_version(&dag_id)?;
+        if let Some(spec) = &version.spec.schedule {
+            let schedule = Schedule::of(spec).map_err(RunError::Invalid)?;
+            if let Some(due) = schedule.next_due(now.max(spec.start_date)) {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+    }
+    Ok(next)
+}
+
+/// Runs the scheduler until `shutdown` resolves (or, with `once`, one pass and
+/// the runs it started). Returns the runs it carried out.
+pub async fn serve(
+    sluice: Arc<Sluice>,
+    staging: StagingPolicy,
+    once: bool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Vec<RunSummary>, RunError> {
+    let mut running: JoinSet<Result<RunSummary, RunError>> = JoinSet::new();
+    for run in sluice.store.runs_in_state(RunState::Running, None)? {
+        tracing::info!("resuming run {} left running by a stopped host", run.run_id);
+        let sluice = sluice.clone();
+        running.spawn(async move { resume_run(&sluice, &run.run_id, staging, None).await });
+    }
+    tokio::pin!(shutdown);
+    let mut done = Vec::new();
+    loop {
+        let now = Utc::now();
+        for due in due_runs(&sluice, now)? {
+            let options = RunOptions {
+                run_type: RunType::Scheduled,
+                interval: Some(due.interval),
+                staging,
+                ..RunOptions::default()
+            };
+            let record = create_run(&sluice, &due.version, &options)?;
+            tracing::info!("scheduled run {} for {}", record.run_id, due.interval.start);
+            let sluice = sluice.clone();
+            running.spawn(async move { resume_run(&sluice, &record.run_id, staging, None).await });
+        }
+        if once {
+            break;
+        }
+        let wake = next_wakeup(&sluice, now)?
+            .and_then(|t| (t - now).to_std().ok())
+            .map_or(MAX_IDLE, |d| d.min(MAX_IDLE));
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(wake) => {}
+            Some(finished) = running.join_next() => collect(finished, &mut done)?,
+        }
+    }
+    while let Some(finished) = running.join_next().await {
+        collect(finished, &mut done)?;
+    }
+    Ok(done)
+}
+
+fn collect(
+    finished: Result<Result<RunSummary, RunError>, tokio::task::JoinError>,
+    done: &mut Vec<RunSummary>,
+) -> Result<(), RunError> {
+    match finished {
+        Ok(summary) => done.push(summary?),
+        Err(e) => tracing::error!("a run's supervisor failed: {e}"),
+    }
+    Ok(())
+}
+
+/// Creates and carries out runs of `dag_id` for every interval starting in
+/// `[from, to]`, skipping intervals that already have a successful or active
+/// run; at most `max_active_runs` at a time.
+pub async fn backfill(
+    sluice: Arc<Sluice>,
+    dag_id: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    staging: StagingPolicy,
+) -> Result<Vec<RunSummary>, RunError> {
+    let version = sluice.store.current_version(dag_id)?;
+    let spec =
+        version.spec.schedule.clone().ok_or_else(|| {
+            RunError::Invalid(format!("DAG `{dag_id}` has no schedule to backfill"))
+        })?;
+    let schedule = Schedule::of(&spec).map_err(RunError::Invalid)?;
+    let covered: HashMap<DateTime<Utc>, RunState> = interval_runs(&sluice, dag_id)?
+        .into_iter()
+        .filter(|r| r.state == RunState::Success || is_active(r.state))
+        .map(|r| (r.interval_start, r.state))
+        .collect();
+    let todo: Vec<Interval> = schedule
+        .intervals_between(from, to)
+        .into_iter()
+        .filter(|i| !covered.contains_key(&i.start))
+        .collect();
+    let mut done = Vec::new();
+    let mut running: JoinSet<Result<RunSummary, RunError>> = JoinSet::new();
+    for interval in todo {
+        if running.len() >= spec.max_active_runs as usize
+            && let Some(finished) = running.join_next().await
+        {
+            collect(finished, &mut done)?;
+        }
+        let options = RunOptions {
+            run_type: RunType::Backfill,
+            interval: Some(interval),
+            staging,
+            ..RunOptions::default()
+        };
+        let record = create_run(&sluice, &version, &options)?;
+        let sluice = sluice.clone();
+        running.spawn(async move { resume_run(&sluice, &record.run_id, staging, None).await });
+    }
+    while let Some(finished) = running.join_next().await {
+        collect(finished, &mut done)?;
+    }
+    done.sort_by_key(|s| s.run_id.clone());
+    Ok(done)
+}

@@ -1,0 +1,193 @@
+//! Schedules: a cron expression (or `@hourly`, `@daily`, `@weekly`, `@monthly`)
+//! in a time zone, turned into data intervals. As in Airflow, the run for the
+//! interval `[start, end)` has logical date `start` and becomes due at `end`.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use serde::{Deserialize, Serialize};
+
+/// A DAG's schedule as stored in its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    /// Cron expression or `@daily`-style nickname.
+    pub cron: String,
+    /// IANA time zone the expression is read in (`UTC` by default).
+    pub timezone: String,
+    /// No interval starts before this.
+    pub start_date: DateTime<Utc>,
+    /// Whether missed intervals are all run (true) or only the latest (false).
+    pub catchup: bool,
+    /// How many runs of the DAG may be active at once.
+    pub max_active_runs: u32,
+}
+
+/// One data interval: `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval {
+    /// Start, which is also the run's logical date.
+    pub start: DateTime<Utc>,
+    /// End, when the run becomes due.
+    pub end: DateTime<Utc>,
+}
+
+/// A parsed schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: Cron,
+    tz: Tz,
+}
+
+impl Schedule {
+    /// Parses `cron` in time zone `timezone`.
+    pub fn parse(cron: &str, timezone: &str) -> Result<Self, String> {
+        let tz = Tz::from_str(timezone).map_err(|_| format!("unknown time zone `{timezone}`"))?;
+        let cron = Cron::from_str(cron).map_err(|e| format!("invalid schedule `{cron}`: {e}"))?;
+        Ok(Self { cron, tz })
+    }
+
+    /// The schedule of `spec`.
+    pub fn of(spec: &ScheduleSpec) -> Result<Self, String> {
+        Self::parse(&spec.cron, &spec.timezone)
+    }
+
+    fn next(&self, t: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
+        let local = t.with_timezone(&self.tz);
+        self.cron
+            .find_next_occurrence(&local, inclusive)
+            .ok()
+            .map(|n| n.with_timezone(&Utc))
+    }
+
+    /// The interval whose start is the first tick at or after `t`.
+    pub fn interval_at_or_after(&self, t: DateTime<Utc>) -> Option<Interval> {
+        let start = self.next(t, true)?;
+        let end = self.next(start, false)?;
+        Some(Interval { start, end })
+    }
+
+    /// Intervals whose start lies in `[from, to]`.
+    pub fn intervals_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Interval> {
+        let mut out = Vec::new();
+        let mut cursor = from;
+        while let Some(interval) = self.interval_at_or_after(cursor) {
+            if interval.start > to {
+                break;
+            }
+            cursor = interval.end;
+            out.push(interval);
+        }
+        out
+    }
+
+    /// Complete intervals (`end <= now`) starting at or after `from`.
+    pub fn complete_since(&self, from: DateTime<Utc>, now: DateTime<Utc>) -> Vec<Interval> {
+        let mut out = self.intervals_between(from, now);
+        out.retain(|i| i.end <= now);
+        out
+    }
+
+    /// When the next interval starting at or after `from` becomes due.
+    pub fn next_due(&self, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.interval_at_or_after(from).map(|i| i.end)
+    }
+}
+
+/// Parses a start date: `2026-01-31` (midnight in `tz`), `2026-01-31T06:00:00`
+/// (in `tz`) or RFC 3339 with an offset.
+pub fn parse_start_date(text: &str, timezone: &str) -> Result<DateTime<Utc>, String> {
+    let tz = Tz::from_str(timezone).map_err(|_| format!("unknown time zone `{timezone}`"))?;
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
+        .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S"))
+        .or_else(|_| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
+        })
+        .map_err(|_| {
+            format!(
+                "invalid start_date `{text}`: write 2026-01-31, 2026-01-31T06:00:00 or RFC 3339"
+            )
+        })?;
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| format!("start_date `{text}` does not exist in {timezone}"))
+}
+
+/// `ds` (`2026-01-31`) and `ds_nodash` (`20260131`) of a logical date, in UTC.
+pub fn ds(logical_date: DateTime<Utc>) -> (String, String) {
+    (
+        logical_date.format("%Y-%m-%d").to_string(),
+        logical_date.format("%Y%m%d").to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("rfc3339")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn daily_intervals_cross_a_month_boundary() {
+        let s = Schedule::parse("@daily", "UTC").expect("schedule");
+        let got = s.intervals_between(utc("2026-01-30T00:00:00Z"), utc("2026-02-01T00:00:00Z"));
+        let starts: Vec<String> = got.iter().map(|i| ds(i.start).0).collect();
+        assert_eq!(starts, ["2026-01-30", "2026-01-31", "2026-02-01"]);
+        assert_eq!(got[1].end, utc("2026-02-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn monthly_intervals_have_the_months_lengths() {
+        let s = Schedule::parse("@monthly", "UTC").expect("schedule");
+        let got = s.intervals_between(utc("2026-01-01T00:00:00Z"), utc("2026-02-01T00:00:00Z"));
+        let days: Vec<i64> = got.iter().map(|i| (i.end - i.start).num_days()).collect();
+        assert_eq!(days, [31, 28]);
+    }
+
+    #[test]
+    fn a_dst_change_gives_a_23_hour_interval_in_local_time() {
+        // Europe/Paris springs forward on 2026-03-29 at 02:00 local (01:00 UTC).
+        let s = Schedule::parse("30 1 * * *", "Europe/Paris").expect("schedule");
+        let got = s.intervals_between(utc("2026-03-27T00:00:00Z"), utc("2026-03-30T12:00:00Z"));
+        let hours: Vec<i64> = got.iter().map(|i| (i.end - i.start).num_hours()).collect();
+        assert_eq!(hours, [24, 24, 23, 24]);
+        assert_eq!(got[2].start, utc("2026-03-29T00:30:00Z"), "01:30 CET");
+        assert_eq!(got[2].end, utc("2026-03-29T23:30:00Z"), "01:30 CEST");
+    }
+
+    #[test]
+    fn complete_intervals_exclude_the_current_one() {
+        let s = Schedule::parse("@daily", "UTC").expect("schedule");
+        let got = s.complete_since(utc("2026-05-01T00:00:00Z"), utc("2026-05-03T12:00:00Z"));
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            s.next_due(utc("2026-05-03T00:00:00Z")),
+            Some(utc("2026-05-04T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn start_dates_and_errors() {
+        assert_eq!(
+            parse_start_date("2026-03-01", "Europe/Paris"),
+            Ok(utc("2026-02-28T23:00:00Z"))
+        );
+        assert_eq!(
+            parse_start_date("2026-03-01T00:00:00Z", "Europe/Paris"),
+            Ok(utc("2026-03-01T00:00:00Z"))
+        );
+        assert!(parse_start_date("yesterday", "UTC").is_err());
+        assert!(Schedule::parse("61 * * * *", "UTC").is_err());
+        assert!(Schedule::parse("@daily", "Mars/Olympus").is_err());
+    }
+}

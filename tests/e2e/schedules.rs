@@ -1,0 +1,186 @@
+//! Schedules: backfill creates one run per interval and never duplicates a
+//! succeeded one; the scheduler honours catchup; Ctrl-C stops it cleanly while
+//! the CLI keeps reading the metadatabase.
+
+use std::time::Duration;
+
+use chrono::{Days, Utc};
+
+use crate::support::{TestHome, text};
+
+fn daily(start_date: &str, catchup: bool, task: &str) -> String {
+    format!(
+        "schedule = \"@daily\"\nstart_date = \"{start_date}\"\ncatchup = {catchup}\n\n\
+         [tasks.t]\nplugin = \"testkit\"\nparams = {{ {task} }}\n"
+    )
+}
+
+fn ok(out: &std::process::Output) -> String {
+    let (stdout, stderr) = text(out);
+    assert!(out.status.success(), "failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[test]
+fn backfill_runs_each_interval_once_with_its_dates() {
+    let home = TestHome::new();
+    let path = home.manifest("daily", &daily("2026-01-01", false, "mode = \"echo\""));
+    ok(&home.cli(&["deploy", path.to_str().expect("utf-8")]));
+    let stdout = ok(&home.cli(&[
+        "backfill",
+        "daily",
+        "--from",
+        "2026-01-30",
+        "--to",
+        "2026-02-01",
+    ]));
+    assert!(stdout.contains("backfilled 3 run(s)"), "{stdout}");
+
+    let mut runs = home.sluice.store.runs(Some("daily"), 10).expect("runs");
+    runs.sort_by_key(|r| r.logical_date);
+    let seen: Vec<(String, String, String)> = runs
+        .iter()
+        .map(|r| {
+            let out = home.output(&r.run_id, "t");
+            (
+                r.run_type.clone(),
+                out["ds"].as_str().unwrap_or_default().to_owned(),
+                out["interval"][1].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "backfill".into(),
+                "2026-01-30".into(),
+                "2026-01-31T00:00:00Z".into()
+            ),
+            (
+                "backfill".into(),
+                "2026-01-31".into(),
+                "2026-02-01T00:00:00Z".into()
+            ),
+            (
+                "backfill".into(),
+                "2026-02-01".into(),
+                "2026-02-02T00:00:00Z".into()
+            ),
+        ]
+    );
+    assert_eq!(home.output(&runs[1].run_id, "t")["ds_nodash"], "20260131");
+
+    // Again, overlapping: only the new interval runs.
+    let stdout = ok(&home.cli(&[
+        "backfill",
+        "daily",
+        "--from",
+        "2026-01-31",
+        "--to",
+        "2026-02-02",
+    ]));
+    assert!(stdout.contains("backfilled 1 run(s)"), "{stdout}");
+    assert_eq!(
+        home.sluice
+            .store
+            .runs(Some("daily"), 10)
+            .expect("runs")
+            .len(),
+        4
+    );
+}
+
+#[test]
+fn the_scheduler_runs_only_the_latest_interval_without_catchup_and_all_with_it() {
+    let three_days_ago = (Utc::now() - Days::new(3)).format("%Y-%m-%d").to_string();
+    for (catchup, expected) in [(false, 1), (true, 3)] {
+        let home = TestHome::new();
+        let path = home.manifest("sched", &daily(&three_days_ago, catchup, "mode = \"echo\""));
+        ok(&home.cli(&["deploy", path.to_str().expect("utf-8")]));
+        let stdout = ok(&home.cli(&["scheduler", "--once"]));
+        assert!(
+            stdout.contains(&format!("scheduler stopped after {expected} run(s)")),
+            "catchup {catchup}: {stdout}"
+        );
+        let runs = home.sluice.store.runs(Some("sched"), 10).expect("runs");
+        assert!(
+            runs.iter()
+                .all(|r| r.run_type == "scheduled" && r.state.as_str() == "success")
+        );
+        let yesterday = (Utc::now() - Days::new(1)).format("%Y-%m-%d").to_string();
+        assert!(
+            runs.iter()
+                .any(|r| r.logical_date.format("%Y-%m-%d").to_string() == yesterday)
+        );
+        // A second pass finds nothing new to do.
+        let stdout = ok(&home.cli(&["scheduler", "--once"]));
+        assert!(
+            stdout.contains("scheduler stopped after 0 run(s)"),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_stops_the_scheduler_cleanly_and_the_cli_reads_meanwhile() {
+    let home = TestHome::new();
+    let yesterday = (Utc::now() - Days::new(1)).format("%Y-%m-%d").to_string();
+    let path = home.manifest(
+        "served",
+        &daily(&yesterday, false, "mode = \"sleep\", ms = 2000"),
+    );
+    ok(&home.cli(&["deploy", path.to_str().expect("utf-8")]));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("scheduler")
+        .env("SLUICE_HOME", home.home_path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the scheduler");
+
+    let run_id = loop {
+        if let Some(status) = child.try_wait().expect("poll") {
+            panic!("the scheduler exited early: {status}");
+        }
+        let running = home
+            .sluice
+            .store
+            .runs(Some("served"), 1)
+            .expect("runs")
+            .into_iter()
+            .next()
+            .filter(|r| {
+                home.sluice
+                    .store
+                    .tasks(&r.run_id)
+                    .is_ok_and(|ts| ts.iter().any(|t| t.state.as_str() == "running"))
+            });
+        if let Some(run) = running {
+            break run.run_id;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The CLI reads while the scheduler writes.
+    assert!(ok(&home.cli(&["runs", "list"])).contains(&run_id));
+    assert!(ok(&home.cli(&["runs", "show", &run_id])).contains("running"));
+    ok(&home.cli(&["logs", &run_id, "t"]));
+
+    // SAFETY: sending a signal to our own child process.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(sent, 0);
+    let out = child.wait_with_output().expect("scheduler exit");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("stopping: no new runs"), "{stderr}");
+    assert!(
+        stdout.contains("scheduler stopped after 1 run(s)"),
+        "{stdout}"
+    );
+    let run = home.sluice.store.run(&run_id).expect("run");
+    assert_eq!(
+        run.state.as_str(),
+        "success",
+        "the running run finished before the scheduler stopped"
+    );
+}
