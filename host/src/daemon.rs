@@ -110,6 +110,10 @@ pub async fn serve(
     let mut done = Vec::new();
     loop {
         let now = Utc::now();
+        if let Err(e) = crate::staging::sweep(&sluice.home, &sluice.store, staging.ttl, now, false)
+        {
+            tracing::warn!("staging sweep failed: {e}");
+        }
         for due in due_runs(&sluice, now)? {
             let options = RunOptions {
                 run_type: RunType::Scheduled,

@@ -316,6 +316,80 @@ async fn retry_delays_grow_with_exponential_backoff() {
     }
 }
 
+/// Starts `sluice run` on `manifest` and SIGKILLs it once `slow` is running;
+/// returns the run id, left `running`.
+fn start_and_kill(home: &TestHome, manifest: &std::path::Path) -> String {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", manifest.to_str().expect("utf-8"), "--no-progress"])
+        .env("SLUICE_HOME", home.home_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start sluice");
+    let known: Vec<String> = home
+        .sluice
+        .store
+        .runs(Some("crashy"), 100)
+        .expect("runs")
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    let run_id = loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            panic!("sluice exited before it could be killed: {status}");
+        }
+        let running = home
+            .sluice
+            .store
+            .runs(Some("crashy"), 1)
+            .expect("runs")
+            .into_iter()
+            .next()
+            .and_then(|r| {
+                let slow = home
+                    .sluice
+                    .store
+                    .tasks(&r.run_id)
+                    .ok()?
+                    .into_iter()
+                    .find(|t| t.task_id == "slow")?;
+                (!known.contains(&r.run_id) && slow.state.as_str() == "running").then_some(r.run_id)
+            });
+        if let Some(run_id) = running {
+            break run_id;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    assert_eq!(
+        home.sluice.store.run(&run_id).expect("run").state.as_str(),
+        "running",
+        "left running by the kill"
+    );
+    run_id
+}
+
+fn assert_recovered(home: &TestHome, run_id: &str) {
+    assert_eq!(
+        home.sluice.store.run(run_id).expect("run").state.as_str(),
+        "success"
+    );
+    let slow = home.task(run_id, "slow");
+    assert_eq!((slow.state.as_str(), slow.try_number), ("success", 2));
+    let tries = home.sluice.store.tries(run_id, "slow").expect("tries");
+    assert_eq!(
+        tries[0].error.as_deref(),
+        Some("the host process stopped during try 1")
+    );
+    assert_eq!(
+        home.task(run_id, "first").try_number,
+        1,
+        "first was not run again"
+    );
+    assert_eq!(home.task(run_id, "last").state.as_str(), "success");
+}
+
 #[test]
 fn a_killed_host_is_resumed_and_the_run_completes_reusing_what_succeeded() {
     let home = TestHome::new();
@@ -337,67 +411,21 @@ after = ["slow"]
 params = { mode = "echo" }
 "#;
     let manifest = home.manifest("crashy", body);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", manifest.to_str().expect("utf-8"), "--no-progress"])
-        .env("SLUICE_HOME", home.home_path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start sluice");
 
-    // Wait until `slow` is running in that process, then SIGKILL it.
-    let run_id = loop {
-        if let Some(status) = child.try_wait().expect("poll child") {
-            panic!("sluice exited before it could be killed: {status}");
-        }
-        let running = home
-            .sluice
-            .store
-            .runs(Some("crashy"), 1)
-            .expect("runs")
-            .into_iter()
-            .next()
-            .and_then(|r| {
-                let slow = home
-                    .sluice
-                    .store
-                    .tasks(&r.run_id)
-                    .ok()?
-                    .into_iter()
-                    .find(|t| t.task_id == "slow")?;
-                (slow.state.as_str() == "running").then_some(r.run_id)
-            });
-        if let Some(run_id) = running {
-            break run_id;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
-    assert_eq!(
-        home.sluice.store.run(&run_id).expect("run").state.as_str(),
-        "running",
-        "left running by the kill"
-    );
-
+    // Recovered by `sluice run --resume`.
+    let run_id = start_and_kill(&home, &manifest);
     let out = home.cli(&["run", "--resume", &run_id, "--no-progress"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "resume failed\n{stdout}\n{stderr}");
-    assert_eq!(
-        home.sluice.store.run(&run_id).expect("run").state.as_str(),
-        "success"
+    assert_recovered(&home, &run_id);
+
+    // Recovered by the next `sluice scheduler` (it resumes runs left running).
+    let run_id = start_and_kill(&home, &manifest);
+    let out = home.cli(&["scheduler", "--once"]);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success() && stdout.contains("scheduler stopped after 1 run(s)"),
+        "{stdout}\n{stderr}"
     );
-    let slow = home.task(&run_id, "slow");
-    assert_eq!((slow.state.as_str(), slow.try_number), ("success", 2));
-    let tries = home.sluice.store.tries(&run_id, "slow").expect("tries");
-    assert_eq!(
-        tries[0].error.as_deref(),
-        Some("the host process stopped during try 1")
-    );
-    assert_eq!(
-        home.task(&run_id, "first").try_number,
-        1,
-        "first was not run again"
-    );
-    assert_eq!(home.task(&run_id, "last").state.as_str(), "success");
+    assert_recovered(&home, &run_id);
 }
