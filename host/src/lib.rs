@@ -10,6 +10,7 @@
 pub mod bench;
 mod bindings;
 pub mod capabilities;
+pub mod connections;
 pub mod daemon;
 pub mod dag;
 pub mod engine;
@@ -25,5 +26,6 @@ pub mod scheduler;
 pub mod staging;
 pub mod state;
 pub mod store;
+pub mod vault;
 
 pub use runtime::Sluice;

@@ -149,6 +149,11 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Managed connections: stored encrypted, never printed, never given to tasks.
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
     /// Reclaim staging directories past their TTL, and orphans.
     Gc {
         /// List what would be reclaimed, delete nothing.
@@ -169,6 +174,62 @@ enum Command {
         /// Only this try.
         #[arg(long = "try")]
         try_number: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConnectionsCommand {
+    /// Add a connection from an Airflow-style URI, or an S3-compatible store from flags.
+    Add {
+        /// Connection id (what a DAG grants to a task).
+        id: String,
+        /// `postgresql://user:pw@host:5432/db?sslmode=...`, `s3://KEY:SECRET@bucket?endpoint_url=...`.
+        #[arg(long, conflicts_with = "kind")]
+        uri: Option<String>,
+        /// `s3` to give the store's fields one by one.
+        #[arg(long = "type", value_name = "TYPE", requires_all = ["bucket", "access_key_id"])]
+        kind: Option<String>,
+        /// S3 endpoint URL (none: AWS).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// S3 region.
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+        /// S3 bucket.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// S3 access key id.
+        #[arg(long)]
+        access_key_id: Option<String>,
+        /// The environment variable holding the S3 secret key (kept out of shell history).
+        #[arg(long, default_value = "SLUICE_S3_SECRET_KEY")]
+        secret_key_env: String,
+        /// Path-style addressing.
+        #[arg(long)]
+        path_style: bool,
+        /// Overwrite an existing connection.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Every connection, without secrets.
+    List,
+    /// One connection, without its secret.
+    Show {
+        /// Connection id.
+        id: String,
+    },
+    /// Delete a connection.
+    Delete {
+        /// Connection id.
+        id: String,
+    },
+    /// Re-encrypt every secret under a new master key.
+    RotateKey,
+    /// Import `AIRFLOW_CONN_*` variables from the environment (URI and JSON forms).
+    ImportAirflow {
+        /// Overwrite connections that exist.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -406,6 +467,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Connections { command } => connections_command(cli.home, command),
         Command::Gc { dry_run } => {
             let sluice = open(cli.home)?;
             let now = chrono::Utc::now();
@@ -536,6 +598,137 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn connections_command(home: Option<PathBuf>, command: ConnectionsCommand) -> Result<ExitCode> {
+    use sluice::connections::{self, Connection, ConnectionConfig};
+    let sluice = open(home)?;
+    let vault = || sluice::vault::Vault::open(&sluice.store, sluice.home.root());
+    match command {
+        ConnectionsCommand::Add {
+            id,
+            uri,
+            kind,
+            endpoint,
+            region,
+            bucket,
+            access_key_id,
+            secret_key_env,
+            path_style,
+            replace,
+        } => {
+            let connection = match (uri, kind.as_deref()) {
+                (Some(uri), _) => connections::from_uri(&id, &uri)?,
+                (None, Some("s3")) => Connection {
+                    id: id.clone(),
+                    config: ConnectionConfig::S3 {
+                        endpoint,
+                        region,
+                        bucket: bucket.unwrap_or_default(),
+                        access_key_id: access_key_id.unwrap_or_default(),
+                        path_style,
+                    },
+                    secret: std::env::var(&secret_key_env)
+                        .with_context(|| format!("set the S3 secret key in ${secret_key_env}"))?,
+                },
+                (None, Some(other)) => {
+                    bail!("unsupported --type `{other}`: use --uri for postgres, --type s3 for S3")
+                }
+                (None, None) => bail!("give --uri or --type s3"),
+            };
+            connections::add(&sluice.store, &vault()?, &connection, replace)?;
+            println!("added {}: {}", connection.id, connection.config.describe());
+        }
+        ConnectionsCommand::List => {
+            println!("{:<24} {:<9} WHERE", "ID", "TYPE");
+            for (id, config) in connections::list(&sluice.store)? {
+                println!("{id:<24} {:<9} {}", config.kind(), config.describe());
+            }
+        }
+        ConnectionsCommand::Show { id } => {
+            let connection = connections::get(&sluice.store, &vault()?, &id)?;
+            println!("id       {}", connection.id);
+            match &connection.config {
+                ConnectionConfig::Postgres {
+                    host,
+                    port,
+                    database,
+                    user,
+                    extras,
+                } => {
+                    println!(
+                        "type     postgres\nhost     {host}\nport     {port}\ndatabase {database}\nuser     {user}"
+                    );
+                    println!(
+                        "password {}",
+                        if connection.secret.is_empty() {
+                            "(none)"
+                        } else {
+                            "***"
+                        }
+                    );
+                    for (k, v) in extras {
+                        println!("extra    {k}={v}");
+                    }
+                }
+                ConnectionConfig::S3 {
+                    endpoint,
+                    region,
+                    bucket,
+                    access_key_id,
+                    path_style,
+                } => {
+                    println!(
+                        "type     s3\nendpoint {}\nregion   {region}",
+                        endpoint.as_deref().unwrap_or("AWS")
+                    );
+                    println!(
+                        "bucket   {bucket}\nkey id   {access_key_id}\nsecret   ***\npath     {path_style}"
+                    );
+                }
+            }
+        }
+        ConnectionsCommand::Delete { id } => {
+            if !sluice.store.delete_connection(&id)? {
+                bail!("no connection `{id}`");
+            }
+            println!("deleted {id}");
+        }
+        ConnectionsCommand::RotateKey => {
+            let from_env = std::env::var_os(sluice::vault::KEY_ENV).is_some();
+            let key = vault()?.rotate(&sluice.store, sluice.home.root())?;
+            if from_env {
+                println!(
+                    "re-encrypted every connection; set {} to the new key:\n{key}",
+                    sluice::vault::KEY_ENV
+                );
+            } else {
+                println!(
+                    "re-encrypted every connection; the new key is in {}",
+                    sluice.home.root().join(sluice::vault::KEY_FILE).display()
+                );
+            }
+        }
+        ConnectionsCommand::ImportAirflow { replace } => {
+            let vault = vault()?;
+            let mut failed = false;
+            for found in connections::from_airflow_env(std::env::vars()) {
+                match found
+                    .and_then(|c| connections::add(&sluice.store, &vault, &c, replace).map(|()| c))
+                {
+                    Ok(c) => println!("imported {}: {}", c.id, c.config.describe()),
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("error: {e}");
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `start` on a new async runtime with the live display attached.

@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::dag::DagSpec;
 use crate::state::{RunState, TaskState};
+use crate::vault::Sealed;
 
 /// A metadatabase error.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,20 @@ CREATE TABLE IF NOT EXISTS staging_volumes (
     released_at   TEXT,
     deleted_at    TEXT,
     delete_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS connections (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    config      TEXT NOT NULL,
+    nonce       BLOB NOT NULL,
+    secret      BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vault (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    nonce       BLOB NOT NULL,
+    check_value BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS task_logs_by_task ON task_logs (run_id, task_id, try_number, id);
 "#;
@@ -226,6 +241,19 @@ pub struct VolumeRecord {
     pub deleted_at: Option<DateTime<Utc>>,
     /// `run_succeeded`, `ttl_expired` or `orphaned`.
     pub delete_reason: Option<String>,
+}
+
+/// A connection as stored: public configuration as JSON, secret sealed.
+#[derive(Debug, Clone)]
+pub struct StoredConnection {
+    /// Connection id.
+    pub id: String,
+    /// `postgres` or `s3`.
+    pub kind: String,
+    /// Public configuration (JSON).
+    pub config: String,
+    /// The sealed secret.
+    pub secret: Sealed,
 }
 
 /// One stored log line.
@@ -797,6 +825,118 @@ impl Store {
     /// The volume of `run_id`, if recorded.
     pub fn volume(&self, run_id: &str) -> Result<Option<VolumeRecord>> {
         Ok(self.volumes()?.into_iter().find(|v| v.run_id == run_id))
+    }
+
+    // ---- connections ----------------------------------------------------
+
+    /// The vault's key check value, once the vault has been used.
+    pub fn vault_check(&self) -> Result<Option<Sealed>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT nonce, check_value FROM vault WHERE id = 1",
+                [],
+                |r| {
+                    Ok(Sealed {
+                        nonce: r.get(0)?,
+                        ciphertext: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    /// Stores the vault's key check value.
+    pub fn set_vault_check(&self, check: &Sealed) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO vault (id, nonce, check_value) VALUES (1, ?1, ?2)",
+                params![check.nonce, check.ciphertext],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Adds (or, with `replace`, replaces) a connection; false if it exists and `replace` is off.
+    pub fn put_connection(
+        &self,
+        id: &str,
+        kind: &str,
+        config: &str,
+        secret: &Sealed,
+        replace: bool,
+    ) -> Result<bool> {
+        let now = ts(Utc::now());
+        self.with(|c| {
+            let changed = if replace {
+                c.execute(
+                    "INSERT INTO connections (id, kind, config, nonce, secret, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                     ON CONFLICT (id) DO UPDATE SET kind = ?2, config = ?3, nonce = ?4, secret = ?5, updated_at = ?6",
+                    params![id, kind, config, secret.nonce, secret.ciphertext, now],
+                )?
+            } else {
+                c.execute(
+                    "INSERT OR IGNORE INTO connections (id, kind, config, nonce, secret, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                    params![id, kind, config, secret.nonce, secret.ciphertext, now],
+                )?
+            };
+            Ok(changed == 1)
+        })
+    }
+
+    /// Every stored connection (secrets still sealed), by id.
+    pub fn connections(&self) -> Result<Vec<StoredConnection>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, kind, config, nonce, secret FROM connections ORDER BY id")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(StoredConnection {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    config: r.get(2)?,
+                    secret: Sealed {
+                        nonce: r.get(3)?,
+                        ciphertext: r.get(4)?,
+                    },
+                })
+            })?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Deletes a connection; false if there was none.
+    pub fn delete_connection(&self, id: &str) -> Result<bool> {
+        self.with(|c| Ok(c.execute("DELETE FROM connections WHERE id = ?1", [id])? == 1))
+    }
+
+    /// Every connection's sealed secret, for key rotation.
+    pub fn sealed_secrets(&self) -> Result<Vec<(String, Sealed)>> {
+        Ok(self
+            .connections()?
+            .into_iter()
+            .map(|c| (c.id, c.secret))
+            .collect())
+    }
+
+    /// Replaces every sealed secret and the check value in one transaction.
+    pub fn replace_sealed(&self, secrets: &[(String, Sealed)], check: &Sealed) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            for (id, sealed) in secrets {
+                tx.execute(
+                    "UPDATE connections SET nonce = ?2, secret = ?3 WHERE id = ?1",
+                    params![id, sealed.nonce, sealed.ciphertext],
+                )?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO vault (id, nonce, check_value) VALUES (1, ?1, ?2)",
+                params![check.nonce, check.ciphertext],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     // ---- logs -----------------------------------------------------------

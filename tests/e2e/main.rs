@@ -4,6 +4,7 @@
 mod support;
 
 mod bench;
+mod connections;
 mod deploy;
 mod etl;
 mod lifecycle;
