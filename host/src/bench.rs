@@ -313,6 +313,7 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
             LogSink::new(key, events.clone()),
             std::sync::Arc::new(Deadline::after(Duration::from_secs(60))),
             MemoryLimiter::new(64 << 20),
+            crate::capabilities::Grants::default(),
             wasi,
         );
         let clock = Instant::now();

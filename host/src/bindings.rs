@@ -6,5 +6,6 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
     with: {
         "sluice:task/sql.cursor": crate::capabilities::sql_host::CursorHandle,
+        "sluice:task/connections.postgres": crate::capabilities::postgres::PostgresHandle,
     },
 });

@@ -37,6 +37,9 @@ pub struct TaskSpec {
     pub after: Vec<String>,
     /// Task params (override DAG params).
     pub params: Map<String, Value>,
+    /// Connection ids the task may open.
+    #[serde(default)]
+    pub connections: Vec<String>,
     /// Limits and retry policy.
     pub policy: TaskPolicy,
 }

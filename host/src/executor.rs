@@ -17,8 +17,8 @@ use crate::capabilities::limits::{MemoryExceeded, TimedOut};
 use crate::capabilities::sql::SqlConfig;
 use crate::capabilities::wasi::{CapturedOutput, sandbox_ctx};
 use crate::capabilities::{
-    Deadline, LogSink, MemoryLimiter, SharedHandles, SqlHandles, SqlPool, SqlSession, TaskContext,
-    TaskHost,
+    Deadline, Grants, LogSink, MemoryLimiter, SharedHandles, SqlHandles, SqlPool, SqlSession,
+    TaskContext, TaskHost,
 };
 use crate::dag::TaskPolicy;
 use crate::engine::Engine;
@@ -49,6 +49,8 @@ pub struct TryRequest {
     pub staging_dir: PathBuf,
     /// Limits.
     pub policy: TaskPolicy,
+    /// Connections granted to the task, secrets included (host memory only).
+    pub connections: Vec<crate::connections::Connection>,
 }
 
 /// Threads closing the DuckDB databases of finished tries. Join them before
@@ -92,13 +94,18 @@ pub async fn run_try(
         },
     );
     let handles = sql.handles();
+    let runtime = tokio::runtime::Handle::current();
     let key = request.key.clone();
     let worker = {
         let deadline = deadline.clone();
         let events = events.clone();
-        tokio::task::spawn_blocking(move || {
-            run_blocking(&engine, &pre, sql, request, deadline, events, &closing)
-        })
+        let watch = Watch {
+            deadline,
+            events,
+            closing,
+            runtime,
+        };
+        tokio::task::spawn_blocking(move || run_blocking(&engine, &pre, sql, request, watch))
     };
     tokio::pin!(worker);
 
@@ -146,16 +153,30 @@ fn interrupt(handles: &SharedHandles) {
     }
 }
 
+/// What a try reports to and is supervised by.
+struct Watch {
+    deadline: Arc<Deadline>,
+    events: UnboundedSender<RunEvent>,
+    closing: Closing,
+    runtime: tokio::runtime::Handle,
+}
+
 fn run_blocking(
     engine: &Engine,
     pre: &TaskPre<TaskHost>,
     sql: SqlSession,
     request: TryRequest,
-    deadline: Arc<Deadline>,
-    events: UnboundedSender<RunEvent>,
-    closing: &Closing,
+    watch: Watch,
 ) -> TryOutcome {
-    let mut log = LogSink::new(request.key.clone(), events);
+    let Watch {
+        deadline,
+        events,
+        closing,
+        runtime,
+    } = watch;
+    let grants = Grants::new(request.connections.clone(), runtime);
+    let redactor = grants.redactor.clone();
+    let mut log = LogSink::new(request.key.clone(), events).redacting(redactor.clone());
     let failed = |error: String| TryOutcome::Failed {
         error,
         retryable: true,
@@ -200,6 +221,7 @@ fn run_blocking(
         log.clone(),
         deadline.clone(),
         MemoryLimiter::new(request.policy.memory),
+        grants,
         wasi,
     );
     let mut store = engine.store(host);
@@ -227,9 +249,11 @@ fn run_blocking(
             ),
             retryable: false,
         },
-        Ok(Ok(output)) => TryOutcome::Success { output },
+        Ok(Ok(output)) => TryOutcome::Success {
+            output: redactor.redact(&output),
+        },
         Ok(Err(task_error)) => TryOutcome::Failed {
-            error: task_error.message,
+            error: redactor.redact(&task_error.message),
             retryable: task_error.kind == ErrorKind::Retryable,
         },
         Err(trap) => {
@@ -243,7 +267,7 @@ fn run_blocking(
             } else {
                 format!("trapped: {}", trap.root_cause())
             };
-            failed(error)
+            failed(redactor.redact(&error))
         }
     }
 }

@@ -97,6 +97,8 @@ struct RawTask {
     after: Vec<Spanned<String>>,
     #[serde(default)]
     params: Option<Map<String, Value>>,
+    #[serde(default)]
+    connections: Vec<Spanned<String>>,
     retries: Option<u32>,
     #[serde(default, deserialize_with = "duration")]
     retry_delay: Option<Duration>,
@@ -195,7 +197,11 @@ impl Manifest {
         let mut defaults = TaskPolicy::default();
         if let Some(d) = &raw.defaults {
             let table = d.get_ref();
-            if table.plugin.is_some() || !table.after.is_empty() || table.params.is_some() {
+            if table.plugin.is_some()
+                || !table.after.is_empty()
+                || table.params.is_some()
+                || !table.connections.is_empty()
+            {
                 return Err(at(
                     Some(d.span()),
                     None,
@@ -257,6 +263,15 @@ impl Manifest {
                     after.push(dep_id.clone());
                 }
             }
+            for grant in &table_ref.connections {
+                if !is_valid_id(grant.get_ref()) {
+                    return Err(at(
+                        Some(grant.span()),
+                        Some(id),
+                        format!("invalid connection id `{}`", grant.get_ref()),
+                    ));
+                }
+            }
             lines.insert(id.clone(), line_of(text, key.span().start));
             tasks.push(TaskSpec {
                 id: id.clone(),
@@ -264,6 +279,11 @@ impl Manifest {
                 component: String::new(),
                 after,
                 params: table_ref.params.clone().unwrap_or_default(),
+                connections: table_ref
+                    .connections
+                    .iter()
+                    .map(|c| c.get_ref().clone())
+                    .collect(),
                 policy,
             });
         }

@@ -373,6 +373,7 @@ struct RunLoop<'a> {
     events_tx: UnboundedSender<RunEvent>,
     events_rx: UnboundedReceiver<RunEvent>,
     closing: Closing,
+    vault: Option<Result<crate::vault::Vault, String>>,
     observer: Option<UnboundedSender<RunEvent>>,
     logs: Vec<NewLog>,
 }
@@ -420,6 +421,7 @@ impl<'a> RunLoop<'a> {
             events_tx,
             events_rx,
             closing: Closing::default(),
+            vault: None,
             observer,
             logs: Vec::new(),
         })
@@ -632,6 +634,28 @@ impl<'a> RunLoop<'a> {
             error: None,
         });
 
+        let connections = match self.resolve_connections(task) {
+            Ok(connections) => connections,
+            Err(error) => {
+                // A grant that cannot be honoured fails the try at once; retrying cannot fix it.
+                let task_id = task.id.clone();
+                self.active += 1;
+                self.running.spawn(async move {
+                    let outcome = TryOutcome::Failed {
+                        error,
+                        retryable: false,
+                    };
+                    Completion::TryDone {
+                        task_id,
+                        try_number,
+                        started,
+                        elapsed: Default::default(),
+                        outcome,
+                    }
+                });
+                return Ok(());
+            }
+        };
         let mut params = self.spec.params.clone();
         params.extend(task.params.clone());
         params.extend(self.run_params.clone());
@@ -656,6 +680,7 @@ impl<'a> RunLoop<'a> {
             upstream,
             staging_dir: PathBuf::from(&self.run.staging_dir),
             policy: task.policy,
+            connections,
         };
         let engine = self.sluice.engine.clone();
         let sql_pool = self.sluice.sql_pool.clone();
@@ -761,6 +786,29 @@ impl<'a> RunLoop<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The connections granted to `task`, decrypted for the host.
+    fn resolve_connections(
+        &mut self,
+        task: &TaskSpec,
+    ) -> Result<Vec<crate::connections::Connection>, String> {
+        if task.connections.is_empty() {
+            return Ok(Vec::new());
+        }
+        let vault = self.vault.get_or_insert_with(|| {
+            crate::vault::Vault::open(&self.sluice.store, self.sluice.home.root())
+                .map_err(|e| e.to_string())
+        });
+        let vault = vault
+            .as_ref()
+            .map_err(|e| format!("cannot open the connection vault: {e}"))?;
+        task.connections
+            .iter()
+            .map(|id| {
+                crate::connections::get(&self.sluice.store, vault, id).map_err(|e| e.to_string())
+            })
+            .collect()
     }
 
     /// Marks every task downstream of `failed` (transitively) `upstream_failed`.

@@ -123,6 +123,11 @@ impl Context {
         format!("{}/{}", self.staging_dir().trim_end_matches('/'), name)
     }
 
+    /// Opens the Postgres connection `id` granted to this task.
+    pub fn postgres(&self, id: &str) -> Result<crate::Postgres> {
+        crate::Postgres::open(id)
+    }
+
     /// The task's DuckDB session.
     pub fn sql(&self) -> Sql {
         Sql::new()

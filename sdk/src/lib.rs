@@ -37,10 +37,12 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` (or `sluice build`,
 //! which builds every crate of the `plugins/` workspace).
 
+mod connections;
 mod context;
 mod error;
 mod sql;
 
+pub use connections::Postgres;
 pub use context::{Context, Input};
 pub use error::{Error, ErrorKind, Result};
 pub use sql::{Cursor, Sql, SqlError, sql_literal};

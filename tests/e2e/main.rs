@@ -12,6 +12,8 @@ mod limits;
 mod manifests;
 mod outputs;
 mod parallel;
+mod pg;
+mod postgres;
 mod retries;
 mod sandbox;
 mod schedules;

@@ -30,6 +30,7 @@ pub struct LogSink {
     key: TaskKey,
     events: UnboundedSender<RunEvent>,
     lines: u32,
+    redactor: std::sync::Arc<super::Redactor>,
 }
 
 impl LogSink {
@@ -39,7 +40,14 @@ impl LogSink {
             key,
             events,
             lines: 0,
+            redactor: Default::default(),
         }
+    }
+
+    /// Replaces the granted connections' secrets in every line from now on.
+    pub fn redacting(mut self, redactor: std::sync::Arc<super::Redactor>) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// Records a line from the host side (stdout capture, traps) or the guest.
@@ -54,7 +62,7 @@ impl LogSink {
             }
             return;
         }
-        self.send(level, truncate(message));
+        self.send(level, truncate(&self.redactor.redact(message)));
     }
 
     /// Reports progress.

@@ -5,6 +5,7 @@
 pub mod context;
 pub mod limits;
 pub mod log;
+pub mod postgres;
 pub mod sql;
 pub mod sql_host;
 pub mod wasi;
@@ -17,6 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub use context::TaskContext;
 pub use limits::{Deadline, MemoryLimiter};
 pub use log::LogSink;
+pub use postgres::{Grants, Redactor};
 pub use sql::{SharedHandles, SqlHandles, SqlPool, SqlSession};
 
 /// Everything a running task instance can reach. Owned by its wasmtime store.
@@ -31,6 +33,8 @@ pub struct TaskHost {
     pub deadline: Arc<Deadline>,
     /// Linear-memory and table limits.
     pub limiter: MemoryLimiter,
+    /// Connections the task may open.
+    pub grants: Grants,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -43,6 +47,7 @@ impl TaskHost {
         log: LogSink,
         deadline: Arc<Deadline>,
         limiter: MemoryLimiter,
+        grants: Grants,
         wasi: WasiCtx,
     ) -> Self {
         Self {
@@ -51,6 +56,7 @@ impl TaskHost {
             log,
             deadline,
             limiter,
+            grants,
             wasi,
             table: ResourceTable::new(),
         }

@@ -56,6 +56,15 @@ enum Request {
     NextBatch(u32, Reply<Option<Vec<u8>>>),
     CloseCursor(u32),
     QueryJson(String, u32, Reply<String>),
+    /// Streams a query's batches to the host (bounded by the channel).
+    Stream(String, mpsc::SyncSender<Result<RecordBatch, SqlError>>),
+    /// Runs `create`, then appends the batches the host sends to `table` until it hangs up.
+    Append {
+        create: String,
+        table: String,
+        batches: mpsc::Receiver<RecordBatch>,
+        reply: Reply<u64>,
+    },
 }
 
 /// Handles to the session's running statement, usable from any thread.
@@ -66,6 +75,12 @@ pub struct SqlHandles {
     /// DuckDB's progress estimate for the statement running now.
     pub progress: duckdb::ProgressHandle,
 }
+
+/// The sender of batches to append, and the receiver of the rows appended.
+pub type AppendChannels = (
+    mpsc::SyncSender<RecordBatch>,
+    mpsc::Receiver<Result<u64, SqlError>>,
+);
 
 /// Where a session publishes its [`SqlHandles`] once its database is open.
 pub type SharedHandles = Arc<std::sync::Mutex<Option<SqlHandles>>>;
@@ -168,6 +183,41 @@ impl SqlSession {
         if let Some(requests) = &self.requests {
             let _ = requests.send(Request::CloseCursor(cursor));
         }
+    }
+
+    /// Streams the batches of `sql` to the caller, at most `depth` in flight.
+    pub fn stream(
+        &mut self,
+        sql: &str,
+        depth: usize,
+    ) -> Result<mpsc::Receiver<Result<RecordBatch, SqlError>>, SqlError> {
+        let (tx, rx) = mpsc::sync_channel(depth);
+        self.requests()?
+            .send(Request::Stream(sql.to_owned(), tx))
+            .map_err(|_| SqlError("the SQL session is closed".into()))?;
+        Ok(rx)
+    }
+
+    /// Runs `create` (which makes `table`), then appends every batch sent on the
+    /// returned sender, at most `depth` in flight. Drop the sender, then read the
+    /// receiver for the rows appended.
+    pub fn append(
+        &mut self,
+        create: &str,
+        table: &str,
+        depth: usize,
+    ) -> Result<AppendChannels, SqlError> {
+        let (batches_tx, batches) = mpsc::sync_channel(depth);
+        let (reply, done) = mpsc::sync_channel(1);
+        self.requests()?
+            .send(Request::Append {
+                create: create.to_owned(),
+                table: table.to_owned(),
+                batches,
+                reply,
+            })
+            .map_err(|_| SqlError("the SQL session is closed".into()))?;
+        Ok((batches_tx, done))
     }
 
     /// Runs a query and returns at most `max_rows` rows as a JSON array of objects.
@@ -337,8 +387,57 @@ fn serve(conn: &Connection, inbox: &mpsc::Receiver<Request>) {
             Request::QueryJson(sql, max_rows, reply) => {
                 let _ = reply.send(query_json(conn, &sql, max_rows));
             }
+            Request::Stream(sql, tx) => stream(conn, &sql, &tx),
+            Request::Append {
+                create,
+                table,
+                batches,
+                reply,
+            } => {
+                let _ = reply.send(append(conn, &create, &table, &batches));
+            }
         }
     }
+}
+
+fn stream(conn: &Connection, sql: &str, tx: &mpsc::SyncSender<Result<RecordBatch, SqlError>>) {
+    let mut stmt = match conn.prepare(sql) {
+        Ok(stmt) => stmt,
+        Err(e) => {
+            let _ = tx.send(Err(e.into()));
+            return;
+        }
+    };
+    match stmt.stream_arrow([]) {
+        Ok(batches) => {
+            for batch in batches {
+                let failed = batch.is_err();
+                if tx.send(batch.map_err(SqlError::from)).is_err() || failed {
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e.into()));
+        }
+    }
+}
+
+fn append(
+    conn: &Connection,
+    create: &str,
+    table: &str,
+    batches: &mpsc::Receiver<RecordBatch>,
+) -> Result<u64, SqlError> {
+    conn.execute_batch(create)?;
+    let mut appender = conn.appender(table)?;
+    let mut rows = 0u64;
+    while let Ok(batch) = batches.recv() {
+        rows += batch.num_rows() as u64;
+        appender.append_record_batch(batch)?;
+    }
+    appender.flush()?;
+    Ok(rows)
 }
 
 fn execute(conn: &Connection, sql: &str) -> Result<u64, SqlError> {

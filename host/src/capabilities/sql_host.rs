@@ -79,7 +79,7 @@ impl HostCursor for TaskHost {
 }
 
 impl TaskHost {
-    fn table_mut(&mut self) -> &mut wasmtime::component::ResourceTable {
+    pub(super) fn table_mut(&mut self) -> &mut wasmtime::component::ResourceTable {
         wasmtime_wasi::WasiView::ctx(self).table
     }
 }

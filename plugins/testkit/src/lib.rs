@@ -102,6 +102,7 @@ fn run(ctx: &Context, input: Input<Params>) -> Result<Value> {
             Ok(json!({}))
         }
         "escape" => Ok(escape(ctx, p)),
+        "steps" => steps(ctx, p),
         "hostcalls" => Ok(host_calls(ctx, p.n.max(1))),
         other => Err(Error::permanent(format!("unknown testkit mode `{other}`"))),
     }
@@ -131,6 +132,69 @@ fn host_calls(ctx: &Context, n: u64) -> Value {
         "local_ns_per_call": local_time.as_nanos() as f64 / n as f64,
         "checksum": acc,
     })
+}
+
+/// Runs the `steps` param in order: `{"pg": "execute"|"copy_in"|"extract", ...}`
+/// on connection `conn`, or `{"duck": sql}` / `{"rows": sql}` in DuckDB. Each
+/// step's result or error is reported; with `stop_on_error`, the first error
+/// fails the task (after logging it).
+fn steps(ctx: &Context, p: &Params) -> Result<Value> {
+    let conn = p.rest.get("conn").and_then(Value::as_str).unwrap_or("pg");
+    let stop = p
+        .rest
+        .get("stop_on_error")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let list = p
+        .rest
+        .get("steps")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut results = Vec::new();
+    let mut pg = None;
+    for step in &list {
+        let text = |k: &str| {
+            step.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let outcome: Result<Value> = if let Some(sql) = step.get("duck").and_then(Value::as_str) {
+            ctx.sql().execute(sql).map(|n| json!(n)).map_err(Into::into)
+        } else if let Some(sql) = step.get("rows").and_then(Value::as_str) {
+            ctx.sql()
+                .query_rows::<Value>(sql, 1000)
+                .map(Value::Array)
+                .map_err(Into::into)
+        } else {
+            let client = match pg.take() {
+                Some(client) => Ok(client),
+                None => ctx.postgres(conn),
+            };
+            client.and_then(|client| {
+                let done = match text("pg").as_str() {
+                    "execute" => client.execute(&text("sql")),
+                    "copy_in" => client.copy_in(&text("table"), &text("query")),
+                    "extract" => client.extract(&text("query"), &text("table")),
+                    other => Err(Error::permanent(format!("unknown pg step `{other}`"))),
+                };
+                pg = Some(client);
+                done.map(|n| json!(n))
+            })
+        };
+        match outcome {
+            Ok(v) => results.push(json!({ "ok": v })),
+            Err(e) => {
+                ctx.error(format!("step failed: {e}"));
+                if stop {
+                    return Err(e);
+                }
+                results.push(json!({ "error": e.message() }));
+            }
+        }
+    }
+    Ok(json!({ "results": results }))
 }
 
 fn echo(ctx: &Context, input: &Input<Params>) -> Value {

@@ -1,0 +1,759 @@
+//! The `connections` interface for PostgreSQL: the host opens the client with
+//! the password from the vault and moves data between the task's DuckDB session
+//! and the server (binary COPY both ways), batch by batch in bounded memory. The
+//! task sees ids, tables and queries, never a credential; every message that
+//! comes back has the granted connections' secrets replaced by `***`.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use duckdb::arrow::array::{
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Array, Date32Builder, Decimal128Array,
+    Float32Array, Float32Builder, Float64Array, Float64Builder, Int16Array, Int16Builder,
+    Int32Array, Int32Builder, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+};
+use duckdb::arrow::compute::cast;
+use duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use futures_util::{StreamExt, pin_mut};
+use rust_decimal::Decimal;
+use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls};
+use wasmtime::component::Resource;
+
+use crate::bindings::sluice::task::connections::{ConnectionError, Host, HostPostgres};
+use crate::connections::{Connection, ConnectionConfig};
+
+use super::TaskHost;
+
+/// Batches in flight between DuckDB and Postgres: the memory bound of a transfer.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Rows per batch when extracting from Postgres.
+const EXTRACT_BATCH_ROWS: usize = 8192;
+
+/// Replaces every secret of the granted connections with `***`.
+#[derive(Debug, Default, Clone)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    /// A redactor for the secrets of `connections` (and their URL-encoded forms).
+    pub fn for_connections(connections: &[Connection]) -> Self {
+        let mut secrets: Vec<String> = Vec::new();
+        for c in connections.iter().filter(|c| !c.secret.is_empty()) {
+            secrets.push(c.secret.clone());
+            let encoded: String =
+                url::form_urlencoded::byte_serialize(c.secret.as_bytes()).collect();
+            if encoded != c.secret {
+                secrets.push(encoded);
+            }
+        }
+        // Longest first, so that a secret containing another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self { secrets }
+    }
+
+    /// `text` with every secret replaced.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "***");
+            }
+        }
+        out
+    }
+}
+
+/// The connections a try may open, and the runtime their clients run on.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// Granted connections, secrets included (host memory only).
+    pub connections: Vec<Connection>,
+    /// The async runtime driving the clients.
+    pub runtime: Option<tokio::runtime::Handle>,
+    /// Redacts the secrets of `connections`.
+    pub redactor: Arc<Redactor>,
+}
+
+impl Grants {
+    /// Grants `connections`, with clients driven by `runtime`.
+    pub fn new(connections: Vec<Connection>, runtime: tokio::runtime::Handle) -> Self {
+        let redactor = Arc::new(Redactor::for_connections(&connections));
+        Self {
+            connections,
+            runtime: Some(runtime),
+            redactor,
+        }
+    }
+}
+
+/// An open Postgres client held for the guest.
+pub struct PostgresHandle {
+    id: String,
+    client: Client,
+}
+
+impl TaskHost {
+    fn pg_error(&self, id: &str, message: impl AsRef<str>) -> ConnectionError {
+        ConnectionError {
+            message: format!(
+                "connection `{id}`: {}",
+                self.grants.redactor.redact(message.as_ref())
+            ),
+        }
+    }
+
+    fn runtime(&self) -> Result<tokio::runtime::Handle, ConnectionError> {
+        self.grants.runtime.clone().ok_or_else(|| ConnectionError {
+            message: "connections are not available in this context".into(),
+        })
+    }
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{}: {} ({detail})", db.severity(), db.message()),
+            None => format!("{}: {}", db.severity(), db.message()),
+        },
+        None => e.to_string(),
+    }
+}
+
+/// `a.b` → `"a"."b"`, each part quoted.
+fn quote_path(name: &str) -> String {
+    name.split('.')
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn quote_ident(part: &str) -> String {
+    format!("\"{}\"", part.replace('"', "\"\""))
+}
+
+impl Host for TaskHost {
+    fn open_postgres(
+        &mut self,
+        id: String,
+    ) -> wasmtime::Result<Result<Resource<PostgresHandle>, ConnectionError>> {
+        self.check_deadline()?;
+        let Some(connection) = self.grants.connections.iter().find(|c| c.id == id).cloned() else {
+            return Ok(Err(ConnectionError {
+                message: format!(
+                    "connection `{id}` is not granted to task `{}`: list it in the task's `connections` in the manifest",
+                    self.context.task_id
+                ),
+            }));
+        };
+        let ConnectionConfig::Postgres {
+            host,
+            port,
+            database,
+            user,
+            extras,
+        } = &connection.config
+        else {
+            return Ok(Err(self.pg_error(
+                &id,
+                format!("is a {} connection, not postgres", connection.config.kind()),
+            )));
+        };
+        if extras
+            .get("sslmode")
+            .is_some_and(|m| m == "require" || m.starts_with("verify"))
+        {
+            return Ok(Err(self.pg_error(
+                &id,
+                "sslmode=require is not supported yet (TLS to Postgres is not built in)",
+            )));
+        }
+        let runtime = match self.runtime() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(host)
+            .port(*port)
+            .dbname(database)
+            .user(user)
+            .password(connection.secret.as_bytes())
+            .application_name(format!(
+                "sluice {}/{}",
+                self.context.dag_id, self.context.task_id
+            ))
+            .connect_timeout(std::time::Duration::from_secs(10));
+        let connected = runtime.block_on(config.connect(NoTls));
+        match connected {
+            Ok((client, driver)) => {
+                runtime.spawn(async move {
+                    let _ = driver.await;
+                });
+                Ok(Ok(self.table_mut().push(PostgresHandle { id, client })?))
+            }
+            Err(e) => Ok(Err(self.pg_error(
+                &id,
+                format!("cannot connect to {host}:{port}: {}", db_message(&e)),
+            ))),
+        }
+    }
+}
+
+impl HostPostgres for TaskHost {
+    fn execute(
+        &mut self,
+        pg: Resource<PostgresHandle>,
+        statement: String,
+    ) -> wasmtime::Result<Result<u64, ConnectionError>> {
+        self.check_deadline()?;
+        let runtime = match self.runtime() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let handle = self.table_mut().get(&pg)?;
+        let id = handle.id.clone();
+        let result = runtime.block_on(handle.client.execute(statement.as_str(), &[]));
+        Ok(result.map_err(|e| self.pg_error(&id, db_message(&e))))
+    }
+
+    fn copy_in(
+        &mut self,
+        pg: Resource<PostgresHandle>,
+        table: String,
+        query: String,
+    ) -> wasmtime::Result<Result<u64, ConnectionError>> {
+        self.check_deadline()?;
+        let runtime = match self.runtime() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let batches = match self.sql.stream(&query, BATCHES_IN_FLIGHT) {
+            Ok(rx) => rx,
+            Err(e) => {
+                return Ok(Err(ConnectionError {
+                    message: format!("DuckDB query: {e}"),
+                }));
+            }
+        };
+        let handle = self.table_mut().get_mut(&pg)?;
+        let id = handle.id.clone();
+        let result = runtime.block_on(copy_in(&mut handle.client, &table, &batches));
+        self.check_deadline()?;
+        Ok(result.map_err(|m| self.pg_error(&id, m)))
+    }
+
+    fn extract(
+        &mut self,
+        pg: Resource<PostgresHandle>,
+        query: String,
+        table: String,
+    ) -> wasmtime::Result<Result<u64, ConnectionError>> {
+        self.check_deadline()?;
+        let runtime = match self.runtime() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let handle = self.table_mut().get(&pg)?;
+        let id = handle.id.clone();
+        let client = &handle.client;
+        let columns = match runtime.block_on(client.prepare(&query)) {
+            Ok(stmt) => stmt
+                .columns()
+                .iter()
+                .map(|c| (c.name().to_owned(), c.type_().clone()))
+                .collect::<Vec<_>>(),
+            Err(e) => return Ok(Err(self.pg_error(&id, db_message(&e)))),
+        };
+        let schema = match arrow_schema(&columns) {
+            Ok(s) => Arc::new(s),
+            Err(m) => return Ok(Err(self.pg_error(&id, m))),
+        };
+        let create = format!(
+            "CREATE OR REPLACE TABLE {} ({})",
+            quote_ident(&table),
+            columns
+                .iter()
+                .zip(schema.fields())
+                .map(|((name, _), f)| format!(
+                    "{} {}",
+                    quote_ident(name),
+                    duckdb_type(f.data_type())
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // Re-borrow after the table borrow ends: the SQL session is a separate field.
+        let (batches, done) = match self.sql.append(&create, &table, BATCHES_IN_FLIGHT) {
+            Ok(channels) => channels,
+            Err(e) => {
+                return Ok(Err(ConnectionError {
+                    message: format!("DuckDB table `{table}`: {e}"),
+                }));
+            }
+        };
+        let handle = self.table_mut().get(&pg)?;
+        let types: Vec<Type> = columns.iter().map(|(_, t)| t.clone()).collect();
+        let streamed = runtime.block_on(extract(&handle.client, &query, &types, &schema, batches));
+        let appended = done
+            .recv()
+            .unwrap_or_else(|_| Err(super::sql::SqlError("the SQL session stopped".into())));
+        self.check_deadline()?;
+        Ok(match (streamed, appended) {
+            (Err(m), _) => Err(self.pg_error(&id, m)),
+            (Ok(_), Err(e)) => Err(ConnectionError {
+                message: format!("DuckDB table `{table}`: {e}"),
+            }),
+            (Ok(rows), Ok(_)) => Ok(rows),
+        })
+    }
+
+    fn drop(&mut self, pg: Resource<PostgresHandle>) -> wasmtime::Result<()> {
+        self.table_mut().delete(pg)?;
+        Ok(())
+    }
+}
+
+/// One column of a batch, converted to the Rust type the target column takes.
+enum Column {
+    Bool(BooleanArray),
+    I16(Int16Array),
+    I32(Int32Array),
+    I64(Int64Array),
+    F32(Float32Array),
+    F64(Float64Array),
+    Text(StringArray),
+    Date(Date32Array),
+    Timestamp(TimestampMicrosecondArray),
+    TimestampTz(TimestampMicrosecondArray),
+    Numeric(Vec<Option<Decimal>>),
+}
+
+/// Values of one row, owned for the duration of one `write`.
+enum Value {
+    Bool(Option<bool>),
+    I16(Option<i16>),
+    I32(Option<i32>),
+    I64(Option<i64>),
+    F32(Option<f32>),
+    F64(Option<f64>),
+    Text(Option<String>),
+    Date(Option<NaiveDate>),
+    Timestamp(Option<NaiveDateTime>),
+    TimestampTz(Option<DateTime<Utc>>),
+    Numeric(Option<Decimal>),
+}
+
+impl Value {
+    fn as_sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Self::Bool(v) => v,
+            Self::I16(v) => v,
+            Self::I32(v) => v,
+            Self::I64(v) => v,
+            Self::F32(v) => v,
+            Self::F64(v) => v,
+            Self::Text(v) => v,
+            Self::Date(v) => v,
+            Self::Timestamp(v) => v,
+            Self::TimestampTz(v) => v,
+            Self::Numeric(v) => v,
+        }
+    }
+}
+
+fn opt<T>(array: &dyn Array, row: usize, get: impl FnOnce() -> T) -> Option<T> {
+    (!array.is_null(row)).then(get)
+}
+
+impl Column {
+    /// Converts `array` for a column of PostgreSQL type `ty`.
+    fn convert(name: &str, array: &ArrayRef, ty: &Type) -> Result<Self, String> {
+        let to = |data_type: DataType| {
+            cast(array, &data_type).map_err(|e| {
+                format!(
+                    "column `{name}`: cannot convert {} to {ty}: {e}",
+                    array.data_type()
+                )
+            })
+        };
+        macro_rules! typed {
+            ($variant:ident, $arrow:expr, $array:ty) => {{
+                let converted = to($arrow)?;
+                let typed = converted
+                    .as_any()
+                    .downcast_ref::<$array>()
+                    .ok_or_else(|| format!("column `{name}`: conversion to {ty} failed"))?
+                    .clone();
+                Ok(Column::$variant(typed))
+            }};
+        }
+        match *ty {
+            Type::BOOL => typed!(Bool, DataType::Boolean, BooleanArray),
+            Type::INT2 => typed!(I16, DataType::Int16, Int16Array),
+            Type::INT4 => typed!(I32, DataType::Int32, Int32Array),
+            Type::INT8 => typed!(I64, DataType::Int64, Int64Array),
+            Type::FLOAT4 => typed!(F32, DataType::Float32, Float32Array),
+            Type::FLOAT8 => typed!(F64, DataType::Float64, Float64Array),
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
+                typed!(Text, DataType::Utf8, StringArray)
+            }
+            Type::DATE => typed!(Date, DataType::Date32, Date32Array),
+            Type::TIMESTAMP => typed!(
+                Timestamp,
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                TimestampMicrosecondArray
+            ),
+            Type::TIMESTAMPTZ => {
+                typed!(
+                    TimestampTz,
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    TimestampMicrosecondArray
+                )
+            }
+            Type::NUMERIC => {
+                let (precision, scale) = match array.data_type() {
+                    DataType::Decimal128(p, s) => (*p, *s),
+                    _ => (38, 10),
+                };
+                let converted = to(DataType::Decimal128(precision, scale))?;
+                let decimals = converted
+                    .as_any()
+                    .downcast_ref::<Decimal128Array>()
+                    .ok_or_else(|| format!("column `{name}`: conversion to numeric failed"))?;
+                let scale = u32::try_from(scale)
+                    .map_err(|_| format!("column `{name}`: negative decimal scale"))?;
+                let values = (0..decimals.len())
+                    .map(|i| {
+                        if decimals.is_null(i) {
+                            Ok(None)
+                        } else {
+                            Decimal::try_from_i128_with_scale(decimals.value(i), scale)
+                                .map(Some)
+                                .map_err(|e| format!("column `{name}`: {e}"))
+                        }
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok(Column::Numeric(values))
+            }
+            _ => Err(format!(
+                "column `{name}`: PostgreSQL type `{ty}` is not supported \
+                 (supported: boolean, smallint, integer, bigint, real, double precision, numeric, text, varchar, date, timestamp, timestamptz)"
+            )),
+        }
+    }
+
+    fn value(&self, row: usize) -> Value {
+        match self {
+            Self::Bool(a) => Value::Bool(opt(a, row, || a.value(row))),
+            Self::I16(a) => Value::I16(opt(a, row, || a.value(row))),
+            Self::I32(a) => Value::I32(opt(a, row, || a.value(row))),
+            Self::I64(a) => Value::I64(opt(a, row, || a.value(row))),
+            Self::F32(a) => Value::F32(opt(a, row, || a.value(row))),
+            Self::F64(a) => Value::F64(opt(a, row, || a.value(row))),
+            Self::Text(a) => Value::Text(opt(a, row, || a.value(row).to_owned())),
+            Self::Date(a) => Value::Date(opt(a, row, || a.value_as_date(row)).flatten()),
+            Self::Timestamp(a) => {
+                Value::Timestamp(opt(a, row, || a.value_as_datetime(row)).flatten())
+            }
+            Self::TimestampTz(a) => Value::TimestampTz(
+                opt(a, row, || a.value_as_datetime(row))
+                    .flatten()
+                    .map(|t| t.and_utc()),
+            ),
+            Self::Numeric(v) => Value::Numeric(v.get(row).copied().flatten()),
+        }
+    }
+}
+
+/// Binary COPY of the batches into `table`, in one transaction.
+async fn copy_in(
+    client: &mut Client,
+    table: &str,
+    batches: &std::sync::mpsc::Receiver<Result<RecordBatch, super::sql::SqlError>>,
+) -> Result<u64, String> {
+    let next = || match batches.recv() {
+        Ok(Ok(batch)) => Ok(Some(batch)),
+        Ok(Err(e)) => Err(format!("DuckDB query: {e}")),
+        Err(_) => Ok(None),
+    };
+    let Some(first) = next()? else { return Ok(0) };
+    let names: Vec<String> = first
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let columns = names
+        .iter()
+        .map(|n| quote_ident(n))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let tx = client.transaction().await.map_err(|e| db_message(&e))?;
+    let target = tx
+        .prepare(&format!(
+            "SELECT {columns} FROM {} LIMIT 0",
+            quote_path(table)
+        ))
+        .await
+        .map_err(|e| format!("table `{table}`: {}", db_message(&e)))?;
+    let types: Vec<Type> = target.columns().iter().map(|c| c.type_().clone()).collect();
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {} ({columns}) FROM STDIN (FORMAT binary)",
+            quote_path(table)
+        ))
+        .await
+        .map_err(|e| db_message(&e))?;
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    let mut batch = Some(first);
+    while let Some(b) = batch {
+        let converted = b
+            .columns()
+            .iter()
+            .zip(&names)
+            .zip(&types)
+            .map(|((array, name), ty)| Column::convert(name, array, ty))
+            .collect::<Result<Vec<_>, String>>()?;
+        for row in 0..b.num_rows() {
+            let values: Vec<Value> = converted.iter().map(|c| c.value(row)).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(Value::as_sql).collect();
+            writer
+                .as_mut()
+                .write(&refs)
+                .await
+                .map_err(|e| db_message(&e))?;
+        }
+        batch = next()?;
+    }
+    let rows = writer.finish().await.map_err(|e| db_message(&e))?;
+    tx.commit().await.map_err(|e| db_message(&e))?;
+    Ok(rows)
+}
+
+/// The Arrow schema a Postgres result becomes in DuckDB.
+fn arrow_schema(columns: &[(String, Type)]) -> Result<Schema, String> {
+    let fields = columns
+        .iter()
+        .map(|(name, ty)| {
+            let data_type = match *ty {
+                Type::BOOL => DataType::Boolean,
+                Type::INT2 => DataType::Int16,
+                Type::INT4 => DataType::Int32,
+                Type::INT8 => DataType::Int64,
+                Type::FLOAT4 => DataType::Float32,
+                Type::FLOAT8 => DataType::Float64,
+                // rust_decimal holds at most 28 digits; DuckDB's widest decimal is 38.
+                Type::NUMERIC => DataType::Decimal128(38, 10),
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => DataType::Utf8,
+                Type::DATE => DataType::Date32,
+                Type::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
+                Type::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                _ => {
+                    return Err(format!(
+                        "column `{name}`: PostgreSQL type `{ty}` is not supported by extract"
+                    ));
+                }
+            };
+            Ok(Field::new(name, data_type, true))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Schema::new(fields))
+}
+
+fn duckdb_type(data_type: &DataType) -> &'static str {
+    match data_type {
+        DataType::Boolean => "BOOLEAN",
+        DataType::Int16 => "SMALLINT",
+        DataType::Int32 => "INTEGER",
+        DataType::Int64 => "BIGINT",
+        DataType::Float32 => "REAL",
+        DataType::Float64 => "DOUBLE",
+        DataType::Decimal128(_, _) => "DECIMAL(38,10)",
+        DataType::Date32 => "DATE",
+        DataType::Timestamp(_, Some(_)) => "TIMESTAMPTZ",
+        DataType::Timestamp(_, None) => "TIMESTAMP",
+        _ => "VARCHAR",
+    }
+}
+
+/// Builders for one batch of extracted rows.
+enum Builder {
+    Bool(BooleanBuilder),
+    I16(Int16Builder),
+    I32(Int32Builder),
+    I64(Int64Builder),
+    F32(Float32Builder),
+    F64(Float64Builder),
+    Numeric(Vec<Option<i128>>),
+    Text(StringBuilder),
+    Date(Date32Builder),
+    Timestamp(TimestampMicrosecondBuilder, bool),
+}
+
+impl Builder {
+    fn for_type(data_type: &DataType) -> Self {
+        match data_type {
+            DataType::Boolean => Self::Bool(BooleanBuilder::new()),
+            DataType::Int16 => Self::I16(Int16Builder::new()),
+            DataType::Int32 => Self::I32(Int32Builder::new()),
+            DataType::Int64 => Self::I64(Int64Builder::new()),
+            DataType::Float32 => Self::F32(Float32Builder::new()),
+            DataType::Float64 => Self::F64(Float64Builder::new()),
+            DataType::Decimal128(_, _) => Self::Numeric(Vec::new()),
+            DataType::Date32 => Self::Date(Date32Builder::new()),
+            DataType::Timestamp(_, tz) => {
+                Self::Timestamp(TimestampMicrosecondBuilder::new(), tz.is_some())
+            }
+            _ => Self::Text(StringBuilder::new()),
+        }
+    }
+
+    fn push(
+        &mut self,
+        row: &tokio_postgres::binary_copy::BinaryCopyOutRow,
+        i: usize,
+    ) -> Result<(), tokio_postgres::Error> {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+        match self {
+            Self::Bool(b) => b.append_option(row.try_get::<Option<bool>>(i)?),
+            Self::I16(b) => b.append_option(row.try_get::<Option<i16>>(i)?),
+            Self::I32(b) => b.append_option(row.try_get::<Option<i32>>(i)?),
+            Self::I64(b) => b.append_option(row.try_get::<Option<i64>>(i)?),
+            Self::F32(b) => b.append_option(row.try_get::<Option<f32>>(i)?),
+            Self::F64(b) => b.append_option(row.try_get::<Option<f64>>(i)?),
+            Self::Numeric(v) => v.push(row.try_get::<Option<Decimal>>(i)?.map(|mut d| {
+                d.rescale(10);
+                d.mantissa()
+            })),
+            Self::Text(b) => b.append_option(row.try_get::<Option<&str>>(i)?),
+            Self::Date(b) => b.append_option(
+                row.try_get::<Option<NaiveDate>>(i)?
+                    .map(|d| (d - epoch).num_days() as i32),
+            ),
+            Self::Timestamp(b, true) => b.append_option(
+                row.try_get::<Option<DateTime<Utc>>>(i)?
+                    .map(|t| t.timestamp_micros()),
+            ),
+            Self::Timestamp(b, false) => b.append_option(
+                row.try_get::<Option<NaiveDateTime>>(i)?
+                    .map(|t| t.and_utc().timestamp_micros()),
+            ),
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, data_type: &DataType) -> Result<ArrayRef, String> {
+        Ok(match self {
+            Self::Bool(b) => Arc::new(b.finish()),
+            Self::I16(b) => Arc::new(b.finish()),
+            Self::I32(b) => Arc::new(b.finish()),
+            Self::I64(b) => Arc::new(b.finish()),
+            Self::F32(b) => Arc::new(b.finish()),
+            Self::F64(b) => Arc::new(b.finish()),
+            Self::Numeric(v) => {
+                Arc::new(Decimal128Array::from(std::mem::take(v)).with_data_type(data_type.clone()))
+            }
+            Self::Text(b) => Arc::new(b.finish()),
+            Self::Date(b) => Arc::new(b.finish()),
+            Self::Timestamp(b, tz) => {
+                let a = b.finish();
+                if *tz {
+                    Arc::new(a.with_timezone("UTC"))
+                } else {
+                    Arc::new(a)
+                }
+            }
+        })
+    }
+}
+
+/// Binary COPY out of `query`, batched into Arrow and sent to DuckDB.
+async fn extract(
+    client: &Client,
+    query: &str,
+    types: &[Type],
+    schema: &Arc<Schema>,
+    batches: std::sync::mpsc::SyncSender<RecordBatch>,
+) -> Result<u64, String> {
+    let stream = client
+        .copy_out(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
+        .await
+        .map_err(|e| db_message(&e))?;
+    let rows = BinaryCopyOutStream::new(stream, types);
+    pin_mut!(rows);
+    let mut builders: Vec<Builder> = schema
+        .fields()
+        .iter()
+        .map(|f| Builder::for_type(f.data_type()))
+        .collect();
+    let (mut pending, mut total) = (0usize, 0u64);
+    let flush = |builders: &mut Vec<Builder>| -> Result<RecordBatch, String> {
+        let arrays = builders
+            .iter_mut()
+            .zip(schema.fields())
+            .map(|(b, f)| b.finish(f.data_type()))
+            .collect::<Result<Vec<_>, String>>()?;
+        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())
+    };
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(|e| db_message(&e))?;
+        for (i, b) in builders.iter_mut().enumerate() {
+            b.push(&row, i).map_err(|e| db_message(&e))?;
+        }
+        pending += 1;
+        if pending == EXTRACT_BATCH_ROWS {
+            batches
+                .send(flush(&mut builders)?)
+                .map_err(|_| "the DuckDB side stopped".to_owned())?;
+            total += pending as u64;
+            pending = 0;
+        }
+    }
+    if pending > 0 {
+        batches
+            .send(flush(&mut builders)?)
+            .map_err(|_| "the DuckDB side stopped".to_owned())?;
+        total += pending as u64;
+    }
+    drop(batches);
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_covers_plain_and_url_encoded_secrets() {
+        let c = Connection {
+            id: "pg".into(),
+            config: ConnectionConfig::Postgres {
+                host: "h".into(),
+                port: 5432,
+                database: "d".into(),
+                user: "u".into(),
+                extras: Default::default(),
+            },
+            secret: "p@ss word".into(),
+        };
+        let r = Redactor::for_connections(&[c]);
+        assert_eq!(
+            r.redact("pw=p@ss word uri=postgres://u:p%40ss+word@h"),
+            "pw=*** uri=postgres://u:***@h"
+        );
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(
+            quote_path("public.category_revenue"),
+            "\"public\".\"category_revenue\""
+        );
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}
