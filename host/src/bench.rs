@@ -38,6 +38,8 @@ pub struct BenchOptions {
     pub repo: PathBuf,
     /// The `sluice` executable to time as a child process.
     pub sluice_exe: PathBuf,
+    /// A Postgres server (Airflow-style URI) for the load/extract case; `psql` must be on PATH.
+    pub postgres: Option<String>,
 }
 
 /// A bench failure.
@@ -131,6 +133,104 @@ pub fn run(options: &BenchOptions) -> BenchResult<()> {
     runtime.block_on(host_calls(options, &sluice, work.path()))?;
     runtime.block_on(scheduling(options, &sluice, work.path()))?;
     runtime.block_on(data_out(options, &sluice, work.path()))?;
+    if let Some(uri) = &options.postgres {
+        runtime.block_on(postgres_throughput(options, &sluice, work.path(), uri))?;
+    }
+    Ok(())
+}
+
+fn psql(uri: &str, command: &str) -> BenchResult<Duration> {
+    let clock = Instant::now();
+    let out = Command::new("psql")
+        .args([uri, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("psql failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(clock.elapsed())
+}
+
+async fn postgres_throughput(
+    options: &BenchOptions,
+    sluice: &Sluice,
+    work: &Path,
+    uri: &str,
+) -> BenchResult<()> {
+    println!();
+    let rows: u64 = if options.smoke { 10_000 } else { 10_000_000 };
+    let select = format!(
+        "SELECT i AS id, 'cat_' || (i % 50) AS category, ((i % 100000) / 100.0)::DECIMAL(10,2) AS amount FROM range({rows}) t(i)"
+    );
+    let vault = crate::vault::Vault::open(&sluice.store, sluice.home.root())?;
+    let connection = crate::connections::from_uri("bench_pg", uri)?;
+    crate::connections::add(&sluice.store, &vault, &connection, true)?;
+    psql(
+        uri,
+        "DROP TABLE IF EXISTS sluice_bench; CREATE TABLE sluice_bench (id bigint, category text, amount numeric(10,2))",
+    )?;
+    // The same rows as CSV for psql (made by DuckDB, not timed).
+    let csv = work.join("bench_rows.csv");
+    duckdb::Connection::open_in_memory()?.execute_batch(&format!(
+        "COPY ({select}) TO '{}' (HEADER false)",
+        csv.display()
+    ))?;
+
+    let psql_in = psql(
+        uri,
+        &format!("\\copy sluice_bench FROM '{}' CSV", csv.display()),
+    )?;
+    psql(uri, "TRUNCATE sluice_bench")?;
+    let task = |steps: &str| {
+        format!(
+            "[tasks.t]\nplugin = \"testkit\"\nconnections = [\"bench_pg\"]\nparams = {{ mode = \"steps\", conn = \"bench_pg\", steps = {steps} }}\n"
+        )
+    };
+    let dist = options.repo.join("plugins/dist");
+    let load = write_dag(
+        work,
+        "pgload",
+        &task(&format!(
+            "[{{ pg = \"copy_in\", table = \"sluice_bench\", query = \"{select}\" }}]"
+        )),
+        &dist,
+    )?;
+    let (sluice_in, _) = run_once(sluice, &load, Map::new()).await?;
+
+    let out_csv = work.join("bench_out.csv");
+    let psql_out = psql(
+        uri,
+        &format!(
+            "\\copy (SELECT * FROM sluice_bench) TO '{}' CSV",
+            out_csv.display()
+        ),
+    )?;
+    let extract = write_dag(
+        work,
+        "pgextract",
+        &task("[{ pg = \"extract\", query = \"SELECT * FROM sluice_bench\", table = \"back\" }]"),
+        &dist,
+    )?;
+    let (sluice_out, _) = run_once(sluice, &extract, Map::new()).await?;
+    psql(uri, "DROP TABLE sluice_bench")?;
+
+    let rate = |d: Duration| rows as f64 / d.as_secs_f64() / 1e6;
+    println!("6. Postgres: {rows} rows (bigint, text, numeric(10,2)), same server");
+    println!(
+        "   load:    copy-in {} = {:.2} M rows/s; psql \\copy from CSV {} = {:.2} M rows/s; ratio {:.2}x",
+        secs(sluice_in),
+        rate(sluice_in),
+        secs(psql_in),
+        rate(psql_in),
+        sluice_in.as_secs_f64() / psql_in.as_secs_f64()
+    );
+    println!(
+        "   extract: extract {} = {:.2} M rows/s; psql \\copy to CSV {} = {:.2} M rows/s; ratio {:.2}x",
+        secs(sluice_out),
+        rate(sluice_out),
+        secs(psql_out),
+        rate(psql_out),
+        sluice_out.as_secs_f64() / psql_out.as_secs_f64()
+    );
     Ok(())
 }
 

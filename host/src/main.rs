@@ -96,6 +96,10 @@ enum Command {
         /// The repository holding examples/ and plugins/dist.
         #[arg(long, default_value = ".")]
         repo: PathBuf,
+        /// Also measure Postgres load and extract against `psql \copy` on this
+        /// server (an Airflow-style URI; tables `sluice_bench` are created and dropped).
+        #[arg(long)]
+        postgres: Option<String>,
     },
     /// The sandbox-tax baseline: the ETL's SQL run directly by DuckDB.
     #[command(hide = true)]
@@ -220,6 +224,11 @@ enum ConnectionsCommand {
     },
     /// Delete a connection.
     Delete {
+        /// Connection id.
+        id: String,
+    },
+    /// Open a connection and report success or why not.
+    Test {
         /// Connection id.
         id: String,
     },
@@ -549,7 +558,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             show_run(&sluice, &run_id)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { smoke, rows, repo } => {
+        Command::Bench {
+            smoke,
+            rows,
+            repo,
+            postgres,
+        } => {
             let options = sluice::bench::BenchOptions {
                 etl_rows: if smoke { vec![10_000] } else { rows },
                 smoke,
@@ -557,6 +571,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .canonicalize()
                     .with_context(|| format!("no repository at {}", repo.display()))?,
                 sluice_exe: std::env::current_exe().context("cannot find the sluice executable")?,
+                postgres,
             };
             sluice::bench::run(&options).map_err(|e| anyhow::anyhow!("bench failed: {e}"))?;
             Ok(ExitCode::SUCCESS)
@@ -693,6 +708,24 @@ fn connections_command(home: Option<PathBuf>, command: ConnectionsCommand) -> Re
                 bail!("no connection `{id}`");
             }
             println!("deleted {id}");
+        }
+        ConnectionsCommand::Test { id } => {
+            let connection = connections::get(&sluice.store, &vault()?, &id)?;
+            if !matches!(connection.config, ConnectionConfig::Postgres { .. }) {
+                bail!(
+                    "connection `{id}`: testing {} connections is not supported yet",
+                    connection.config.kind()
+                );
+            }
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            match runtime.block_on(sluice::capabilities::postgres::test_connection(&connection)) {
+                Ok(what) => println!("ok: {id}: {what}"),
+                Err(why) => {
+                    eprintln!("error: connection `{id}`: {why}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
         }
         ConnectionsCommand::RotateKey => {
             let from_env = std::env::var_os(sluice::vault::KEY_ENV).is_some();

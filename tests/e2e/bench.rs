@@ -8,7 +8,9 @@ fn every_benchmark_case_runs_in_smoke_mode() {
     plugins_dist();
     let home = TestHome::new();
     let repo = repo_root().canonicalize().expect("repo");
-    let out = home.cli(&["bench", "--smoke", "--repo", repo.to_str().expect("utf-8")]);
+    let pg = crate::pg::server().uri();
+    let repo = repo.to_str().expect("utf-8");
+    let out = home.cli(&["bench", "--smoke", "--repo", repo, "--postgres", &pg]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "bench failed\n{stdout}\n{stderr}");
     for heading in [
@@ -17,6 +19,7 @@ fn every_benchmark_case_runs_in_smoke_mode() {
         "3. host call cost",
         "4. scheduling overhead",
         "5. data out",
+        "6. Postgres",
     ] {
         assert!(
             stdout.contains(heading),

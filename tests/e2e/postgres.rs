@@ -248,3 +248,63 @@ async fn no_call_log_error_or_output_ever_holds_the_password() {
         .any(|w| w == PASSWORD.as_bytes());
     assert!(!found, "the password is stored or printed somewhere");
 }
+
+#[test]
+fn the_etl_example_loads_into_postgres_and_connections_test_reports() {
+    let server = pg::server();
+    let home = TestHome::new();
+    let add = home.cli(&["connections", "add", "etl_target", "--uri", &server.uri()]);
+    assert!(add.status.success(), "{:?}", text(&add));
+    let (ok, _) = text(&home.cli(&["connections", "test", "etl_target"]));
+    assert!(ok.starts_with("ok: etl_target: PostgreSQL 15"), "{ok}");
+
+    let out = home.cli(&[
+        "run",
+        "examples/etl_duckdb_pg",
+        "--param",
+        "rows=100000",
+        "--no-progress",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        server.psql("SELECT count(*), sum(n) FROM category_revenue"),
+        "50|100000"
+    );
+    // Running it again replaces the rows instead of duplicating them.
+    let again = home.cli(&[
+        "run",
+        "examples/etl_duckdb_pg",
+        "--param",
+        "rows=1000",
+        "--no-progress",
+    ]);
+    assert!(again.status.success());
+    assert_eq!(
+        server.psql("SELECT count(*), sum(n) FROM category_revenue"),
+        "50|1000"
+    );
+
+    // A wrong password: `test` fails with the server's reason, never the password.
+    let wrong = server.uri().replace(PASSWORD, "not-the-password");
+    assert!(
+        home.cli(&[
+            "connections",
+            "add",
+            "etl_target",
+            "--uri",
+            &wrong,
+            "--replace"
+        ])
+        .status
+        .success()
+    );
+    let failed = home.cli(&["connections", "test", "etl_target"]);
+    let (stdout, stderr) = text(&failed);
+    assert!(!failed.status.success());
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stdout}{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password") && !stdout.contains("not-the-password"));
+}

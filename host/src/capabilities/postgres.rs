@@ -135,6 +135,74 @@ fn quote_ident(part: &str) -> String {
     format!("\"{}\"", part.replace('"', "\"\""))
 }
 
+/// The client configuration of a Postgres connection (no TLS yet).
+fn client_config(
+    connection: &Connection,
+    application: &str,
+) -> Result<tokio_postgres::Config, String> {
+    let ConnectionConfig::Postgres {
+        host,
+        port,
+        database,
+        user,
+        extras,
+    } = &connection.config
+    else {
+        return Err(format!(
+            "is a {} connection, not postgres",
+            connection.config.kind()
+        ));
+    };
+    if extras
+        .get("sslmode")
+        .is_some_and(|m| m == "require" || m.starts_with("verify"))
+    {
+        return Err(
+            "sslmode=require is not supported yet (TLS to Postgres is not built in)".into(),
+        );
+    }
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(*port)
+        .dbname(database)
+        .user(user)
+        .password(connection.secret.as_bytes())
+        .application_name(application)
+        .connect_timeout(std::time::Duration::from_secs(10));
+    Ok(config)
+}
+
+fn endpoint(connection: &Connection) -> String {
+    match &connection.config {
+        ConnectionConfig::Postgres { host, port, .. } => format!("{host}:{port}"),
+        other => other.describe(),
+    }
+}
+
+/// Connects to `connection` and asks the server its version: what
+/// `sluice connections test` reports. Errors are redacted.
+pub async fn test_connection(connection: &Connection) -> Result<String, String> {
+    let redactor = Redactor::for_connections(std::slice::from_ref(connection));
+    let config = client_config(connection, "sluice connections test")?;
+    let (client, driver) = config.connect(NoTls).await.map_err(|e| {
+        redactor.redact(&format!(
+            "cannot connect to {}: {}",
+            endpoint(connection),
+            db_message(&e)
+        ))
+    })?;
+    let driver = tokio::spawn(driver);
+    let version: String = client
+        .query_one("SHOW server_version", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| redactor.redact(&db_message(&e)))?;
+    drop(client);
+    let _ = driver.await;
+    Ok(format!("PostgreSQL {version} at {}", endpoint(connection)))
+}
+
 impl Host for TaskHost {
     fn open_postgres(
         &mut self,
@@ -149,56 +217,30 @@ impl Host for TaskHost {
                 ),
             }));
         };
-        let ConnectionConfig::Postgres {
-            host,
-            port,
-            database,
-            user,
-            extras,
-        } = &connection.config
-        else {
-            return Ok(Err(self.pg_error(
-                &id,
-                format!("is a {} connection, not postgres", connection.config.kind()),
-            )));
-        };
-        if extras
-            .get("sslmode")
-            .is_some_and(|m| m == "require" || m.starts_with("verify"))
-        {
-            return Ok(Err(self.pg_error(
-                &id,
-                "sslmode=require is not supported yet (TLS to Postgres is not built in)",
-            )));
-        }
         let runtime = match self.runtime() {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(host)
-            .port(*port)
-            .dbname(database)
-            .user(user)
-            .password(connection.secret.as_bytes())
-            .application_name(format!(
-                "sluice {}/{}",
-                self.context.dag_id, self.context.task_id
-            ))
-            .connect_timeout(std::time::Duration::from_secs(10));
-        let connected = runtime.block_on(config.connect(NoTls));
-        match connected {
+        let app = format!("sluice {}/{}", self.context.dag_id, self.context.task_id);
+        let config = match client_config(&connection, &app) {
+            Ok(config) => config,
+            Err(m) => return Ok(Err(self.pg_error(&id, m))),
+        };
+        match runtime.block_on(config.connect(NoTls)) {
             Ok((client, driver)) => {
                 runtime.spawn(async move {
                     let _ = driver.await;
                 });
                 Ok(Ok(self.table_mut().push(PostgresHandle { id, client })?))
             }
-            Err(e) => Ok(Err(self.pg_error(
-                &id,
-                format!("cannot connect to {host}:{port}: {}", db_message(&e)),
-            ))),
+            Err(e) => {
+                let message = format!(
+                    "cannot connect to {}: {}",
+                    endpoint(&connection),
+                    db_message(&e)
+                );
+                Ok(Err(self.pg_error(&id, message)))
+            }
         }
     }
 }
