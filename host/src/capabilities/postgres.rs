@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use bytes::{Buf, BufMut, BytesMut};
 use duckdb::arrow::array::{
     Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Array, Date32Builder, Decimal128Array,
     Float32Array, Float32Builder, Float64Array, Float64Builder, Int16Array, Int16Builder,
@@ -15,9 +15,8 @@ use duckdb::arrow::array::{
 };
 use duckdb::arrow::compute::cast;
 use duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use futures_util::{StreamExt, pin_mut};
+use futures_util::{SinkExt, StreamExt, pin_mut};
 use rust_decimal::Decimal;
-use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 use wasmtime::component::Resource;
@@ -338,8 +337,7 @@ impl HostPostgres for TaskHost {
             }
         };
         let handle = self.table_mut().get(&pg)?;
-        let types: Vec<Type> = columns.iter().map(|(_, t)| t.clone()).collect();
-        let streamed = runtime.block_on(extract(&handle.client, &query, &types, &schema, batches));
+        let streamed = runtime.block_on(extract(&handle.client, &query, &schema, batches));
         let appended = done
             .recv()
             .unwrap_or_else(|_| Err(super::sql::SqlError("the SQL session stopped".into())));
@@ -372,43 +370,6 @@ enum Column {
     Timestamp(TimestampMicrosecondArray),
     TimestampTz(TimestampMicrosecondArray),
     Numeric(Vec<Option<Decimal>>),
-}
-
-/// Values of one row, owned for the duration of one `write`.
-enum Value {
-    Bool(Option<bool>),
-    I16(Option<i16>),
-    I32(Option<i32>),
-    I64(Option<i64>),
-    F32(Option<f32>),
-    F64(Option<f64>),
-    Text(Option<String>),
-    Date(Option<NaiveDate>),
-    Timestamp(Option<NaiveDateTime>),
-    TimestampTz(Option<DateTime<Utc>>),
-    Numeric(Option<Decimal>),
-}
-
-impl Value {
-    fn as_sql(&self) -> &(dyn ToSql + Sync) {
-        match self {
-            Self::Bool(v) => v,
-            Self::I16(v) => v,
-            Self::I32(v) => v,
-            Self::I64(v) => v,
-            Self::F32(v) => v,
-            Self::F64(v) => v,
-            Self::Text(v) => v,
-            Self::Date(v) => v,
-            Self::Timestamp(v) => v,
-            Self::TimestampTz(v) => v,
-            Self::Numeric(v) => v,
-        }
-    }
-}
-
-fn opt<T>(array: &dyn Array, row: usize, get: impl FnOnce() -> T) -> Option<T> {
-    (!array.is_null(row)).then(get)
 }
 
 impl Column {
@@ -488,30 +449,57 @@ impl Column {
         }
     }
 
-    fn value(&self, row: usize) -> Value {
-        match self {
-            Self::Bool(a) => Value::Bool(opt(a, row, || a.value(row))),
-            Self::I16(a) => Value::I16(opt(a, row, || a.value(row))),
-            Self::I32(a) => Value::I32(opt(a, row, || a.value(row))),
-            Self::I64(a) => Value::I64(opt(a, row, || a.value(row))),
-            Self::F32(a) => Value::F32(opt(a, row, || a.value(row))),
-            Self::F64(a) => Value::F64(opt(a, row, || a.value(row))),
-            Self::Text(a) => Value::Text(opt(a, row, || a.value(row).to_owned())),
-            Self::Date(a) => Value::Date(opt(a, row, || a.value_as_date(row)).flatten()),
-            Self::Timestamp(a) => {
-                Value::Timestamp(opt(a, row, || a.value_as_datetime(row)).flatten())
-            }
-            Self::TimestampTz(a) => Value::TimestampTz(
-                opt(a, row, || a.value_as_datetime(row))
-                    .flatten()
-                    .map(|t| t.and_utc()),
-            ),
-            Self::Numeric(v) => Value::Numeric(v.get(row).copied().flatten()),
+    /// Appends the binary COPY field of `row`: its length, then its bytes (-1: NULL).
+    fn encode(&self, row: usize, buf: &mut BytesMut) -> Result<(), String> {
+        fn put<const N: usize>(buf: &mut BytesMut, bytes: [u8; N]) {
+            buf.put_i32(N as i32);
+            buf.put_slice(&bytes);
         }
+        let null = |a: &dyn Array| a.is_null(row);
+        match self {
+            Self::Bool(a) if !null(a) => put(buf, [u8::from(a.value(row))]),
+            Self::I16(a) if !null(a) => put(buf, a.value(row).to_be_bytes()),
+            Self::I32(a) if !null(a) => put(buf, a.value(row).to_be_bytes()),
+            Self::I64(a) if !null(a) => put(buf, a.value(row).to_be_bytes()),
+            Self::F32(a) if !null(a) => put(buf, a.value(row).to_be_bytes()),
+            Self::F64(a) if !null(a) => put(buf, a.value(row).to_be_bytes()),
+            Self::Text(a) if !null(a) => {
+                let text = a.value(row).as_bytes();
+                buf.put_i32(
+                    i32::try_from(text.len()).map_err(|_| "a text value over 2 GiB".to_owned())?,
+                );
+                buf.put_slice(text);
+            }
+            Self::Date(a) if !null(a) => put(buf, (a.value(row) - PG_EPOCH_DAYS).to_be_bytes()),
+            Self::Timestamp(a) | Self::TimestampTz(a) if !null(a) => {
+                put(buf, (a.value(row) - PG_EPOCH_MICROS).to_be_bytes())
+            }
+            Self::Numeric(values) if values.get(row).copied().flatten().is_some() => {
+                let at = buf.len();
+                buf.put_i32(0);
+                if let Some(d) = values.get(row).copied().flatten() {
+                    d.to_sql(&Type::NUMERIC, buf).map_err(|e| e.to_string())?;
+                }
+                let len =
+                    i32::try_from(buf.len() - at - 4).map_err(|_| "numeric too long".to_owned())?;
+                buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            }
+            _ => buf.put_i32(-1),
+        }
+        Ok(())
     }
 }
 
-/// Binary COPY of the batches into `table`, in one transaction.
+/// Days and microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_DAYS: i32 = 10_957;
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// The binary COPY signature, flags and header-extension length.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// Bytes buffered before a chunk goes to the server.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Binary COPY of the batches into `table`, in one transaction. Rows are
+/// encoded column-typed straight from the Arrow arrays into 1 MiB chunks.
 async fn copy_in(
     client: &mut Client,
     table: &str,
@@ -543,16 +531,19 @@ async fn copy_in(
         .await
         .map_err(|e| format!("table `{table}`: {}", db_message(&e)))?;
     let types: Vec<Type> = target.columns().iter().map(|c| c.type_().clone()).collect();
+    let field_count = i16::try_from(types.len()).map_err(|_| "too many columns".to_owned())?;
     let sink = tx
-        .copy_in(&format!(
+        .copy_in::<_, bytes::Bytes>(&format!(
             "COPY {} ({columns}) FROM STDIN (FORMAT binary)",
             quote_path(table)
         ))
         .await
         .map_err(|e| db_message(&e))?;
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    pin_mut!(writer);
+    pin_mut!(sink);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK + (64 << 10));
+    buf.put_slice(COPY_HEADER);
     let mut batch = Some(first);
+    let mut rows = 0u64;
     while let Some(b) = batch {
         let converted = b
             .columns()
@@ -562,17 +553,27 @@ async fn copy_in(
             .map(|((array, name), ty)| Column::convert(name, array, ty))
             .collect::<Result<Vec<_>, String>>()?;
         for row in 0..b.num_rows() {
-            let values: Vec<Value> = converted.iter().map(|c| c.value(row)).collect();
-            let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(Value::as_sql).collect();
-            writer
-                .as_mut()
-                .write(&refs)
-                .await
-                .map_err(|e| db_message(&e))?;
+            buf.put_i16(field_count);
+            for column in &converted {
+                column.encode(row, &mut buf)?;
+            }
+            if buf.len() >= COPY_CHUNK {
+                sink.send(buf.split().freeze())
+                    .await
+                    .map_err(|e| db_message(&e))?;
+            }
         }
+        rows += b.num_rows() as u64;
         batch = next()?;
     }
-    let rows = writer.finish().await.map_err(|e| db_message(&e))?;
+    buf.put_i16(-1);
+    sink.send(buf.split().freeze())
+        .await
+        .map_err(|e| db_message(&e))?;
+    let copied = sink.finish().await.map_err(|e| db_message(&e))?;
+    if copied != rows {
+        return Err(format!("the server copied {copied} rows of {rows}"));
+    }
     tx.commit().await.map_err(|e| db_message(&e))?;
     Ok(rows)
 }
@@ -637,6 +638,15 @@ enum Builder {
     Timestamp(TimestampMicrosecondBuilder, bool),
 }
 
+fn be<const N: usize>(field: &[u8]) -> Result<[u8; N], String> {
+    field.try_into().map_err(|_| {
+        format!(
+            "a binary COPY field of {} bytes where {N} were expected",
+            field.len()
+        )
+    })
+}
+
 impl Builder {
     fn for_type(data_type: &DataType) -> Self {
         match data_type {
@@ -655,36 +665,42 @@ impl Builder {
         }
     }
 
-    fn push(
-        &mut self,
-        row: &tokio_postgres::binary_copy::BinaryCopyOutRow,
-        i: usize,
-    ) -> Result<(), tokio_postgres::Error> {
-        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    /// Appends one binary COPY field (`None`: NULL).
+    fn push(&mut self, field: Option<&[u8]>) -> Result<(), String> {
+        let Some(f) = field else {
+            match self {
+                Self::Bool(b) => b.append_null(),
+                Self::I16(b) => b.append_null(),
+                Self::I32(b) => b.append_null(),
+                Self::I64(b) => b.append_null(),
+                Self::F32(b) => b.append_null(),
+                Self::F64(b) => b.append_null(),
+                Self::Numeric(v) => v.push(None),
+                Self::Text(b) => b.append_null(),
+                Self::Date(b) => b.append_null(),
+                Self::Timestamp(b, _) => b.append_null(),
+            }
+            return Ok(());
+        };
         match self {
-            Self::Bool(b) => b.append_option(row.try_get::<Option<bool>>(i)?),
-            Self::I16(b) => b.append_option(row.try_get::<Option<i16>>(i)?),
-            Self::I32(b) => b.append_option(row.try_get::<Option<i32>>(i)?),
-            Self::I64(b) => b.append_option(row.try_get::<Option<i64>>(i)?),
-            Self::F32(b) => b.append_option(row.try_get::<Option<f32>>(i)?),
-            Self::F64(b) => b.append_option(row.try_get::<Option<f64>>(i)?),
-            Self::Numeric(v) => v.push(row.try_get::<Option<Decimal>>(i)?.map(|mut d| {
+            Self::Bool(b) => b.append_value(f.first().is_some_and(|v| *v != 0)),
+            Self::I16(b) => b.append_value(i16::from_be_bytes(be(f)?)),
+            Self::I32(b) => b.append_value(i32::from_be_bytes(be(f)?)),
+            Self::I64(b) => b.append_value(i64::from_be_bytes(be(f)?)),
+            Self::F32(b) => b.append_value(f32::from_be_bytes(be(f)?)),
+            Self::F64(b) => b.append_value(f64::from_be_bytes(be(f)?)),
+            Self::Numeric(v) => {
+                let mut d =
+                    <Decimal as tokio_postgres::types::FromSql>::from_sql(&Type::NUMERIC, f)
+                        .map_err(|e| format!("numeric: {e}"))?;
                 d.rescale(10);
-                d.mantissa()
-            })),
-            Self::Text(b) => b.append_option(row.try_get::<Option<&str>>(i)?),
-            Self::Date(b) => b.append_option(
-                row.try_get::<Option<NaiveDate>>(i)?
-                    .map(|d| (d - epoch).num_days() as i32),
-            ),
-            Self::Timestamp(b, true) => b.append_option(
-                row.try_get::<Option<DateTime<Utc>>>(i)?
-                    .map(|t| t.timestamp_micros()),
-            ),
-            Self::Timestamp(b, false) => b.append_option(
-                row.try_get::<Option<NaiveDateTime>>(i)?
-                    .map(|t| t.and_utc().timestamp_micros()),
-            ),
+                v.push(Some(d.mantissa()));
+            }
+            Self::Text(b) => {
+                b.append_value(std::str::from_utf8(f).map_err(|e| format!("text: {e}"))?)
+            }
+            Self::Date(b) => b.append_value(i32::from_be_bytes(be(f)?) + PG_EPOCH_DAYS),
+            Self::Timestamp(b, _) => b.append_value(i64::from_be_bytes(be(f)?) + PG_EPOCH_MICROS),
         }
         Ok(())
     }
@@ -714,11 +730,64 @@ impl Builder {
     }
 }
 
-/// Binary COPY out of `query`, batched into Arrow and sent to DuckDB.
+/// Parses binary COPY tuples from `data` (header already consumed), appending
+/// each complete tuple to `builders`; returns the bytes consumed and the rows
+/// read, and whether the trailer was seen.
+fn parse_tuples(
+    data: &[u8],
+    builders: &mut [Builder],
+    max_rows: usize,
+    fields: &mut Vec<Option<std::ops::Range<usize>>>,
+) -> Result<(usize, usize, bool), String> {
+    let (mut at, mut rows) = (0usize, 0usize);
+    while rows < max_rows {
+        let Some(count) = data.get(at..at + 2) else {
+            break;
+        };
+        let count = i16::from_be_bytes(be(count)?);
+        if count == -1 {
+            return Ok((at + 2, rows, true));
+        }
+        if usize::try_from(count).ok() != Some(builders.len()) {
+            return Err(format!(
+                "a tuple of {count} fields where {} were expected",
+                builders.len()
+            ));
+        }
+        // Find the tuple's end before appending anything, so a partial tuple waits for more data.
+        let mut end = at + 2;
+        fields.clear();
+        for _ in 0..builders.len() {
+            let Some(len) = data.get(end..end + 4) else {
+                return Ok((at, rows, false));
+            };
+            let len = i32::from_be_bytes(be(len)?);
+            end += 4;
+            if len < 0 {
+                fields.push(None);
+            } else {
+                let len = len as usize;
+                if data.len() < end + len {
+                    return Ok((at, rows, false));
+                }
+                fields.push(Some(end..end + len));
+                end += len;
+            }
+        }
+        for (builder, field) in builders.iter_mut().zip(fields.drain(..)) {
+            builder.push(field.map(|r| &data[r]))?;
+        }
+        at = end;
+        rows += 1;
+    }
+    Ok((at, rows, false))
+}
+
+/// Binary COPY out of `query`, decoded straight into Arrow batches of
+/// [`EXTRACT_BATCH_ROWS`] and sent to DuckDB.
 async fn extract(
     client: &Client,
     query: &str,
-    types: &[Type],
     schema: &Arc<Schema>,
     batches: std::sync::mpsc::SyncSender<RecordBatch>,
 ) -> Result<u64, String> {
@@ -726,14 +795,12 @@ async fn extract(
         .copy_out(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
         .await
         .map_err(|e| db_message(&e))?;
-    let rows = BinaryCopyOutStream::new(stream, types);
-    pin_mut!(rows);
+    pin_mut!(stream);
     let mut builders: Vec<Builder> = schema
         .fields()
         .iter()
         .map(|f| Builder::for_type(f.data_type()))
         .collect();
-    let (mut pending, mut total) = (0usize, 0u64);
     let flush = |builders: &mut Vec<Builder>| -> Result<RecordBatch, String> {
         let arrays = builders
             .iter_mut()
@@ -742,25 +809,55 @@ async fn extract(
             .collect::<Result<Vec<_>, String>>()?;
         RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())
     };
-    while let Some(row) = rows.next().await {
-        let row = row.map_err(|e| db_message(&e))?;
-        for (i, b) in builders.iter_mut().enumerate() {
-            b.push(&row, i).map_err(|e| db_message(&e))?;
+    let mut pending = BytesMut::new();
+    let mut fields = Vec::with_capacity(builders.len());
+    let (mut header_done, mut in_batch, mut total, mut finished) = (false, 0usize, 0u64, false);
+    while let Some(chunk) = stream.next().await {
+        pending.extend_from_slice(&chunk.map_err(|e| db_message(&e))?);
+        if !header_done {
+            if pending.len() < COPY_HEADER.len() {
+                continue;
+            }
+            if pending[..11] != COPY_HEADER[..11] {
+                return Err("the server did not send a binary COPY header".into());
+            }
+            let extension = u32::from_be_bytes(be(&pending[15..19])?) as usize;
+            let skip = COPY_HEADER.len() + extension;
+            if pending.len() < skip {
+                continue;
+            }
+            pending.advance(skip);
+            header_done = true;
         }
-        pending += 1;
-        if pending == EXTRACT_BATCH_ROWS {
-            batches
-                .send(flush(&mut builders)?)
-                .map_err(|_| "the DuckDB side stopped".to_owned())?;
-            total += pending as u64;
-            pending = 0;
+        loop {
+            let (used, rows, trailer) = parse_tuples(
+                &pending,
+                &mut builders,
+                EXTRACT_BATCH_ROWS - in_batch,
+                &mut fields,
+            )?;
+            pending.advance(used);
+            in_batch += rows;
+            if in_batch == EXTRACT_BATCH_ROWS {
+                batches
+                    .send(flush(&mut builders)?)
+                    .map_err(|_| "the DuckDB side stopped".to_owned())?;
+                total += in_batch as u64;
+                in_batch = 0;
+                continue;
+            }
+            finished |= trailer;
+            break;
         }
     }
-    if pending > 0 {
+    if !finished {
+        return Err("the binary COPY stream ended without its trailer".into());
+    }
+    if in_batch > 0 {
         batches
             .send(flush(&mut builders)?)
             .map_err(|_| "the DuckDB side stopped".to_owned())?;
-        total += pending as u64;
+        total += in_batch as u64;
     }
     drop(batches);
     Ok(total)
