@@ -7,5 +7,6 @@ wasmtime::component::bindgen!({
     with: {
         "sluice:task/sql.cursor": crate::capabilities::sql_host::CursorHandle,
         "sluice:task/connections.postgres": crate::capabilities::postgres::PostgresHandle,
+        "sluice:task/connections.bucket": crate::capabilities::bucket::BucketHandle,
     },
 });

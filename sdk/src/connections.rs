@@ -40,3 +40,34 @@ impl Postgres {
         self.inner.extract(query, table).map_err(error)
     }
 }
+
+/// A bucket of an S3-compatible object store opened by the host. Files are
+/// paths in the run's staging directory.
+#[derive(Debug)]
+pub struct Bucket {
+    inner: wit::Bucket,
+}
+
+impl Bucket {
+    /// Opens connection `id`; fails unless the manifest grants it to this task.
+    pub fn open(id: &str) -> Result<Self> {
+        Ok(Self {
+            inner: wit::open_bucket(id).map_err(error)?,
+        })
+    }
+
+    /// Uploads `staging_file` as `key` (multipart when large); returns bytes sent.
+    pub fn put(&self, staging_file: &str, key: &str) -> Result<u64> {
+        self.inner.put(staging_file, key).map_err(error)
+    }
+
+    /// Downloads `key` into `staging_file`; returns bytes received.
+    pub fn get(&self, key: &str, staging_file: &str) -> Result<u64> {
+        self.inner.get(key, staging_file).map_err(error)
+    }
+
+    /// Keys under `prefix`, sorted.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.list_keys(prefix).map_err(error)
+    }
+}

@@ -128,6 +128,11 @@ impl Context {
         crate::Postgres::open(id)
     }
 
+    /// Opens the object-store connection `id` granted to this task.
+    pub fn bucket(&self, id: &str) -> Result<crate::Bucket> {
+        crate::Bucket::open(id)
+    }
+
     /// The task's DuckDB session.
     pub fn sql(&self) -> Sql {
         Sql::new()

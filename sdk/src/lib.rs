@@ -42,7 +42,7 @@ mod context;
 mod error;
 mod sql;
 
-pub use connections::Postgres;
+pub use connections::{Bucket, Postgres};
 pub use context::{Context, Input};
 pub use error::{Error, ErrorKind, Result};
 pub use sql::{Cursor, Sql, SqlError, sql_literal};

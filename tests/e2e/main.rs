@@ -15,5 +15,6 @@ mod parallel;
 mod pg;
 mod postgres;
 mod retries;
+mod s3;
 mod sandbox;
 mod schedules;

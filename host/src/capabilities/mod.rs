@@ -2,6 +2,7 @@
 //! logging; plus WASI with no network, no environment and one preopened
 //! directory. [`TaskHost`] is the wasmtime store data of one task instance.
 
+pub mod bucket;
 pub mod context;
 pub mod limits;
 pub mod log;

@@ -96,7 +96,7 @@ pub struct PostgresHandle {
 }
 
 impl TaskHost {
-    fn pg_error(&self, id: &str, message: impl AsRef<str>) -> ConnectionError {
+    pub(super) fn pg_error(&self, id: &str, message: impl AsRef<str>) -> ConnectionError {
         ConnectionError {
             message: format!(
                 "connection `{id}`: {}",
@@ -105,7 +105,17 @@ impl TaskHost {
         }
     }
 
-    fn runtime(&self) -> Result<tokio::runtime::Handle, ConnectionError> {
+    /// The granted connection `id`, or why the task may not open it.
+    pub(super) fn granted(&self, id: &str) -> Result<Connection, ConnectionError> {
+        self.grants.connections.iter().find(|c| c.id == id).cloned().ok_or_else(|| ConnectionError {
+            message: format!(
+                "connection `{id}` is not granted to task `{}`: list it in the task's `connections` in the manifest",
+                self.context.task_id
+            ),
+        })
+    }
+
+    pub(super) fn runtime(&self) -> Result<tokio::runtime::Handle, ConnectionError> {
         self.grants.runtime.clone().ok_or_else(|| ConnectionError {
             message: "connections are not available in this context".into(),
         })
@@ -208,13 +218,9 @@ impl Host for TaskHost {
         id: String,
     ) -> wasmtime::Result<Result<Resource<PostgresHandle>, ConnectionError>> {
         self.check_deadline()?;
-        let Some(connection) = self.grants.connections.iter().find(|c| c.id == id).cloned() else {
-            return Ok(Err(ConnectionError {
-                message: format!(
-                    "connection `{id}` is not granted to task `{}`: list it in the task's `connections` in the manifest",
-                    self.context.task_id
-                ),
-            }));
+        let connection = match self.granted(&id) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
         };
         let runtime = match self.runtime() {
             Ok(r) => r,
@@ -241,6 +247,13 @@ impl Host for TaskHost {
                 Ok(Err(self.pg_error(&id, message)))
             }
         }
+    }
+
+    fn open_bucket(
+        &mut self,
+        id: String,
+    ) -> wasmtime::Result<Result<Resource<super::bucket::BucketHandle>, ConnectionError>> {
+        self.open_bucket_impl(id)
     }
 }
 

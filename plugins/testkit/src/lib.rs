@@ -153,7 +153,11 @@ fn steps(ctx: &Context, p: &Params) -> Result<Value> {
         .unwrap_or_default();
     let mut results = Vec::new();
     let mut pg = None;
+    let staging = ctx.staging_dir();
     for step in &list {
+        // `{staging}` in a step stands for the run's staging directory.
+        let step: Value = serde_json::from_str(&step.to_string().replace("{staging}", &staging))?;
+        let step = &step;
         let text = |k: &str| {
             step.get(k)
                 .and_then(Value::as_str)
@@ -162,6 +166,18 @@ fn steps(ctx: &Context, p: &Params) -> Result<Value> {
         };
         let outcome: Result<Value> = if let Some(sql) = step.get("duck").and_then(Value::as_str) {
             ctx.sql().execute(sql).map(|n| json!(n)).map_err(Into::into)
+        } else if let Some(op) = step.get("s3").and_then(Value::as_str) {
+            let bucket_id = p
+                .rest
+                .get("bucket")
+                .and_then(Value::as_str)
+                .unwrap_or("lake");
+            ctx.bucket(bucket_id).and_then(|b| match op {
+                "put" => b.put(&text("file"), &text("key")).map(|n| json!(n)),
+                "get" => b.get(&text("key"), &text("file")).map(|n| json!(n)),
+                "list" => b.list(&text("prefix")).map(|keys| json!(keys)),
+                other => Err(Error::permanent(format!("unknown s3 step `{other}`"))),
+            })
         } else if let Some(sql) = step.get("rows").and_then(Value::as_str) {
             ctx.sql()
                 .query_rows::<Value>(sql, 1000)

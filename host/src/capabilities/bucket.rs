@@ -1,0 +1,301 @@
+//! The `connections` interface for S3-compatible object stores: the host holds
+//! the keys (through `object_store`) and moves files between the run's staging
+//! directory and the bucket. Staging paths are confined: no `..`, and the
+//! resolved file (symlinks followed) must lie inside staging.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::buffered::BufWriter;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::io::AsyncWriteExt;
+use wasmtime::component::Resource;
+
+use crate::bindings::sluice::task::connections::{ConnectionError, HostBucket};
+use crate::connections::ConnectionConfig;
+
+use super::TaskHost;
+
+/// Uploads larger than this go multipart, in parts of this size.
+const PART_SIZE: usize = 8 << 20;
+/// Most keys `list-keys` returns.
+const MAX_KEYS: usize = 10_000;
+
+/// An open bucket held for the guest.
+pub struct BucketHandle {
+    id: String,
+    store: Arc<dyn ObjectStore>,
+}
+
+/// Resolves a guest path to a file inside `staging` (canonical). For reading,
+/// the file must exist and resolve inside; for writing, its directory must
+/// resolve inside and the file must not be a symlink.
+fn confine(staging: &Path, arg: &str, write: bool) -> Result<PathBuf, String> {
+    let given = Path::new(arg);
+    if given
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
+        return Err(format!("`{arg}`: `..` is not allowed in staging paths"));
+    }
+    let joined = if given.is_absolute() {
+        given.to_path_buf()
+    } else {
+        staging.join(given)
+    };
+    if !joined.starts_with(staging) {
+        return Err(format!("`{arg}` is outside the run's staging directory"));
+    }
+    let outside = || format!("`{arg}` resolves outside the run's staging directory");
+    if !write {
+        let resolved = joined.canonicalize().map_err(|e| format!("`{arg}`: {e}"))?;
+        return if resolved.starts_with(staging) {
+            Ok(resolved)
+        } else {
+            Err(outside())
+        };
+    }
+    let name = joined
+        .file_name()
+        .ok_or_else(|| format!("`{arg}` is not a file path"))?
+        .to_owned();
+    let parent = joined.parent().ok_or_else(outside)?;
+    std::fs::create_dir_all(parent).map_err(|e| format!("`{arg}`: {e}"))?;
+    let parent = parent.canonicalize().map_err(|e| format!("`{arg}`: {e}"))?;
+    if !parent.starts_with(staging) {
+        return Err(outside());
+    }
+    let target = parent.join(name);
+    if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(format!(
+            "`{arg}` is a symlink; staging files are written in place only"
+        ));
+    }
+    Ok(target)
+}
+
+fn key(arg: &str) -> Result<Key, String> {
+    Key::parse(arg).map_err(|e| format!("invalid key `{arg}`: {e}"))
+}
+
+impl TaskHost {
+    /// Opens object-store connection `id` if granted.
+    pub(super) fn open_bucket_impl(
+        &mut self,
+        id: String,
+    ) -> wasmtime::Result<Result<Resource<BucketHandle>, ConnectionError>> {
+        self.check_deadline()?;
+        let connection = match self.granted(&id) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        let ConnectionConfig::S3 {
+            endpoint,
+            region,
+            bucket,
+            access_key_id,
+            path_style,
+        } = &connection.config
+        else {
+            return Ok(Err(self.pg_error(
+                &id,
+                format!("is a {} connection, not s3", connection.config.kind()),
+            )));
+        };
+        let mut builder = AmazonS3Builder::new()
+            .with_region(region)
+            .with_bucket_name(bucket)
+            .with_access_key_id(access_key_id)
+            .with_secret_access_key(&connection.secret)
+            .with_virtual_hosted_style_request(!path_style);
+        if let Some(endpoint) = endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        match builder.build() {
+            Ok(store) => Ok(Ok(self.table_mut().push(BucketHandle {
+                id,
+                store: Arc::new(store),
+            })?)),
+            Err(e) => Ok(Err(self.pg_error(&id, e.to_string()))),
+        }
+    }
+
+    fn bucket(
+        &mut self,
+        handle: &Resource<BucketHandle>,
+    ) -> wasmtime::Result<(String, Arc<dyn ObjectStore>)> {
+        let h = self.table_mut().get(handle)?;
+        Ok((h.id.clone(), h.store.clone()))
+    }
+}
+
+impl HostBucket for TaskHost {
+    fn put(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        staging_file: String,
+        key_arg: String,
+    ) -> wasmtime::Result<Result<u64, ConnectionError>> {
+        self.check_deadline()?;
+        let (id, store) = self.bucket(&bucket)?;
+        let staging = PathBuf::from(&self.context.staging_dir);
+        let runtime = match self.runtime() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let result = (|| {
+            let file = confine(&staging, &staging_file, false)?;
+            let key = key(&key_arg)?;
+            runtime.block_on(async move {
+                let mut source = tokio::fs::File::open(&file)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut writer = BufWriter::with_capacity(store, key, PART_SIZE);
+                let sent = tokio::io::copy(&mut source, &mut writer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                writer.shutdown().await.map_err(|e| e.to_string())?;
+                Ok(sent)
+            })
+        })();
+        self.check_deadline()?;
+        Ok(result.map_err(|m: String| self.pg_error(&id, m)))
+    }
+
+    fn get(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        key_arg: String,
+        staging_file: String,
+    ) -> wasmtime::Result<Result<u64, ConnectionError>> {
+        self.check_deadline()?;
+        let (id, store) = self.bucket(&bucket)?;
+        let staging = PathBuf::from(&self.context.staging_dir);
+        let runtime = match self.runtime() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let result = (|| {
+            let file = confine(&staging, &staging_file, true)?;
+            let key = key(&key_arg)?;
+            runtime.block_on(async move {
+                let mut stream = store
+                    .get(&key)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_stream();
+                let mut target = tokio::fs::File::create(&file)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut received = 0u64;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| e.to_string())?;
+                    received += chunk.len() as u64;
+                    target.write_all(&chunk).await.map_err(|e| e.to_string())?;
+                }
+                target.flush().await.map_err(|e| e.to_string())?;
+                Ok(received)
+            })
+        })();
+        self.check_deadline()?;
+        Ok(result.map_err(|m: String| self.pg_error(&id, m)))
+    }
+
+    fn list_keys(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        prefix: String,
+    ) -> wasmtime::Result<Result<Vec<String>, ConnectionError>> {
+        self.check_deadline()?;
+        let (id, store) = self.bucket(&bucket)?;
+        let runtime = match self.runtime() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let result = (|| {
+            let prefix = if prefix.is_empty() {
+                None
+            } else {
+                Some(key(&prefix)?)
+            };
+            runtime.block_on(async move {
+                let mut listing = store.list(prefix.as_ref());
+                let mut keys = Vec::new();
+                while let Some(meta) = listing.next().await {
+                    keys.push(meta.map_err(|e| e.to_string())?.location.to_string());
+                    if keys.len() >= MAX_KEYS {
+                        break;
+                    }
+                }
+                keys.sort();
+                Ok(keys)
+            })
+        })();
+        Ok(result.map_err(|m: String| self.pg_error(&id, m)))
+    }
+
+    fn drop(&mut self, bucket: Resource<BucketHandle>) -> wasmtime::Result<()> {
+        self.table_mut().delete(bucket)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_paths_are_confined() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir_all(dir.path().join("run")).expect("mkdir");
+        let staging = dir.path().join("run").canonicalize().expect("canonical");
+        std::fs::write(staging.join("ok.txt"), "x").expect("write");
+        std::fs::write(dir.path().join("secret.txt"), "x").expect("write");
+        assert!(confine(&staging, "ok.txt", false).is_ok());
+        assert!(
+            confine(
+                &staging,
+                &staging.join("ok.txt").display().to_string(),
+                false
+            )
+            .is_ok()
+        );
+        assert!(
+            confine(&staging, "../secret.txt", false)
+                .expect_err("refused")
+                .contains("`..`")
+        );
+        assert!(
+            confine(&staging, "/etc/passwd", false)
+                .expect_err("refused")
+                .contains("outside")
+        );
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(dir.path().join("secret.txt"), staging.join("link"))
+                .expect("symlink");
+            assert!(
+                confine(&staging, "link", false)
+                    .expect_err("refused")
+                    .contains("resolves outside")
+            );
+            assert!(
+                confine(&staging, "link", true)
+                    .expect_err("refused")
+                    .contains("symlink")
+            );
+            std::os::unix::fs::symlink(dir.path(), staging.join("dirlink")).expect("symlink");
+            assert!(
+                confine(&staging, "dirlink/new.txt", true)
+                    .expect_err("refused")
+                    .contains("resolves outside")
+            );
+        }
+        assert!(confine(&staging, "sub/new.txt", true).is_ok());
+    }
+}
