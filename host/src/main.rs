@@ -711,15 +711,19 @@ fn connections_command(home: Option<PathBuf>, command: ConnectionsCommand) -> Re
         }
         ConnectionsCommand::Test { id } => {
             let connection = connections::get(&sluice.store, &vault()?, &id)?;
-            if !matches!(connection.config, ConnectionConfig::Postgres { .. }) {
-                bail!(
-                    "connection `{id}`: testing {} connections is not supported yet",
-                    connection.config.kind()
-                );
-            }
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            match runtime.block_on(sluice::capabilities::postgres::test_connection(&connection)) {
+            let tested = runtime.block_on(async {
+                match connection.config {
+                    ConnectionConfig::Postgres { .. } => {
+                        sluice::capabilities::postgres::test_connection(&connection).await
+                    }
+                    ConnectionConfig::S3 { .. } => {
+                        sluice::capabilities::bucket::test_connection(&connection).await
+                    }
+                }
+            });
+            match tested {
                 Ok(what) => println!("ok: {id}: {what}"),
                 Err(why) => {
                     eprintln!("error: connection `{id}`: {why}");

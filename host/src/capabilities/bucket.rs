@@ -77,6 +77,55 @@ fn confine(staging: &Path, arg: &str, write: bool) -> Result<PathBuf, String> {
     Ok(target)
 }
 
+/// The object store of an S3 connection.
+fn store_for(connection: &crate::connections::Connection) -> Result<Arc<dyn ObjectStore>, String> {
+    let ConnectionConfig::S3 {
+        endpoint,
+        region,
+        bucket,
+        access_key_id,
+        path_style,
+    } = &connection.config
+    else {
+        return Err(format!(
+            "is a {} connection, not s3",
+            connection.config.kind()
+        ));
+    };
+    let mut builder = AmazonS3Builder::new()
+        .with_region(region)
+        .with_bucket_name(bucket)
+        .with_access_key_id(access_key_id)
+        .with_secret_access_key(&connection.secret)
+        .with_virtual_hosted_style_request(!path_style);
+    if let Some(endpoint) = endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    Ok(Arc::new(builder.build().map_err(|e| e.to_string())?))
+}
+
+/// Lists one key of the bucket: what `sluice connections test` reports. Errors are redacted.
+pub async fn test_connection(
+    connection: &crate::connections::Connection,
+) -> Result<String, String> {
+    let redactor = super::Redactor::for_connections(std::slice::from_ref(connection));
+    let store = store_for(connection).map_err(|e| redactor.redact(&e))?;
+    let mut listing = store.list(None);
+    match listing.next().await {
+        Some(Err(e)) => Err(redactor.redact(&e.to_string())),
+        Some(Ok(_)) => Ok(format!(
+            "{} is reachable and not empty",
+            connection.config.describe()
+        )),
+        None => Ok(format!(
+            "{} is reachable and empty",
+            connection.config.describe()
+        )),
+    }
+}
+
 fn key(arg: &str) -> Result<Key, String> {
     Key::parse(arg).map_err(|e| format!("invalid key `{arg}`: {e}"))
 }
@@ -92,36 +141,9 @@ impl TaskHost {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
-        let ConnectionConfig::S3 {
-            endpoint,
-            region,
-            bucket,
-            access_key_id,
-            path_style,
-        } = &connection.config
-        else {
-            return Ok(Err(self.pg_error(
-                &id,
-                format!("is a {} connection, not s3", connection.config.kind()),
-            )));
-        };
-        let mut builder = AmazonS3Builder::new()
-            .with_region(region)
-            .with_bucket_name(bucket)
-            .with_access_key_id(access_key_id)
-            .with_secret_access_key(&connection.secret)
-            .with_virtual_hosted_style_request(!path_style);
-        if let Some(endpoint) = endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"));
-        }
-        match builder.build() {
-            Ok(store) => Ok(Ok(self.table_mut().push(BucketHandle {
-                id,
-                store: Arc::new(store),
-            })?)),
-            Err(e) => Ok(Err(self.pg_error(&id, e.to_string()))),
+        match store_for(&connection) {
+            Ok(store) => Ok(Ok(self.table_mut().push(BucketHandle { id, store })?)),
+            Err(m) => Ok(Err(self.pg_error(&id, m))),
         }
     }
 

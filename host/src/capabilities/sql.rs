@@ -295,41 +295,68 @@ fn lock_down(conn: Connection, config: &SqlConfig) -> Result<Connection, SqlErro
 
 /// Fresh DuckDB databases opened ahead of time (opening one costs ~8 ms, the
 /// lockdown under 1 ms). Each database serves exactly one task instance and is
-/// never reused; the pool only moves the opening off the critical path.
+/// never reused; the pool only moves the opening off the critical path. The
+/// refill thread starts with the first session and is joined when the pool is
+/// dropped, so a process never exits while DuckDB is opening a database.
 pub struct SqlPool {
-    ready: Option<std::sync::Mutex<mpsc::Receiver<Result<Connection, SqlError>>>>,
+    depth: usize,
+    state: std::sync::Mutex<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    ready: Option<mpsc::Receiver<Result<Connection, SqlError>>>,
+    refill: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SqlPool {
-    /// Keeps up to `depth` fresh databases ready, refilled by a background thread.
+    /// Keeps up to `depth` fresh databases ready once sessions start.
     pub fn new(depth: usize) -> Self {
-        let (tx, rx) = mpsc::sync_channel(depth);
-        let _ = std::thread::Builder::new()
-            .name("sluice-sql-pool".into())
-            .spawn(move || {
-                // Ends when the pool is dropped (send fails).
-                while tx.send(open_fresh()).is_ok() {}
-            });
         Self {
-            ready: Some(std::sync::Mutex::new(rx)),
+            depth,
+            state: std::sync::Mutex::new(PoolState::default()),
         }
     }
 
     /// A pool that opens every database on demand (for comparison).
     pub fn on_demand() -> Self {
-        Self { ready: None }
+        Self::new(0)
     }
 
     /// A fresh database: a ready one, or one opened now.
     fn take(&self) -> Result<Connection, SqlError> {
-        let ready = self.ready.as_ref().and_then(|ready| {
-            ready
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .try_recv()
-                .ok()
-        });
+        if self.depth == 0 {
+            return open_fresh();
+        }
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.ready.is_none() {
+            let (tx, rx) = mpsc::sync_channel(self.depth);
+            state.refill = std::thread::Builder::new()
+                .name("sluice-sql-pool".into())
+                // Ends when the pool is dropped (send fails).
+                .spawn(move || while tx.send(open_fresh()).is_ok() {})
+                .ok();
+            state.ready = Some(rx);
+        }
+        let ready = state.ready.as_ref().and_then(|rx| rx.try_recv().ok());
+        drop(state);
         ready.unwrap_or_else(open_fresh)
+    }
+}
+
+impl Drop for SqlPool {
+    fn drop(&mut self) {
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.ready.take();
+        if let Some(refill) = state.refill.take() {
+            let _ = refill.join();
+        }
     }
 }
 
