@@ -158,6 +158,12 @@ async fn staging_paths_are_confined_and_grants_are_required() {
     );
     assert!(errors[2].contains("`..` is not allowed"), "{errors:?}");
 
+    let (tested, _) = text(&home.cli(&["connections", "test", "lake"]));
+    assert!(
+        tested.starts_with(&format!("ok: lake: s3://{BUCKET}")) && tested.contains("reachable"),
+        "{tested}"
+    );
+
     let run = home
         .run(
             "nogrant",
