@@ -36,6 +36,16 @@ pub enum EngineError {
         /// What is missing or mismatched.
         message: String,
     },
+    /// A stored component whose bytes no longer hash to its digest.
+    #[error(
+        "{path}: the stored component does not match its digest {digest} (it was modified after deploy); redeploy it"
+    )]
+    Tampered {
+        /// The blob.
+        path: String,
+        /// The digest it is stored under.
+        digest: String,
+    },
     /// I/O on the blob or the cache.
     #[error("{path}: {source}")]
     Io {
@@ -114,10 +124,10 @@ impl Engine {
             // inside the Sluice home, which is private to its owner.
             match unsafe { Component::deserialize_file(&self.engine, &cached) } {
                 Ok(component) => (component, false),
-                Err(_) => (self.compile(blob, &cached)?, true),
+                Err(_) => (self.compile(digest, blob, &cached)?, true),
             }
         } else {
-            (self.compile(blob, &cached)?, true)
+            (self.compile(digest, blob, &cached)?, true)
         };
         let pre = self.pre_instantiate(&component, blob)?;
         self.lock_loaded().insert(digest.to_owned(), pre.clone());
@@ -130,12 +140,18 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn compile(&self, blob: &Path, cached: &Path) -> Result<Component, EngineError> {
+    fn compile(&self, digest: &str, blob: &Path, cached: &Path) -> Result<Component, EngineError> {
         let path = blob.display().to_string();
         let bytes = std::fs::read(blob).map_err(|source| EngineError::Io {
             path: path.clone(),
             source,
         })?;
+        if crate::registry::sha256_hex(&bytes) != digest {
+            return Err(EngineError::Tampered {
+                path,
+                digest: digest.to_owned(),
+            });
+        }
         if !is_component(&bytes) {
             let message = if bytes.starts_with(WASM_MAGIC) {
                 "is a core WebAssembly module, not a component; build tasks for wasm32-wasip2"

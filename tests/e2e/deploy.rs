@@ -68,3 +68,36 @@ async fn a_run_records_the_version_it_ran() {
     let task = home.task(&run.run_id, "a");
     assert_eq!(task.component, current.spec.tasks[0].component);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_modified_after_deploy_is_refused() {
+    let home = TestHome::new();
+    let path = home.manifest("tampered", BODY);
+    let deployment = home.deploy(&path);
+    let version = home
+        .sluice
+        .store
+        .version("tampered", &deployment.version)
+        .expect("version");
+    let digest = version.spec.tasks[0].component.clone();
+    // Change one byte of the stored component and drop the compiled code.
+    let blob = home.sluice.home.blob(&digest);
+    let mut bytes = std::fs::read(&blob).expect("blob");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&blob, bytes).expect("tamper");
+    for entry in std::fs::read_dir(home.sluice.home.compile_cache())
+        .expect("cache")
+        .flatten()
+    {
+        std::fs::remove_file(entry.path()).expect("remove cached code");
+    }
+    // A fresh process must not run the modified bytes under the deployed digest.
+    let out = home.cli(&["run", "tampered", "--no-progress"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        format!("{stdout}{stderr}").contains("does not match its digest"),
+        "{stdout}\n{stderr}"
+    );
+}
