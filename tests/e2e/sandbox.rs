@@ -42,7 +42,7 @@ async fn every_escape_attempt_is_denied_and_controls_work() {
         );
     }
     let attempts = report["attempts"].as_array().expect("attempts");
-    assert!(attempts.len() >= 20, "{} attempts", attempts.len());
+    assert!(attempts.len() >= 30, "{} attempts", attempts.len());
     let allowed: Vec<&Value> = attempts.iter().filter(|a| a["allowed"] != false).collect();
     assert!(allowed.is_empty(), "escapes that worked: {allowed:#?}");
 

@@ -377,6 +377,76 @@ fn escape(ctx: &Context, p: &Params) -> Value {
             "sql raise memory limit",
             run_sql("SET memory_limit = '100GB'"),
         ),
+        attempt(
+            "sql reset a locked option",
+            run_sql("RESET enable_external_access"),
+        ),
+        attempt(
+            "sql export database",
+            run_sql("EXPORT DATABASE '/tmp/sluice-export'"),
+        ),
+        attempt(
+            "sql read_json outside",
+            run_sql("SELECT * FROM read_json('/etc/os-release')"),
+        ),
+        attempt(
+            "sql read_parquet outside",
+            run_sql("SELECT * FROM read_parquet('/tmp/*.parquet')"),
+        ),
+        attempt(
+            "sql read_blob device",
+            run_sql("SELECT * FROM read_blob('/dev/zero')"),
+        ),
+        attempt(
+            "sql persistent secret",
+            run_sql("CREATE PERSISTENT SECRET s (TYPE s3, KEY_ID 'k', SECRET 'v')"),
+        ),
+        attempt(
+            "wasi read device",
+            io(std::fs::read("/dev/zero").map(|b| format!("{} bytes", b.len()))),
+        ),
+        attempt(
+            "wasi very long path",
+            io(
+                std::fs::write(format!("{staging}/{}", "a/".repeat(3000) + "x"), "x")
+                    .map(|_| "written".into()),
+            ),
+        ),
+        attempt(
+            "wasi hard link to outside",
+            io(std::fs::hard_link("/etc/passwd", format!("{staging}/hard"))
+                .map(|_| "linked".into())),
+        ),
+        attempt("wasi absolute symlink then read", {
+            #[allow(deprecated)]
+            let made = std::fs::soft_link("/etc/passwd", format!("{staging}/abs-link"));
+            io(made.and_then(|()| std::fs::read_to_string(format!("{staging}/abs-link"))))
+        }),
+        attempt("wasi relative symlink then read", {
+            #[allow(deprecated)]
+            let made = std::fs::soft_link(
+                "../../../../../../../../etc/passwd",
+                format!("{staging}/rel-link"),
+            );
+            io(made.and_then(|()| std::fs::read_to_string(format!("{staging}/rel-link"))))
+        }),
+        // Whether or not WASI let the link be made, SQL must not follow it out.
+        attempt(
+            "sql through a guest-made symlink",
+            run_sql(&format!(
+                "SELECT * FROM read_text({})",
+                lit(&format!("{staging}/rel-link"))
+            )),
+        ),
+        attempt("sql through a guest-made dir symlink", {
+            #[allow(deprecated)]
+            let _ =
+                std::fs::soft_link("../../../../../../../../etc", format!("{staging}/etc-link"));
+            run_sql(&format!(
+                "SELECT * FROM read_text({})",
+                lit(&format!("{staging}/etc-link/passwd"))
+            ))
+        }),
     ];
     json!({ "controls": controls, "attempts": attempts })
 }
