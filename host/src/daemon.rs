@@ -115,6 +115,12 @@ pub async fn serve(
             tracing::warn!("staging sweep failed: {e}");
         }
         for due in due_runs(&sluice, now)? {
+            if let Err(e) =
+                crate::trust::check(&sluice.store, &due.version.dag_id, &due.version.digest)
+            {
+                tracing::warn!("not scheduling {}: {e}", due.version.dag_id);
+                continue;
+            }
             let options = RunOptions {
                 run_type: RunType::Scheduled,
                 interval: Some(due.interval),
@@ -171,6 +177,7 @@ pub async fn backfill(
             RunError::Invalid(format!("DAG `{dag_id}` has no schedule to backfill"))
         })?;
     let schedule = Schedule::of(&spec).map_err(RunError::Invalid)?;
+    crate::trust::check(&sluice.store, dag_id, &version.digest)?;
     let covered: HashMap<DateTime<Utc>, RunState> = interval_runs(&sluice, dag_id)?
         .into_iter()
         .filter(|r| r.state == RunState::Success || is_active(r.state))

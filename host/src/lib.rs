@@ -26,6 +26,7 @@ pub mod scheduler;
 pub mod staging;
 pub mod state;
 pub mod store;
+pub mod trust;
 pub mod vault;
 
 pub use runtime::Sluice;

@@ -44,6 +44,19 @@ enum Command {
     Deploy {
         /// A manifest file or a directory holding `dag.toml`.
         dag: PathBuf,
+        /// Sign the version with this key (see `sluice keys generate`).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<String>,
+    },
+    /// Signing keys for deployments.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Which signing keys are trusted, and whether runs require a trusted signature.
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
     },
     /// List the deployed versions of a DAG.
     Versions {
@@ -243,6 +256,40 @@ enum ConnectionsCommand {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an ed25519 signing key in the Sluice home; prints its public key.
+    Generate {
+        /// Key name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustCommand {
+    /// Trust a public key (64 hex digits).
+    Add {
+        /// The public key.
+        public_key: String,
+        /// A name to show.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Stop trusting a public key.
+    Remove {
+        /// The public key.
+        public_key: String,
+    },
+    /// Trusted keys and the policy.
+    List,
+    /// Require (on) or not (off) a trusted signature for every run.
+    Require {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum StagingCommand {
     /// Every staging directory: state, kept until, deleted when and why.
     List,
@@ -306,10 +353,68 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Deploy { dag } => {
+        Command::Deploy { dag, sign } => {
             let manifest = Manifest::load(&dag)?;
             let sluice = open(cli.home)?;
-            deploy(&sluice, &manifest)?;
+            let deployment = deploy(&sluice, &manifest)?;
+            if let Some(key) = sign {
+                let public = sluice::trust::sign(
+                    &sluice.store,
+                    sluice.home.root(),
+                    &key,
+                    &deployment.dag_id,
+                    &deployment.version,
+                )?;
+                println!(
+                    "signed {} {} with key `{key}` ({public})",
+                    deployment.dag_id,
+                    short(&deployment.version)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys {
+            command: KeysCommand::Generate { name },
+        } => {
+            let sluice = open(cli.home)?;
+            let public = sluice::trust::generate(sluice.home.root(), &name)?;
+            println!(
+                "created key `{name}` at {}",
+                sluice::trust::key_path(sluice.home.root(), &name).display()
+            );
+            println!("public key: {public}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trust { command } => {
+            let sluice = open(cli.home)?;
+            match command {
+                TrustCommand::Add { public_key, name } => {
+                    sluice::trust::parse_public(&public_key)?;
+                    sluice.store.trust_key(public_key.trim(), &name)?;
+                    println!("trusted {}", public_key.trim());
+                }
+                TrustCommand::Remove { public_key } => {
+                    if !sluice.store.distrust_key(public_key.trim())? {
+                        bail!("`{}` is not trusted", public_key.trim());
+                    }
+                    println!("no longer trusted: {}", public_key.trim());
+                }
+                TrustCommand::List => {
+                    let policy = if sluice.store.require_signatures()? {
+                        "on"
+                    } else {
+                        "off"
+                    };
+                    println!("require signatures: {policy}");
+                    for (key, name) in sluice.store.trusted_keys()? {
+                        println!("{key} {name}");
+                    }
+                }
+                TrustCommand::Require { setting } => {
+                    sluice.store.set_require_signatures(setting == "on")?;
+                    println!("require signatures: {setting}");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Versions { dag_id } => {

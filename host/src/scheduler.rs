@@ -34,6 +34,9 @@ pub enum RunError {
     /// The metadatabase failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The signature policy refused the version.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
     /// The staging lifecycle failed.
     #[error(transparent)]
     Lifecycle(#[from] staging::StagingError),
@@ -140,6 +143,7 @@ pub async fn run_dag(
     options: RunOptions,
     observer: Option<UnboundedSender<RunEvent>>,
 ) -> Result<RunSummary, RunError> {
+    crate::trust::check(&sluice.store, &version.dag_id, &version.digest)?;
     let record = create_run(sluice, version, &options)?;
     let mut run = RunLoop::load(
         sluice,
@@ -216,6 +220,7 @@ pub async fn resume_run(
 ) -> Result<RunSummary, RunError> {
     let record = sluice.store.run(run_id)?;
     let version = sluice.store.version(&record.dag_id, &record.version)?;
+    crate::trust::check(&sluice.store, &record.dag_id, &record.version)?;
     let params: Map<String, Value> = serde_json::from_str(&record.params).unwrap_or_default();
     let mut run = RunLoop::load(sluice, &version.spec, record, params, policy, observer)?;
     run.recover_interrupted()?;

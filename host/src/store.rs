@@ -125,6 +125,23 @@ CREATE TABLE IF NOT EXISTS vault (
     nonce       BLOB NOT NULL,
     check_value BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS signatures (
+    dag_id      TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    public_key  TEXT NOT NULL,
+    signature   TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (dag_id, version, public_key)
+);
+CREATE TABLE IF NOT EXISTS trusted_keys (
+    public_key  TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    added_at    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (
+    name        TEXT PRIMARY KEY,
+    value       TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS task_logs_by_task ON task_logs (run_id, task_id, try_number, id);
 "#;
 
@@ -825,6 +842,91 @@ impl Store {
     /// The volume of `run_id`, if recorded.
     pub fn volume(&self, run_id: &str) -> Result<Option<VolumeRecord>> {
         Ok(self.volumes()?.into_iter().find(|v| v.run_id == run_id))
+    }
+
+    // ---- trust ----------------------------------------------------------
+
+    /// Stores (or replaces) a signature of a DAG version by `public_key`.
+    pub fn add_signature(
+        &self,
+        dag_id: &str,
+        version: &str,
+        public_key: &str,
+        signature: &str,
+    ) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO signatures (dag_id, version, public_key, signature, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![dag_id, version, public_key, signature, ts(Utc::now())],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// (public key, signature) pairs stored for a DAG version.
+    pub fn signatures(&self, dag_id: &str, version: &str) -> Result<Vec<(String, String)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT public_key, signature FROM signatures WHERE dag_id = ?1 AND version = ?2",
+            )?;
+            let rows = stmt.query_map(params![dag_id, version], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Trusts a public key under `name`.
+    pub fn trust_key(&self, public_key: &str, name: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO trusted_keys (public_key, name, added_at) VALUES (?1, ?2, ?3)",
+                params![public_key, name, ts(Utc::now())],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Stops trusting a public key; false if it was not trusted.
+    pub fn distrust_key(&self, public_key: &str) -> Result<bool> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM trusted_keys WHERE public_key = ?1",
+                [public_key],
+            )? == 1)
+        })
+    }
+
+    /// Trusted (public key, name) pairs.
+    pub fn trusted_keys(&self) -> Result<Vec<(String, String)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT public_key, name FROM trusted_keys ORDER BY name")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Whether runs require a version signed by a trusted key.
+    pub fn require_signatures(&self) -> Result<bool> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT value FROM settings WHERE name = 'require_signatures'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .is_some_and(|v| v == "true"))
+        })
+    }
+
+    /// Sets whether runs require a trusted signature.
+    pub fn set_require_signatures(&self, on: bool) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO settings (name, value) VALUES ('require_signatures', ?1)",
+                [if on { "true" } else { "false" }],
+            )?;
+            Ok(())
+        })
     }
 
     // ---- connections ----------------------------------------------------

@@ -18,3 +18,4 @@ mod retries;
 mod s3;
 mod sandbox;
 mod schedules;
+mod trust;
