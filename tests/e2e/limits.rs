@@ -76,3 +76,67 @@ async fn the_sql_timeout_interrupts_duckdb() {
     let logs = home.log_text(&run.run_id, "t");
     assert!(logs.contains("timed out after 1s"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_cursors_and_the_stack_are_bounded() {
+    let home = TestHome::new();
+    // A log flood: the first 10,000 lines are kept, then one marker.
+    let run = home
+        .run(
+            "flood",
+            &body("mode = \"log-flood\", n = 20000", ""),
+            json!({}),
+        )
+        .await;
+    assert_eq!(run.state.as_str(), "success");
+    let lines = home
+        .sluice
+        .store
+        .logs(&run.run_id, "t", None)
+        .expect("logs");
+    assert_eq!(lines.len(), 10_001, "10,000 lines and the marker");
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.message.contains("log limit of 10000 lines reached"))
+    );
+
+    // One live cursor per session: a second query while it is open is an error
+    // the task sees (DuckDB's), not host memory growth.
+    let run = home
+        .run(
+            "cursors",
+            &body("mode = \"cursors\", n = 100", ""),
+            json!({}),
+        )
+        .await;
+    let out = home.output(&run.run_id, "t");
+    assert_eq!(out["opened"], 1, "{out}");
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("open result"),
+        "{out}"
+    );
+
+    // Unbounded recursion overflows the guest's stack: a trap, not a host crash.
+    let run = home
+        .run("recurse", &body("mode = \"recurse\"", ""), json!({}))
+        .await;
+    let task = home.task(&run.run_id, "t");
+    assert_eq!(task.state.as_str(), "failed");
+    assert!(
+        task.error.unwrap_or_default().contains("trapped"),
+        "{:?}",
+        home.log_text(&run.run_id, "t")
+    );
+    assert!(
+        home.log_text(&run.run_id, "t").contains("wasm backtrace")
+            || home.log_text(&run.run_id, "t").contains("stack")
+    );
+    let ok = home
+        .run("after", &body("mode = \"echo\"", ""), json!({}))
+        .await;
+    assert_eq!(ok.state.as_str(), "success");
+}

@@ -102,6 +102,23 @@ fn run(ctx: &Context, input: Input<Params>) -> Result<Value> {
             Ok(json!({}))
         }
         "escape" => Ok(escape(ctx, p)),
+        "log-flood" => {
+            for i in 0..p.n {
+                ctx.info(format!("line {i}"));
+            }
+            Ok(json!({ "logged": p.n }))
+        }
+        "cursors" => {
+            let mut open = Vec::new();
+            for i in 0..p.n {
+                match ctx.sql().query("SELECT 1") {
+                    Ok(cursor) => open.push(cursor),
+                    Err(e) => return Ok(json!({ "opened": i, "error": e.message() })),
+                }
+            }
+            Ok(json!({ "opened": open.len() }))
+        }
+        "recurse" => Ok(json!({ "depth": recurse(std::hint::black_box(0)) })),
         "steps" => steps(ctx, p),
         "hostcalls" => Ok(host_calls(ctx, p.n.max(1))),
         other => Err(Error::permanent(format!("unknown testkit mode `{other}`"))),
@@ -211,6 +228,13 @@ fn steps(ctx: &Context, p: &Params) -> Result<Value> {
         }
     }
     Ok(json!({ "results": results }))
+}
+
+/// Recursion without end: the guest's stack overflows.
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    recurse(frame[3] + 1) + frame[7]
 }
 
 fn echo(ctx: &Context, input: &Input<Params>) -> Value {
