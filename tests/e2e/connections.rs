@@ -22,23 +22,6 @@ fn all_text(out: &std::process::Output) -> String {
     format!("{stdout}{stderr}")
 }
 
-/// Every byte Sluice stored: the metadatabase, its WAL, and every other file in the home.
-fn stored_bytes(home: &TestHome) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    let mut stack = vec![home.home_path()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read home").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                bytes.extend(std::fs::read(&path).unwrap_or_default());
-            }
-        }
-    }
-    bytes
-}
-
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
@@ -81,7 +64,7 @@ fn secrets_are_encrypted_at_rest_and_never_printed() {
         );
     }
     assert!(
-        !contains(&stored_bytes(&home), SECRET),
+        !contains(&home.stored_bytes(), SECRET),
         "the secret is stored in the clear somewhere in the home"
     );
 

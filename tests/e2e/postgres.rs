@@ -232,17 +232,7 @@ async fn no_call_log_error_or_output_ever_holds_the_password() {
             everything.extend(stdout.bytes().chain(stderr.bytes()));
         }
     }
-    let mut stack = vec![home.home_path()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("home").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                everything.extend(std::fs::read(&path).unwrap_or_default());
-            }
-        }
-    }
+    everything.extend(home.stored_bytes());
     let found = everything
         .windows(PASSWORD.len())
         .any(|w| w == PASSWORD.as_bytes());

@@ -179,7 +179,7 @@ async fn staging_paths_are_confined_and_grants_are_required() {
             .contains("connection `lake` is not granted"),
         "{r:?}"
     );
-    let stored: Vec<u8> = std::fs::read(home.home_path().join("sluice.db")).unwrap_or_default();
+    let stored = home.stored_bytes();
     assert!(
         !stored
             .windows(SECRET_KEY.len())

@@ -133,6 +133,23 @@ impl TestHome {
             .collect()
     }
 
+    /// Every byte stored under the home: metadatabase, WAL, keys, blobs, staging.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut stack = vec![self.home_path()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read home").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    bytes.extend(std::fs::read(&path).unwrap_or_default());
+                }
+            }
+        }
+        bytes
+    }
+
     /// Runs the real `sluice` binary against this home.
     pub fn cli(&self, args: &[&str]) -> Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))

@@ -24,6 +24,14 @@ const PART_SIZE: usize = 8 << 20;
 /// Most keys `list-keys` returns.
 const MAX_KEYS: usize = 10_000;
 
+/// What a transfer needs: connection id, store, staging directory, runtime.
+type Transfer = (
+    String,
+    Arc<dyn ObjectStore>,
+    PathBuf,
+    tokio::runtime::Handle,
+);
+
 /// An open bucket held for the guest.
 pub struct BucketHandle {
     id: String,
@@ -147,6 +155,17 @@ impl TaskHost {
         }
     }
 
+    /// What a transfer needs: the connection id, the store, the staging
+    /// directory and the runtime (or why the runtime is missing).
+    fn transfer(
+        &mut self,
+        handle: &Resource<BucketHandle>,
+    ) -> wasmtime::Result<Result<Transfer, ConnectionError>> {
+        let (id, store) = self.bucket(handle)?;
+        let staging = PathBuf::from(&self.context.staging_dir);
+        Ok(self.runtime().map(|runtime| (id, store, staging, runtime)))
+    }
+
     fn bucket(
         &mut self,
         handle: &Resource<BucketHandle>,
@@ -164,10 +183,8 @@ impl HostBucket for TaskHost {
         key_arg: String,
     ) -> wasmtime::Result<Result<u64, ConnectionError>> {
         self.check_deadline()?;
-        let (id, store) = self.bucket(&bucket)?;
-        let staging = PathBuf::from(&self.context.staging_dir);
-        let runtime = match self.runtime() {
-            Ok(r) => r,
+        let (id, store, staging, runtime) = match self.transfer(&bucket)? {
+            Ok(parts) => parts,
             Err(e) => return Ok(Err(e)),
         };
         let result = (|| {
@@ -196,10 +213,8 @@ impl HostBucket for TaskHost {
         staging_file: String,
     ) -> wasmtime::Result<Result<u64, ConnectionError>> {
         self.check_deadline()?;
-        let (id, store) = self.bucket(&bucket)?;
-        let staging = PathBuf::from(&self.context.staging_dir);
-        let runtime = match self.runtime() {
-            Ok(r) => r,
+        let (id, store, staging, runtime) = match self.transfer(&bucket)? {
+            Ok(parts) => parts,
             Err(e) => return Ok(Err(e)),
         };
         let result = (|| {
