@@ -75,3 +75,60 @@ async fn every_escape_attempt_is_denied_and_controls_work() {
         "{set}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_cannot_reach_another_running_runs_staging() {
+    let home = TestHome::new();
+    let victim = "[tasks.v]\nplugin = \"testkit\"\nparams = { mode = \"sleep\", ms = 4000 }\n";
+    let attacker =
+        "[tasks.a]\nplugin = \"testkit\"\nparams = { mode = \"probe-later\", ms = 20000 }\n";
+    // While both run: plant a secret in the victim's staging and tell the attacker where it is.
+    let db = home.sluice.home.database();
+    let planter = std::thread::spawn(move || {
+        let store = sluice::store::Store::open(&db).expect("store");
+        let staging_of = |dag: &str| {
+            store
+                .runs(Some(dag), 1)
+                .ok()?
+                .into_iter()
+                .next()
+                .filter(|r| r.state.as_str() == "running")
+                .map(|r| r.staging_dir)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let (Some(v), Some(a)) = (staging_of("victim"), staging_of("attacker")) {
+                std::fs::write(format!("{v}/secret.txt"), "the victim's data").expect("plant");
+                std::fs::write(format!("{a}/target.txt"), &v).expect("tell");
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "both runs never ran at once"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    let (v, a) = tokio::join!(
+        home.run("victim", victim, json!({})),
+        home.run("attacker", attacker, json!({}))
+    );
+    let victim_staging = planter.join().expect("planter");
+    assert_eq!(v.state.as_str(), "success");
+    assert_eq!(a.state.as_str(), "success", "{:?}", a.error);
+    let report = home.output(&a.run_id, "a");
+    assert_eq!(
+        report["target"],
+        victim_staging.as_str(),
+        "the attacker knew the live path"
+    );
+    assert_eq!(report["wasi"]["allowed"], false, "{report}");
+    assert_eq!(report["sql"]["allowed"], false, "{report}");
+    assert!(
+        report["sql"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Permission Error"),
+        "{report}"
+    );
+}

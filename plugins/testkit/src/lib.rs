@@ -102,6 +102,33 @@ fn run(ctx: &Context, input: Input<Params>) -> Result<Value> {
             Ok(json!({}))
         }
         "escape" => Ok(escape(ctx, p)),
+        "probe-later" => {
+            // Waits until the test tells it (through a file in its own staging)
+            // where another, still running, run's staging is; then tries it.
+            let told = ctx.staging_path("target.txt");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(p.ms);
+            let target = loop {
+                if let Ok(t) = std::fs::read_to_string(&told) {
+                    break t.trim().to_owned();
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::permanent("never told where the other run is"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            let secret = format!("{target}/secret.txt");
+            let wasi = std::fs::read_to_string(&secret).map_err(|e| e.to_string());
+            let sql = ctx
+                .sql()
+                .query_rows::<Value>(
+                    &format!("SELECT content FROM read_text({})", sql_literal(&secret)),
+                    1,
+                )
+                .map_err(|e| e.to_string());
+            Ok(
+                json!({ "target": target, "wasi": attempt("wasi", wasi), "sql": attempt("sql", sql.map(|v| format!("{v:?}"))) }),
+            )
+        }
         "log-flood" => {
             for i in 0..p.n {
                 ctx.info(format!("line {i}"));
