@@ -345,9 +345,7 @@ pub fn list(store: &Store) -> Result<Vec<(String, ConnectionConfig)>, Connection
 /// Connection `id` with its secret decrypted (host side only).
 pub fn get(store: &Store, vault: &Vault, id: &str) -> Result<Connection, ConnectionError> {
     let stored = store
-        .connections()?
-        .into_iter()
-        .find(|c| c.id == id)
+        .connection(id)?
         .ok_or_else(|| ConnectionError::NotFound(id.to_owned()))?;
     let config = serde_json::from_str(&stored.config)
         .map_err(|e| invalid(id, format!("stored config: {e}")))?;

@@ -177,7 +177,6 @@ pub async fn backfill(
             RunError::Invalid(format!("DAG `{dag_id}` has no schedule to backfill"))
         })?;
     let schedule = Schedule::of(&spec).map_err(RunError::Invalid)?;
-    crate::trust::check(&sluice.store, dag_id, &version.digest)?;
     let covered: HashMap<DateTime<Utc>, RunState> = interval_runs(&sluice, dag_id)?
         .into_iter()
         .filter(|r| r.state == RunState::Success || is_active(r.state))

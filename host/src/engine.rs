@@ -169,13 +169,10 @@ impl Engine {
         let serialized = component
             .serialize()
             .map_err(|e| EngineError::Wasmtime(e.to_string()))?;
-        let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, serialized)
-            .and_then(|()| std::fs::rename(&tmp, cached))
-            .map_err(|source| EngineError::Io {
-                path: cached.display().to_string(),
-                source,
-            })?;
+        crate::home::write_atomically(cached, &serialized).map_err(|source| EngineError::Io {
+            path: cached.display().to_string(),
+            source,
+        })?;
         Ok(component)
     }
 

@@ -57,6 +57,14 @@ impl Home {
     }
 }
 
+/// Writes `bytes` to `path` through a temporary file and a rename, so a reader
+/// never sees half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 #[cfg(unix)]
 fn restrict_to_owner(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;

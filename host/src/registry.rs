@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::engine::{Engine, EngineError};
-use crate::home::Home;
+use crate::home::{Home, write_atomically};
 use crate::manifest::{Manifest, ManifestError};
 use crate::store::{Store, StoreError};
 
@@ -132,12 +132,6 @@ fn find_plugin(dir: &Path, name: &str) -> Result<PathBuf, String> {
         "plugin `{name}` not found: no {} (available: {available}); `sluice build` builds plugins/",
         dir.join(&candidates[0]).display()
     ))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// `git describe --always --dirty` of the manifest's directory, else `dev-<timestamp>`.

@@ -143,7 +143,6 @@ pub async fn run_dag(
     options: RunOptions,
     observer: Option<UnboundedSender<RunEvent>>,
 ) -> Result<RunSummary, RunError> {
-    crate::trust::check(&sluice.store, &version.dag_id, &version.digest)?;
     let record = create_run(sluice, version, &options)?;
     let mut run = RunLoop::load(
         sluice,
@@ -157,12 +156,15 @@ pub async fn run_dag(
 }
 
 /// Records a new run of `version` (task instances `scheduled`) and creates its
-/// staging directory, without running anything.
+/// staging directory, without running anything. Refuses a version the
+/// signature policy does not allow.
 pub fn create_run(
     sluice: &Sluice,
     version: &VersionRecord,
     options: &RunOptions,
 ) -> Result<RunRecord, RunError> {
+    // Refused before anything is recorded.
+    crate::trust::check(&sluice.store, &version.dag_id, &version.digest)?;
     let now = Utc::now();
     let interval = options.interval.unwrap_or_else(|| {
         let logical = options.logical_date.unwrap_or(now);
@@ -349,6 +351,8 @@ fn related(spec: &DagSpec, task_id: &str, direction: Direction) -> Vec<String> {
 struct TaskSlot {
     state: TaskState,
     try_number: u32,
+    /// Tries allowed, as stored (a clear extends it).
+    max_tries: u32,
     output: Option<Value>,
     error: Option<String>,
 }
@@ -408,6 +412,7 @@ impl<'a> RunLoop<'a> {
                     TaskSlot {
                         state: t.state,
                         try_number: t.try_number,
+                        max_tries: t.max_tries,
                         output,
                         error: t.error,
                     },
@@ -440,17 +445,10 @@ impl<'a> RunLoop<'a> {
             let Some(slot) = self.slots.get(&task.id) else {
                 continue;
             };
-            let (state, try_number) = (slot.state, slot.try_number);
+            let (state, try_number, max_tries) = (slot.state, slot.try_number, slot.max_tries);
             match state {
                 TaskState::Running => {
                     let error = format!("the host process stopped during try {try_number}");
-                    let max_tries = self
-                        .sluice
-                        .store
-                        .tasks(&self.run.run_id)?
-                        .into_iter()
-                        .find(|t| t.task_id == task.id)
-                        .map_or(task.policy.max_tries(), |t| t.max_tries);
                     let retry = try_number < max_tries;
                     let next = if retry {
                         TaskState::UpForRetry

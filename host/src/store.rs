@@ -390,14 +390,26 @@ impl Store {
 
     /// Versions of `dag_id`, newest first.
     pub fn versions(&self, dag_id: &str) -> Result<Vec<VersionRecord>> {
+        self.select_versions(dag_id, None, false)
+    }
+
+    /// Versions of `dag_id`, narrowed in SQL to one digest and/or the current one.
+    fn select_versions(
+        &self,
+        dag_id: &str,
+        digest: Option<&str>,
+        current_only: bool,
+    ) -> Result<Vec<VersionRecord>> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT v.dag_id, v.digest, v.label, v.spec, v.source, v.created_at,
                         COALESCE(d.current_version = v.digest, 0)
                  FROM dag_versions v LEFT JOIN dags d ON d.dag_id = v.dag_id
-                 WHERE v.dag_id = ?1 ORDER BY v.created_at DESC, v.rowid DESC",
+                 WHERE v.dag_id = ?1 AND (?2 IS NULL OR v.digest = ?2)
+                   AND (?3 = 0 OR d.current_version = v.digest)
+                 ORDER BY v.created_at DESC, v.rowid DESC",
             )?;
-            let rows = stmt.query_map([dag_id], |r| {
+            let rows = stmt.query_map(params![dag_id, digest, current_only], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -437,17 +449,17 @@ impl Store {
 
     /// The current version of `dag_id`.
     pub fn current_version(&self, dag_id: &str) -> Result<VersionRecord> {
-        self.versions(dag_id)?
+        self.select_versions(dag_id, None, true)?
             .into_iter()
-            .find(|v| v.current)
+            .next()
             .ok_or_else(|| StoreError::NotFound(format!("DAG `{dag_id}` has not been deployed")))
     }
 
     /// Version `digest` of `dag_id`.
     pub fn version(&self, dag_id: &str, digest: &str) -> Result<VersionRecord> {
-        self.versions(dag_id)?
+        self.select_versions(dag_id, Some(digest), false)?
             .into_iter()
-            .find(|v| v.digest == digest)
+            .next()
             .ok_or_else(|| StoreError::NotFound(format!("DAG `{dag_id}` has no version {digest}")))
     }
 
@@ -806,12 +818,17 @@ impl Store {
 
     /// Every volume ever recorded, newest first.
     pub fn volumes(&self) -> Result<Vec<VolumeRecord>> {
+        self.select_volumes(None)
+    }
+
+    /// Volumes, all or of one run.
+    fn select_volumes(&self, run_id: Option<&str>) -> Result<Vec<VolumeRecord>> {
         let raws = self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT run_id, path, state, created_at, released_at, deleted_at, delete_reason
-                 FROM staging_volumes ORDER BY created_at DESC, rowid DESC",
+                 FROM staging_volumes WHERE ?1 IS NULL OR run_id = ?1 ORDER BY created_at DESC, rowid DESC",
             )?;
-            let rows = stmt.query_map([], |r| {
+            let rows = stmt.query_map([run_id], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -841,7 +858,7 @@ impl Store {
 
     /// The volume of `run_id`, if recorded.
     pub fn volume(&self, run_id: &str) -> Result<Option<VolumeRecord>> {
-        Ok(self.volumes()?.into_iter().find(|v| v.run_id == run_id))
+        Ok(self.select_volumes(Some(run_id))?.into_iter().next())
     }
 
     // ---- trust ----------------------------------------------------------
@@ -990,10 +1007,20 @@ impl Store {
 
     /// Every stored connection (secrets still sealed), by id.
     pub fn connections(&self) -> Result<Vec<StoredConnection>> {
+        self.select_connections(None)
+    }
+
+    /// Connection `id` (secret still sealed), if stored.
+    pub fn connection(&self, id: &str) -> Result<Option<StoredConnection>> {
+        Ok(self.select_connections(Some(id))?.into_iter().next())
+    }
+
+    fn select_connections(&self, id: Option<&str>) -> Result<Vec<StoredConnection>> {
         self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT id, kind, config, nonce, secret FROM connections ORDER BY id")?;
-            let rows = stmt.query_map([], |r| {
+            let mut stmt = c.prepare(
+                "SELECT id, kind, config, nonce, secret FROM connections WHERE ?1 IS NULL OR id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([id], |r| {
                 Ok(StoredConnection {
                     id: r.get(0)?,
                     kind: r.get(1)?,

@@ -151,7 +151,7 @@ impl TaskHost {
         };
         match store_for(&connection) {
             Ok(store) => Ok(Ok(self.table_mut().push(BucketHandle { id, store })?)),
-            Err(m) => Ok(Err(self.pg_error(&id, m))),
+            Err(m) => Ok(Err(self.connection_error(&id, m))),
         }
     }
 
@@ -203,7 +203,7 @@ impl HostBucket for TaskHost {
             })
         })();
         self.check_deadline()?;
-        Ok(result.map_err(|m: String| self.pg_error(&id, m)))
+        Ok(result.map_err(|m: String| self.connection_error(&id, m)))
     }
 
     fn get(
@@ -240,7 +240,7 @@ impl HostBucket for TaskHost {
             })
         })();
         self.check_deadline()?;
-        Ok(result.map_err(|m: String| self.pg_error(&id, m)))
+        Ok(result.map_err(|m: String| self.connection_error(&id, m)))
     }
 
     fn list_keys(
@@ -273,7 +273,7 @@ impl HostBucket for TaskHost {
                 Ok(keys)
             })
         })();
-        Ok(result.map_err(|m: String| self.pg_error(&id, m)))
+        Ok(result.map_err(|m: String| self.connection_error(&id, m)))
     }
 
     fn drop(&mut self, bucket: Resource<BucketHandle>) -> wasmtime::Result<()> {

@@ -96,7 +96,7 @@ pub struct PostgresHandle {
 }
 
 impl TaskHost {
-    pub(super) fn pg_error(&self, id: &str, message: impl AsRef<str>) -> ConnectionError {
+    pub(super) fn connection_error(&self, id: &str, message: impl AsRef<str>) -> ConnectionError {
         ConnectionError {
             message: format!(
                 "connection `{id}`: {}",
@@ -229,7 +229,7 @@ impl Host for TaskHost {
         let app = format!("sluice {}/{}", self.context.dag_id, self.context.task_id);
         let config = match client_config(&connection, &app) {
             Ok(config) => config,
-            Err(m) => return Ok(Err(self.pg_error(&id, m))),
+            Err(m) => return Ok(Err(self.connection_error(&id, m))),
         };
         match runtime.block_on(config.connect(NoTls)) {
             Ok((client, driver)) => {
@@ -244,7 +244,7 @@ impl Host for TaskHost {
                     endpoint(&connection),
                     db_message(&e)
                 );
-                Ok(Err(self.pg_error(&id, message)))
+                Ok(Err(self.connection_error(&id, message)))
             }
         }
     }
@@ -271,7 +271,7 @@ impl HostPostgres for TaskHost {
         let handle = self.table_mut().get(&pg)?;
         let id = handle.id.clone();
         let result = runtime.block_on(handle.client.execute(statement.as_str(), &[]));
-        Ok(result.map_err(|e| self.pg_error(&id, db_message(&e))))
+        Ok(result.map_err(|e| self.connection_error(&id, db_message(&e))))
     }
 
     fn copy_in(
@@ -297,7 +297,7 @@ impl HostPostgres for TaskHost {
         let id = handle.id.clone();
         let result = runtime.block_on(copy_in(&mut handle.client, &table, &batches));
         self.check_deadline()?;
-        Ok(result.map_err(|m| self.pg_error(&id, m)))
+        Ok(result.map_err(|m| self.connection_error(&id, m)))
     }
 
     fn extract(
@@ -320,11 +320,11 @@ impl HostPostgres for TaskHost {
                 .iter()
                 .map(|c| (c.name().to_owned(), c.type_().clone()))
                 .collect::<Vec<_>>(),
-            Err(e) => return Ok(Err(self.pg_error(&id, db_message(&e)))),
+            Err(e) => return Ok(Err(self.connection_error(&id, db_message(&e)))),
         };
         let schema = match arrow_schema(&columns) {
             Ok(s) => Arc::new(s),
-            Err(m) => return Ok(Err(self.pg_error(&id, m))),
+            Err(m) => return Ok(Err(self.connection_error(&id, m))),
         };
         let create = format!(
             "CREATE OR REPLACE TABLE {} ({})",
@@ -356,7 +356,7 @@ impl HostPostgres for TaskHost {
             .unwrap_or_else(|_| Err(super::sql::SqlError("the SQL session stopped".into())));
         self.check_deadline()?;
         Ok(match (streamed, appended) {
-            (Err(m), _) => Err(self.pg_error(&id, m)),
+            (Err(m), _) => Err(self.connection_error(&id, m)),
             (Ok(_), Err(e)) => Err(ConnectionError {
                 message: format!("DuckDB table `{table}`: {e}"),
             }),
