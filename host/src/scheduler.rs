@@ -749,7 +749,12 @@ impl<'a> RunLoop<'a> {
                         });
                     }
                     TryOutcome::Failed { error, retryable } => {
-                        let retry = retryable && try_number < task.policy.max_tries();
+                        // The stored allowance, which a clear extends past the policy's.
+                        let allowed = self
+                            .slots
+                            .get(&task_id)
+                            .map_or(task.policy.max_tries(), |s| s.max_tries);
+                        let retry = retryable && try_number < allowed;
                         let state = if retry {
                             TaskState::UpForRetry
                         } else {

@@ -1,7 +1,9 @@
 //! Retries: a flaky task succeeds on try 2; a permanent failure skips retries;
-//! downstream of a failure is `upstream_failed`.
+//! downstream of a failure is `upstream_failed`; a cleared task gets its
+//! retries again.
 
 use serde_json::json;
+use sluice::scheduler::{ClearScope, StagingPolicy, clear, resume_run};
 
 use crate::support::TestHome;
 
@@ -66,4 +68,24 @@ async fn a_permanent_failure_skips_remaining_retries() {
     let run = home.run("permanent", body, json!({})).await;
     let t = home.task(&run.run_id, "t");
     assert_eq!((t.state.as_str(), t.try_number), ("failed", 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleared_task_gets_its_retries_again() {
+    let home = TestHome::new();
+    // Fails on tries 1-3, succeeds on 4; two tries allowed per clear.
+    let body = "[tasks.t]\nplugin = \"testkit\"\nparams = { mode = \"flaky\", succeed_on = 4 }\nretries = 1\nretry_delay = \"10ms\"\n";
+    let run = home.run("cleared", body, json!({})).await;
+    let t = home.task(&run.run_id, "t");
+    assert_eq!((t.state.as_str(), t.try_number), ("failed", 2));
+
+    clear(&home.sluice, &run.run_id, "t", ClearScope::default(), false).expect("clear");
+    assert_eq!(home.task(&run.run_id, "t").max_tries, 4);
+    let rerun = resume_run(&home.sluice, &run.run_id, StagingPolicy::default(), None)
+        .await
+        .expect("re-run");
+    // Try 3 fails retryably and, being within the cleared allowance, is retried.
+    assert_eq!(rerun.state.as_str(), "success", "{:?}", rerun.error);
+    let t = home.task(&run.run_id, "t");
+    assert_eq!((t.state.as_str(), t.try_number), ("success", 4));
 }
