@@ -16,6 +16,8 @@ pub mod dag;
 pub mod engine;
 pub mod events;
 pub mod executor;
+#[cfg(fuzzing)]
+pub mod fuzz;
 pub mod home;
 pub mod manifest;
 pub mod plugins;

@@ -41,7 +41,7 @@ pub struct BucketHandle {
 /// Resolves a guest path to a file inside `staging` (canonical). For reading,
 /// the file must exist and resolve inside; for writing, its directory must
 /// resolve inside and the file must not be a symlink.
-fn confine(staging: &Path, arg: &str, write: bool) -> Result<PathBuf, String> {
+pub(crate) fn confine(staging: &Path, arg: &str, write: bool) -> Result<PathBuf, String> {
     let given = Path::new(arg);
     if given
         .components()
@@ -71,6 +71,18 @@ fn confine(staging: &Path, arg: &str, write: bool) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("`{arg}` is not a file path"))?
         .to_owned();
     let parent = joined.parent().ok_or_else(outside)?;
+    // Check the deepest directory that exists before creating any below it: a
+    // guest-made symlink to a directory outside must not get directories made there.
+    let existing = parent
+        .ancestors()
+        .find(|a| std::fs::symlink_metadata(a).is_ok())
+        .ok_or_else(outside)?;
+    let existing = existing
+        .canonicalize()
+        .map_err(|e| format!("`{arg}`: {e}"))?;
+    if !existing.starts_with(staging) {
+        return Err(outside());
+    }
     std::fs::create_dir_all(parent).map_err(|e| format!("`{arg}`: {e}"))?;
     let parent = parent.canonicalize().map_err(|e| format!("`{arg}`: {e}"))?;
     if !parent.starts_with(staging) {
@@ -134,7 +146,7 @@ pub async fn test_connection(
     }
 }
 
-fn key(arg: &str) -> Result<Key, String> {
+pub(crate) fn key(arg: &str) -> Result<Key, String> {
     Key::parse(arg).map_err(|e| format!("invalid key `{arg}`: {e}"))
 }
 
@@ -331,6 +343,16 @@ mod tests {
                 confine(&staging, "dirlink/new.txt", true)
                     .expect_err("refused")
                     .contains("resolves outside")
+            );
+            // Refused before anything is created through the link.
+            assert!(
+                confine(&staging, "dirlink/made/here/new.txt", true)
+                    .expect_err("refused")
+                    .contains("resolves outside")
+            );
+            assert!(
+                !dir.path().join("made").exists(),
+                "a directory made outside"
             );
         }
         assert!(confine(&staging, "sub/new.txt", true).is_ok());

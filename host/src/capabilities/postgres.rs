@@ -133,7 +133,7 @@ fn db_message(e: &tokio_postgres::Error) -> String {
 }
 
 /// `a.b` → `"a"."b"`, each part quoted.
-fn quote_path(name: &str) -> String {
+pub(crate) fn quote_path(name: &str) -> String {
     name.split('.')
         .map(quote_ident)
         .collect::<Vec<_>>()
@@ -638,7 +638,7 @@ fn duckdb_type(data_type: &DataType) -> &'static str {
 }
 
 /// Builders for one batch of extracted rows.
-enum Builder {
+pub(crate) enum Builder {
     Bool(BooleanBuilder),
     I16(Int16Builder),
     I32(Int32Builder),
@@ -661,7 +661,7 @@ fn be<const N: usize>(field: &[u8]) -> Result<[u8; N], String> {
 }
 
 impl Builder {
-    fn for_type(data_type: &DataType) -> Self {
+    pub(crate) fn for_type(data_type: &DataType) -> Self {
         match data_type {
             DataType::Boolean => Self::Bool(BooleanBuilder::new()),
             DataType::Int16 => Self::I16(Int16Builder::new()),
@@ -718,7 +718,7 @@ impl Builder {
         Ok(())
     }
 
-    fn finish(&mut self, data_type: &DataType) -> Result<ArrayRef, String> {
+    pub(crate) fn finish(&mut self, data_type: &DataType) -> Result<ArrayRef, String> {
         Ok(match self {
             Self::Bool(b) => Arc::new(b.finish()),
             Self::I16(b) => Arc::new(b.finish()),
@@ -746,7 +746,7 @@ impl Builder {
 /// Parses binary COPY tuples from `data` (header already consumed), appending
 /// each complete tuple to `builders`; returns the bytes consumed and the rows
 /// read, and whether the trailer was seen.
-fn parse_tuples(
+pub(crate) fn parse_tuples(
     data: &[u8],
     builders: &mut [Builder],
     max_rows: usize,

@@ -258,7 +258,7 @@ impl Drop for SqlSession {
 /// Opens a database with the options that only take effect at start-up:
 /// no extension autoload or autoinstall, no community extensions, no persistent
 /// secrets. It has run nothing yet.
-fn open_fresh() -> Result<Connection, SqlError> {
+pub(crate) fn open_fresh() -> Result<Connection, SqlError> {
     let config = Config::default()
         .enable_autoload_extension(false)?
         .with("autoinstall_known_extensions", "false")?
@@ -269,7 +269,7 @@ fn open_fresh() -> Result<Connection, SqlError> {
 
 /// Applies the task's limits and confines file access to staging, then locks
 /// the configuration. Options set after the lock fail.
-fn lock_down(conn: Connection, config: &SqlConfig) -> Result<Connection, SqlError> {
+pub(crate) fn lock_down(conn: Connection, config: &SqlConfig) -> Result<Connection, SqlError> {
     conn.set_query_progress_tracking(true)?;
     let staging = dir_with_slash(&config.staging_dir)?;
     let temp = config.staging_dir.join(".duckdb_tmp");

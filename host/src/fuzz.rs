@@ -1,0 +1,70 @@
+//! Entry points for the fuzz targets in `fuzz/`: the host-side code that parses
+//! what a user or a task controls. Compiled only with `--cfg fuzzing`, which
+//! `cargo fuzz` sets; nothing here exists in a normal build.
+
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::{DataType, TimeUnit};
+
+use crate::capabilities::{bucket, postgres, sql};
+
+/// The staging path a bucket `put` (`write = false`) or `get` (`write = true`)
+/// would use for the guest's `arg`, or why it is refused.
+pub fn staging_path(staging: &Path, arg: &str, write: bool) -> Result<PathBuf, String> {
+    bucket::confine(staging, arg, write)
+}
+
+/// The object key a bucket call would use for the guest's `arg`.
+pub fn bucket_key(arg: &str) -> Result<String, String> {
+    bucket::key(arg).map(|k| k.to_string())
+}
+
+/// The quoted Postgres table name that `copy-in` puts into its `COPY` statement.
+pub fn postgres_table(name: &str) -> String {
+    postgres::quote_path(name)
+}
+
+/// A DuckDB session locked down as a task's is, confined to `staging`.
+pub fn locked_sql_session(staging: &Path) -> Result<duckdb::Connection, String> {
+    let config = sql::SqlConfig {
+        staging_dir: staging.to_path_buf(),
+        memory_limit: 256 << 20,
+        threads: 1,
+        spill_limit: 256 << 20,
+    };
+    let conn = sql::open_fresh().map_err(|e| e.0)?;
+    sql::lock_down(conn, &config).map_err(|e| e.0)
+}
+
+/// The column types `extract` decodes, indexed by a fuzzer's selector byte.
+const COLUMN_TYPES: [DataType; 10] = [
+    DataType::Boolean,
+    DataType::Int16,
+    DataType::Int32,
+    DataType::Int64,
+    DataType::Float32,
+    DataType::Float64,
+    DataType::Decimal128(38, 10),
+    DataType::Utf8,
+    DataType::Date32,
+    DataType::Timestamp(TimeUnit::Microsecond, None),
+];
+
+/// Decodes binary COPY tuples (after the header) from `data` into columns of the
+/// types `selectors` pick, as `extract` does with a server's bytes; returns rows read.
+pub fn decode_copy(selectors: &[u8], data: &[u8]) -> Result<usize, String> {
+    let types: Vec<&DataType> = selectors
+        .iter()
+        .map(|s| &COLUMN_TYPES[usize::from(*s) % COLUMN_TYPES.len()])
+        .collect();
+    let mut builders: Vec<postgres::Builder> = types
+        .iter()
+        .map(|t| postgres::Builder::for_type(t))
+        .collect();
+    let mut fields = Vec::new();
+    let (_, rows, _) = postgres::parse_tuples(data, &mut builders, usize::MAX, &mut fields)?;
+    for (builder, data_type) in builders.iter_mut().zip(types) {
+        builder.finish(data_type)?;
+    }
+    Ok(rows)
+}
