@@ -1,7 +1,7 @@
 //! `sluice bench`: the figures behind "DuckDB's speed plus almost nothing, in a
 //! sandbox", each printed next to a baseline measured in the same run.
 //!
-//! 1. Sandbox tax: the `etl_duckdb` DAG through `sluice run` vs the same three
+//! 1. Sandbox tax: the `etl_local` DAG through `sluice run` vs the same three
 //!    statements through the `duckdb` crate, both as fresh processes.
 //! 2. Start-up: cold compile, warm deploy, instantiate from a pre-instantiated
 //!    component, opening a task's DuckDB session.
@@ -240,7 +240,7 @@ fn duckdb_version() -> BenchResult<String> {
 
 fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
     let policy = TaskPolicy::default();
-    let manifest = Manifest::load(&options.repo.join("examples/etl_duckdb"))?;
+    let manifest = Manifest::load(&options.repo.join("examples/etl_local"))?;
     let example = manifest
         .spec
         .tasks
@@ -249,7 +249,7 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
         .unwrap_or(policy);
     println!();
     println!(
-        "1. sandbox tax: etl_duckdb via `sluice run` vs the same SQL via the duckdb crate \
+        "1. sandbox tax: etl_local via `sluice run` vs the same SQL via the duckdb crate \
          (both fresh processes; threads {}, memory_limit {})",
         example.threads,
         mib(example.duckdb_memory)
@@ -260,7 +260,7 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
     );
     let home = tempfile::tempdir()?;
     let exe = &options.sluice_exe;
-    let example_dir = options.repo.join("examples/etl_duckdb");
+    let example_dir = options.repo.join("examples/etl_local");
     measure_child(
         Command::new(exe)
             .arg("--home")
@@ -295,7 +295,7 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
                     .arg(home.path())
                     .args([
                         "run",
-                        "etl_duckdb",
+                        "etl_local",
                         "--no-progress",
                         "--param",
                         &format!("rows={rows}"),

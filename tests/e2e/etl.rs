@@ -8,7 +8,7 @@ fn etl_example_runs_and_its_aggregate_is_exact() {
     let rows: i64 = 200_000;
     let out = home.cli(&[
         "run",
-        "examples/etl_duckdb",
+        "examples/etl_local",
         "--param",
         &format!("rows={rows}"),
         "--no-progress",
@@ -24,7 +24,7 @@ fn etl_example_runs_and_its_aggregate_is_exact() {
     let run = home
         .sluice
         .store
-        .runs(Some("etl_duckdb"), 1)
+        .runs(Some("etl_local"), 1)
         .expect("runs")
         .remove(0);
     assert_eq!(run.state.as_str(), "success");

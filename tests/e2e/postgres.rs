@@ -250,10 +250,11 @@ fn the_etl_example_loads_into_postgres_and_connections_test_reports() {
 
     let out = home.cli(&[
         "run",
-        "examples/etl_duckdb_pg",
+        "examples/etl_duckdb",
         "--param",
         "rows=100000",
         "--no-progress",
+        "--keep-staging",
     ]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -261,10 +262,33 @@ fn the_etl_example_loads_into_postgres_and_connections_test_reports() {
         server.psql("SELECT count(*), sum(n) FROM category_revenue"),
         "50|100000"
     );
+    // The revenue loaded equals the raw rows' total, computed by DuckDB directly.
+    let run = home
+        .sluice
+        .store
+        .runs(Some("etl_duckdb"), 1)
+        .expect("runs")
+        .remove(0);
+    let raw = std::path::Path::new(&run.staging_dir).join("raw.parquet");
+    let expected: String = duckdb::Connection::open_in_memory()
+        .expect("duckdb")
+        .query_row(
+            &format!(
+                "SELECT sum(amount)::VARCHAR FROM read_parquet('{}')",
+                raw.display()
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .expect("total");
+    assert_eq!(
+        server.psql("SELECT sum(revenue) FROM category_revenue"),
+        expected
+    );
     // Running it again replaces the rows instead of duplicating them.
     let again = home.cli(&[
         "run",
-        "examples/etl_duckdb_pg",
+        "examples/etl_duckdb",
         "--param",
         "rows=1000",
         "--no-progress",
