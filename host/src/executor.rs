@@ -176,7 +176,7 @@ fn run_blocking(
     } = watch;
     let grants = Grants::new(request.connections.clone(), runtime);
     let redactor = grants.redactor.clone();
-    let mut log = LogSink::new(request.key.clone(), events).redacting(redactor.clone());
+    let log = LogSink::new(request.key.clone(), events).redacting(redactor.clone());
     let failed = |error: String| TryOutcome::Failed {
         error,
         retryable: true,
@@ -218,7 +218,7 @@ fn run_blocking(
     let host = TaskHost::new(
         context,
         sql,
-        log.clone(),
+        log,
         deadline.clone(),
         MemoryLimiter::new(request.policy.memory),
         grants,
@@ -228,7 +228,9 @@ fn run_blocking(
     let result = pre
         .instantiate(&mut store)
         .and_then(|task| task.call_run(&mut store, &input));
-    if let Some(thread) = store.into_data().sql.close() {
+    let host = store.into_data();
+    let mut log = host.log;
+    if let Some(thread) = host.sql.close() {
         closing
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -236,10 +238,10 @@ fn run_blocking(
     }
     let panic_message = drain_output(&captured, &mut log);
 
-    match result {
+    let outcome = match result {
         _ if deadline.expired() => {
             let error = TimedOut(deadline.timeout()).to_string();
-            log.line("error", &format!("[sluice] {error}"));
+            log.host_line("error", &format!("[sluice] {error}"));
             failed(error)
         }
         Ok(Ok(output)) if output.len() > MAX_OUTPUT_BYTES => TryOutcome::Failed {
@@ -257,7 +259,7 @@ fn run_blocking(
             retryable: task_error.kind == ErrorKind::Retryable,
         },
         Err(trap) => {
-            log.line("error", &format!("[sluice] the task trapped: {trap:?}"));
+            log.host_line("error", &format!("[sluice] the task trapped: {trap:?}"));
             let error = if let Some(e) = trap.downcast_ref::<MemoryExceeded>() {
                 e.to_string()
             } else if let Some(e) = trap.downcast_ref::<TimedOut>() {
@@ -269,7 +271,9 @@ fn run_blocking(
             };
             failed(redactor.redact(&error))
         }
-    }
+    };
+    log.finish();
+    outcome
 }
 
 /// Moves captured stdout/stderr into the log; returns a Rust panic message seen on stderr.

@@ -80,7 +80,8 @@ async fn the_sql_timeout_interrupts_duckdb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_cursors_and_the_stack_are_bounded() {
     let home = TestHome::new();
-    // A log flood: the first 10,000 lines are kept, then one marker.
+    // A log flood: a burst of 1,000 lines is kept, the rest is over the rate
+    // (100 lines/s) and dropped, and the markers account for every line.
     let run = home
         .run(
             "flood",
@@ -94,12 +95,40 @@ async fn logs_cursors_and_the_stack_are_bounded() {
         .store
         .logs(&run.run_id, "t", None)
         .expect("logs");
-    assert_eq!(lines.len(), 10_001, "10,000 lines and the marker");
+    let kept = lines
+        .iter()
+        .filter(|l| l.message.starts_with("line "))
+        .count();
+    let dropped: usize = lines
+        .iter()
+        .filter_map(|l| {
+            let rest = l.message.strip_prefix("[sluice] ")?;
+            let (n, why) = rest.split_once(" lines dropped: over the log rate")?;
+            assert_eq!(why, " of 100 lines/s (bursts of 1000)");
+            n.parse::<usize>().ok()
+        })
+        .sum();
+    assert!((1_000..2_000).contains(&kept), "{kept} lines kept");
+    assert_eq!(kept + dropped, 20_000, "every line is kept or counted");
+
+    // A trap after a flood is still logged: host lines are never dropped.
+    let run = home
+        .run(
+            "flood-then-panic",
+            &body("mode = \"log-flood\", n = 5000, then = \"panic\"", ""),
+            json!({}),
+        )
+        .await;
+    assert_eq!(run.state.as_str(), "failed");
     assert!(
-        lines
-            .last()
-            .is_some_and(|l| l.message.contains("log limit of 10000 lines reached"))
+        run.error
+            .as_deref()
+            .is_some_and(|e| e.contains("panicked after a log flood")),
+        "{:?}",
+        run.error
     );
+    let logs = home.log_text(&run.run_id, "t");
+    assert!(logs.contains("[sluice] the task trapped"), "{logs}");
 
     // One live cursor per session: a second query while it is open is an error
     // the task sees (DuckDB's), not host memory growth.

@@ -133,6 +133,9 @@ fn run(ctx: &Context, input: Input<Params>) -> Result<Value> {
             for i in 0..p.n {
                 ctx.info(format!("line {i}"));
             }
+            if p.rest.get("then").and_then(Value::as_str) == Some("panic") {
+                panic!("panicked after a log flood");
+            }
             Ok(json!({ "logged": p.n }))
         }
         "cursors" => {
