@@ -117,6 +117,48 @@ async fn every_supported_type_round_trips_exactly_with_nulls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extract_keeps_wide_numerics_exact_and_refuses_nan() {
+    let (home, server) = home_with_pg();
+    let table = unique("wide");
+    server.psql(&format!(
+        "CREATE TABLE {table} (k int, n numeric); INSERT INTO {table} VALUES \
+         (1, 1234567890123456789012345678.0123456789), (2, -0.00000000005), (3, 0.000000000049), \
+         (4, 12345678901234567890.5), (5, NULL)"
+    ));
+    let steps = json!([
+        { "pg": "extract", "query": format!("SELECT * FROM {table}"), "table": "back" },
+        { "rows": "SELECT k, n::VARCHAR AS n FROM back ORDER BY k" },
+    ]);
+    let run = home.run("wide", &steps_task(true, steps), json!({})).await;
+    assert_eq!(run.state.as_str(), "success", "{:?}", run.error);
+    let r = results(&home, &run.run_id);
+    assert_eq!(
+        r[1]["ok"],
+        json!([
+            { "k": 1, "n": "1234567890123456789012345678.0123456789" },
+            { "k": 2, "n": "-0.0000000001" },
+            { "k": 3, "n": "0.0000000000" },
+            { "k": 4, "n": "12345678901234567890.5000000000" },
+            { "k": 5 },
+        ]),
+        "28 integer digits, rounding half away from zero past 10 decimals: {r:?}"
+    );
+
+    server.psql(&format!("INSERT INTO {table} VALUES (6, 'NaN')"));
+    let steps = json!([
+        { "pg": "extract", "query": format!("SELECT * FROM {table}"), "table": "back" },
+    ]);
+    let run = home.run("nan", &steps_task(true, steps), json!({})).await;
+    let r = results(&home, &run.run_id);
+    assert!(
+        r[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("numeric NaN does not fit DECIMAL(38,10)")),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_million_rows_go_both_ways() {
     let (home, server) = home_with_pg();
     let table = unique("big");

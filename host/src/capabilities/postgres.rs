@@ -651,6 +651,66 @@ pub(crate) enum Builder {
     Timestamp(TimestampMicrosecondBuilder, bool),
 }
 
+/// Decodes a binary `numeric` field (base-10000 digits) to the mantissa of a
+/// `DECIMAL(38, 10)`: rounded half away from zero past 10 fractional digits; an
+/// error for NaN, infinities and values of more than 28 integer digits.
+fn numeric_mantissa(field: &[u8]) -> Result<i128, String> {
+    let word = |at: usize| {
+        field
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let (Some(ndigits), Some(weight), Some(sign)) = (word(0), word(2), word(4)) else {
+        return Err(format!("a numeric field of {} bytes", field.len()));
+    };
+    let negative = match sign {
+        0x0000 => false,
+        0x4000 => true,
+        0xC000 => return Err("numeric NaN does not fit DECIMAL(38,10)".into()),
+        0xD000 | 0xF000 => return Err("numeric infinity does not fit DECIMAL(38,10)".into()),
+        other => return Err(format!("a numeric field with sign word {other:#06x}")),
+    };
+    let digits = field.get(8..).unwrap_or_default();
+    if digits.len() != 2 * usize::from(ndigits) {
+        return Err(format!(
+            "a numeric field of {} bytes for {ndigits} digits",
+            field.len()
+        ));
+    }
+    let out_of_range = || "numeric value out of DECIMAL(38,10) range".to_owned();
+    // Accumulate at scale 8 (two base-10000 digits after the point); the third
+    // digit after the point gives the last two decimals and the rounding.
+    let first_exponent = i32::from(weight as i16) + 2;
+    let (mut acc, mut last_exponent, mut third) = (0i128, 0i32, 0u16);
+    for (i, pair) in digits.chunks_exact(2).enumerate() {
+        let digit = u16::from_be_bytes([pair[0], pair[1]]);
+        if digit >= 10_000 {
+            return Err(format!("a numeric digit of {digit}"));
+        }
+        let exponent = first_exponent - i as i32;
+        if exponent < 0 {
+            if exponent == -1 {
+                third = digit;
+            }
+            break;
+        }
+        acc = acc
+            .checked_mul(10_000)
+            .and_then(|a| a.checked_add(i128::from(digit)))
+            .ok_or_else(out_of_range)?;
+        last_exponent = exponent;
+    }
+    let mantissa = u32::try_from(last_exponent)
+        .ok()
+        .and_then(|e| 10_000i128.checked_pow(e))
+        .and_then(|scale_up| acc.checked_mul(scale_up))
+        .and_then(|a| a.checked_mul(100))
+        .and_then(|a| a.checked_add(i128::from(third / 100 + u16::from(third % 100 >= 50))))
+        .filter(|m| *m < 10i128.pow(38))
+        .ok_or_else(out_of_range)?;
+    Ok(if negative { -mantissa } else { mantissa })
+}
+
 fn be<const N: usize>(field: &[u8]) -> Result<[u8; N], String> {
     field.try_into().map_err(|_| {
         format!(
@@ -702,13 +762,7 @@ impl Builder {
             Self::I64(b) => b.append_value(i64::from_be_bytes(be(f)?)),
             Self::F32(b) => b.append_value(f32::from_be_bytes(be(f)?)),
             Self::F64(b) => b.append_value(f64::from_be_bytes(be(f)?)),
-            Self::Numeric(v) => {
-                let mut d =
-                    <Decimal as tokio_postgres::types::FromSql>::from_sql(&Type::NUMERIC, f)
-                        .map_err(|e| format!("numeric: {e}"))?;
-                d.rescale(10);
-                v.push(Some(d.mantissa()));
-            }
+            Self::Numeric(v) => v.push(Some(numeric_mantissa(f)?)),
             Self::Text(b) => {
                 b.append_value(std::str::from_utf8(f).map_err(|e| format!("text: {e}"))?)
             }
@@ -879,6 +933,67 @@ async fn extract(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A binary `numeric` field from its base-10000 digits.
+    fn numeric(digits: &[u16], weight: i16, negative: bool, dscale: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(digits.len() as u16).to_be_bytes());
+        out.extend_from_slice(&weight.to_be_bytes());
+        out.extend_from_slice(&(if negative { 0x4000u16 } else { 0 }).to_be_bytes());
+        out.extend_from_slice(&dscale.to_be_bytes());
+        for d in digits {
+            out.extend_from_slice(&d.to_be_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn numerics_decode_to_decimal_38_10_like_rust_decimal_does() {
+        for text in [
+            "0",
+            "1",
+            "-1",
+            "12345.6789",
+            "-0.5",
+            "0.00000000005",
+            "-0.00000000005",
+            "0.000000000049999",
+            "0.00000000000000000001",
+            "123456789012345678.0123456789",
+            "-99999999999999999.99",
+        ] {
+            let value: Decimal = text.parse().expect("decimal");
+            let mut field = BytesMut::new();
+            value.to_sql(&Type::NUMERIC, &mut field).expect("encode");
+            let mut expected = value;
+            expected.rescale(10);
+            assert_eq!(expected.scale(), 10, "{text}");
+            assert_eq!(numeric_mantissa(&field), Ok(expected.mantissa()), "{text}");
+        }
+    }
+
+    #[test]
+    fn numerics_past_rust_decimal_and_past_the_range() {
+        // 10^27: one digit 1000 at weight 6. rust_decimal cannot hold it at scale 10.
+        let big = numeric(&[1000], 6, false, 0);
+        assert_eq!(numeric_mantissa(&big), Ok(10i128.pow(37)));
+        let nines = [9999, 9999, 9999, 9999, 9999, 9999, 9999, 9999, 9999, 9900];
+        let big = numeric(&nines, 6, true, 10);
+        assert_eq!(
+            numeric_mantissa(&big),
+            Ok(-(10i128.pow(38) - 1)),
+            "28 nines and 10 nines after the point"
+        );
+        // 10^28 does not fit DECIMAL(38,10).
+        let too_big = numeric(&[1], 7, false, 0);
+        assert!(
+            numeric_mantissa(&too_big).is_err_and(|e| e.contains("out of DECIMAL(38,10) range"))
+        );
+        let nan = [0u8, 0, 0, 0, 0xC0, 0, 0, 0];
+        assert!(numeric_mantissa(&nan).is_err_and(|e| e.contains("NaN")));
+        assert!(numeric_mantissa(&[0, 1, 0]).is_err());
+        assert!(numeric_mantissa(&numeric(&[10_000], 0, false, 0)).is_err());
+    }
 
     #[test]
     fn redaction_covers_plain_and_url_encoded_secrets() {
