@@ -159,6 +159,28 @@ async fn extract_keeps_wide_numerics_exact_and_refuses_nan() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_ends_fails_this_call_and_the_next_clearly() {
+    let (home, _server) = home_with_pg();
+    let steps = json!([
+        { "pg": "execute", "sql": "SELECT pg_terminate_backend(pg_backend_pid())" },
+        { "pg": "execute", "sql": "SELECT 1" },
+    ]);
+    let run = home.run("ended", &steps_task(true, steps), json!({})).await;
+    let r = results(&home, &run.run_id);
+    let first = r[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        first.starts_with("connection `pg`: FATAL: terminating connection"),
+        "{r:?}"
+    );
+    let second = r[1]["error"].as_str().unwrap_or_default();
+    assert!(
+        second.starts_with("connection `pg`: ")
+            && (second.contains("closed") || second.contains("communicating with the server")),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_million_rows_go_both_ways() {
     let (home, server) = home_with_pg();
     let table = unique("big");
