@@ -68,3 +68,8 @@ pub fn decode_copy(selectors: &[u8], data: &[u8]) -> Result<usize, String> {
     }
     Ok(rows)
 }
+
+/// The DECIMAL(38, 10) mantissa `extract` makes of a binary `numeric` field.
+pub fn numeric_mantissa(field: &[u8]) -> Result<i128, String> {
+    postgres::numeric_mantissa(field)
+}

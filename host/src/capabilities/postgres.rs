@@ -708,7 +708,7 @@ pub(crate) enum Builder {
 /// Decodes a binary `numeric` field (base-10000 digits) to the mantissa of a
 /// `DECIMAL(38, 10)`: rounded half away from zero past 10 fractional digits; an
 /// error for NaN, infinities and values of more than 28 integer digits.
-fn numeric_mantissa(field: &[u8]) -> Result<i128, String> {
+pub(crate) fn numeric_mantissa(field: &[u8]) -> Result<i128, String> {
     let word = |at: usize| {
         field
             .get(at..at + 2)
