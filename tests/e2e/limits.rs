@@ -169,3 +169,43 @@ async fn logs_cursors_and_the_stack_are_bounded() {
         .await;
     assert_eq!(ok.state.as_str(), "success");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_result_reaches_a_small_guest_in_slices() {
+    let home = TestHome::new();
+    // 200 MB of rows (DuckDB chunks of ~100 MB) through a guest with 32 MiB of memory.
+    let run = home
+        .run(
+            "wide",
+            &body(
+                "mode = \"cursor\", sql = \"SELECT repeat('x', 50000) AS s FROM range(4096)\"",
+                "memory = \"32MiB\"",
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(run.state.as_str(), "success", "{:?}", run.error);
+    let out = home.output(&run.run_id, "t");
+    assert!(out["bytes"].as_u64().unwrap_or(0) > 4096 * 50_000, "{out}");
+    assert!(out["batches"].as_u64().unwrap_or(0) >= 50, "{out}");
+
+    // One value larger than the guest's memory: the try fails on the memory
+    // limit, and the host runs the next DAG.
+    let run = home
+        .run(
+            "huge-value",
+            &body(
+                "mode = \"cursor\", sql = \"SELECT repeat('x', 64000000) AS s\"",
+                "memory = \"32MiB\"",
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(run.state.as_str(), "failed");
+    let error = home.task(&run.run_id, "t").error.unwrap_or_default();
+    assert!(error.contains("memory"), "{error}");
+    let ok = home
+        .run("after", &body("mode = \"echo\"", ""), json!({}))
+        .await;
+    assert_eq!(ok.state.as_str(), "success");
+}

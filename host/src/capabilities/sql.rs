@@ -18,6 +18,12 @@ use duckdb::{Config, Connection, InterruptHandle, Statement};
 /// Open cursors per session; more is a guest error, not host memory growth.
 pub const MAX_OPEN_CURSORS: usize = 64;
 
+/// Largest Arrow batch (in memory) that one `next-batch` hands a guest. DuckDB's
+/// chunks (2,048 rows) of wide rows are sent in row slices, so a guest with
+/// little linear memory can still walk a wide result; only a single row larger
+/// than its memory makes it trap.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
 /// Settings of a task's DuckDB database.
 #[derive(Debug, Clone)]
 pub struct SqlConfig {
@@ -379,7 +385,7 @@ fn literal(s: &str) -> String {
 
 /// The session loop: answers requests until the handle is dropped.
 fn serve(conn: &Connection, inbox: &mpsc::Receiver<Request>) {
-    let mut cursors: HashMap<u32, Statement<'_>> = HashMap::new();
+    let mut cursors: HashMap<u32, Cursor<'_>> = HashMap::new();
     let mut next_id: u32 = 1;
     while let Ok(request) = inbox.recv() {
         match request {
@@ -397,14 +403,14 @@ fn serve(conn: &Connection, inbox: &mpsc::Receiver<Request>) {
                 let _ = reply.send(opened.map(|(stmt, schema)| {
                     let id = next_id;
                     next_id = next_id.wrapping_add(1);
-                    cursors.insert(id, stmt);
+                    cursors.insert(id, Cursor { stmt, rest: None });
                     (id, schema)
                 }));
             }
             Request::NextBatch(id, reply) => {
-                let batch = match cursors.get(&id) {
+                let batch = match cursors.get_mut(&id) {
                     None => Err(SqlError(format!("cursor {id} is closed"))),
-                    Some(stmt) => next_batch(stmt),
+                    Some(cursor) => next_batch(cursor),
                 };
                 let _ = reply.send(batch);
             }
@@ -482,14 +488,35 @@ fn open_cursor<'c>(conn: &'c Connection, sql: &str) -> Result<(Statement<'c>, Ve
     Ok((stmt, bytes))
 }
 
-fn next_batch(stmt: &Statement<'_>) -> Result<Option<Vec<u8>>, SqlError> {
-    match stmt.step()? {
-        None => Ok(None),
-        Some(array) => {
-            let batch = RecordBatch::from(&array);
-            Ok(Some(ipc_stream(&batch.schema(), Some(&batch))?))
-        }
-    }
+/// An open query, and what is left of DuckDB's last chunk with the rows per
+/// batch it is sent in.
+struct Cursor<'c> {
+    stmt: Statement<'c>,
+    rest: Option<(RecordBatch, usize)>,
+}
+
+fn next_batch(cursor: &mut Cursor<'_>) -> Result<Option<Vec<u8>>, SqlError> {
+    let (batch, rows_per_batch) = match cursor.rest.take() {
+        Some(rest) => rest,
+        None => match cursor.stmt.step()? {
+            None => return Ok(None),
+            Some(array) => {
+                let batch = RecordBatch::from(&array);
+                let rows = batch.num_rows().max(1);
+                let per_row = batch.get_array_memory_size().div_ceil(rows).max(1);
+                let fit = (MAX_BATCH_BYTES / per_row).clamp(1, rows);
+                (batch, fit)
+            }
+        },
+    };
+    let head = if batch.num_rows() > rows_per_batch {
+        let rest = batch.slice(rows_per_batch, batch.num_rows() - rows_per_batch);
+        cursor.rest = Some((rest, rows_per_batch));
+        batch.slice(0, rows_per_batch)
+    } else {
+        batch
+    };
+    Ok(Some(ipc_stream(&head.schema(), Some(&head))?))
 }
 
 /// Encodes a self-contained Arrow IPC stream: the schema and at most one batch.

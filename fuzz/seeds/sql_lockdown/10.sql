@@ -1,0 +1,1 @@
+RESET allowed_directories

@@ -1,0 +1,1 @@
+CREATE TABLE t AS SELECT range AS i FROM range(1000000); COPY t TO 't.parquet'

@@ -1,0 +1,1 @@
+ATTACH '../outside/x.db' AS x
