@@ -282,12 +282,20 @@ pub(crate) fn lock_down(conn: Connection, config: &SqlConfig) -> Result<Connecti
     let temp = temp
         .to_str()
         .ok_or_else(|| SqlError("staging path is not UTF-8".into()))?;
+    // `~` means staging, and the (unused) secret directory is there too: no
+    // setting shows the host user's home.
+    let secrets = config.staging_dir.join(".duckdb_secrets");
+    let secrets = secrets
+        .to_str()
+        .ok_or_else(|| SqlError("staging path is not UTF-8".into()))?;
     conn.execute_batch(&format!(
         "SET memory_limit = '{memory}B';
          SET threads = {threads};
          SET max_temp_directory_size = '{spill}B';
          SET allowed_directories = [{staging}];
          SET temp_directory = {temp};
+         SET home_directory = {home};
+         SET secret_directory = {secrets};
          SET enable_external_access = false;
          SET lock_configuration = true;",
         memory = config.memory_limit,
@@ -295,6 +303,8 @@ pub(crate) fn lock_down(conn: Connection, config: &SqlConfig) -> Result<Connecti
         spill = config.spill_limit,
         staging = literal(&staging),
         temp = literal(temp),
+        home = literal(staging.trim_end_matches('/')),
+        secrets = literal(secrets),
     ))?;
     Ok(conn)
 }

@@ -456,6 +456,35 @@ fn escape(ctx: &Context, p: &Params) -> Value {
             run_sql("CREATE PERSISTENT SECRET s (TYPE s3, KEY_ID 'k', SECRET 'v')"),
         ),
         attempt(
+            "sql allow persistent secrets",
+            run_sql("SET allow_persistent_secrets = true"),
+        ),
+        attempt(
+            "sql move the secret directory",
+            run_sql("SET secret_directory = '/tmp/sluice-secrets'"),
+        ),
+        attempt(
+            "sql move the home directory",
+            run_sql("SET home_directory = '/'"),
+        ),
+        attempt(
+            "sql read via the home directory",
+            run_sql("SELECT * FROM read_text('~/../../../../../../etc/passwd')"),
+        ),
+        attempt("sql settings show a host path", {
+            // Settings may show staging paths (the task's own), nothing else.
+            let query = format!(
+                "SELECT name || '=' || value AS s FROM duckdb_settings() \
+                 WHERE (value LIKE '%/%' OR value LIKE '%~%') AND NOT contains(value, {})",
+                lit(&staging)
+            );
+            match sql.query_rows::<Value>(&query, 10) {
+                Ok(rows) if rows.is_empty() => Err("no setting shows a host path".into()),
+                Ok(rows) => Ok(Value::Array(rows).to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }),
+        attempt(
             "wasi read device",
             io(std::fs::read("/dev/zero").map(|b| format!("{} bytes", b.len()))),
         ),
