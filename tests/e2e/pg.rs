@@ -1,6 +1,7 @@
 //! A real PostgreSQL server for the tests: a fresh cluster (initdb) on a free
-//! loopback port, password authentication over TCP, started once per test
-//! process and stopped when it exits. As root, it runs as the `postgres` user.
+//! loopback port, password authentication over TCP (plain or TLS, with a
+//! certificate from a CA made for the run), started once per test process and
+//! stopped when it exits. As root, it runs as the `postgres` user.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +16,8 @@ pub const PASSWORD: &str = "pg-Secret-4c1d9e77";
 pub struct PgServer {
     pub port: u16,
     pub dir: PathBuf,
+    /// The PEM file of the CA that signed the server's certificate (for 127.0.0.1).
+    pub ca: PathBuf,
     /// The server (via runuser when root); stopped at exit by `stop_postmaster`.
     _process: std::process::Child,
 }
@@ -127,6 +130,7 @@ pub fn server() -> &'static PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let ca = make_certificates(&dir);
         let port = free_port();
         let log = std::fs::File::create(dir.join("server.log")).expect("log");
         give_to_postgres(&dir.join("server.log"));
@@ -141,7 +145,16 @@ pub fn server() -> &'static PgServer {
                 "fsync=off",
                 "-c",
                 "synchronous_commit=off",
+                "-c",
+                "ssl=on",
             ])
+            .arg("-c")
+            .arg(format!(
+                "ssl_cert_file={}",
+                dir.join("server.crt").display()
+            ))
+            .arg("-c")
+            .arg(format!("ssl_key_file={}", dir.join("server.key").display()))
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -170,10 +183,98 @@ pub fn server() -> &'static PgServer {
         let server = PgServer {
             port,
             dir: dir.clone(),
+            ca,
             _process: child,
         };
         // SAFETY: registering a plain extern "C" function to run at process exit.
         unsafe { libc::atexit(stop_postmaster) };
         server
     })
+}
+
+/// A CA and a server certificate for 127.0.0.1 only (not `localhost`) signed by it (P-256, with
+/// `openssl`), in `dir`; returns the CA's PEM file.
+fn make_certificates(dir: &Path) -> PathBuf {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (install it: .ci/run does)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=sluice test CA"],
+            &[
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("extensions");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+    give_to_postgres(&dir.join("server.key"));
+    give_to_postgres(&dir.join("server.crt"));
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("key mode");
+    dir.join("ca.pem")
 }

@@ -181,6 +181,60 @@ async fn a_connection_the_server_ends_fails_this_call_and_the_next_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_verify_the_server_certificate() {
+    let server = pg::server();
+    let home = TestHome::new();
+    let ca = server.ca.display().to_string();
+    let add = |uri: String| {
+        let out = home.cli(&["connections", "add", "pg", "--uri", &uri, "--replace"]);
+        assert!(out.status.success(), "{:?}", text(&out));
+    };
+
+    // verify-full against the run's CA: the session is encrypted.
+    add(format!(
+        "{}?sslmode=verify-full&sslrootcert={ca}",
+        server.uri()
+    ));
+    let (ok, err) = text(&home.cli(&["connections", "test", "pg"]));
+    assert!(ok.starts_with("ok: pg: PostgreSQL 15"), "{ok}{err}");
+    let steps = json!([
+        { "pg": "extract", "query": "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()", "table": "tls" },
+        { "rows": "SELECT ssl, version FROM tls" },
+    ]);
+    let run = home.run("tls", &steps_task(true, steps), json!({})).await;
+    assert_eq!(run.state.as_str(), "success", "{:?}", run.error);
+    let r = results(&home, &run.run_id);
+    assert_eq!(r[1]["ok"][0]["ssl"], true, "{r:?}");
+    assert!(
+        r[1]["ok"][0]["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("TLSv1.")),
+        "{r:?}"
+    );
+
+    // require without the CA: the certificate is not trusted, so no connection.
+    add(format!("{}?sslmode=require", server.uri()));
+    let failed = home.cli(&["connections", "test", "pg"]);
+    let (out, err) = text(&failed);
+    assert!(!failed.status.success());
+    assert!(err.contains("certificate"), "{out}{err}");
+    assert!(!err.contains(pg::PASSWORD) && !out.contains(pg::PASSWORD));
+
+    // The same server by a name its certificate does not carry: refused.
+    add(format!(
+        "postgresql://postgres:{}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={ca}",
+        pg::PASSWORD,
+        server.port
+    ));
+    let (_, err) = text(&home.cli(&["connections", "test", "pg"]));
+    assert!(err.contains("certificate not valid for name \"localhost\""), "{err}");
+
+    add(format!("{}?sslmode=sometimes", server.uri()));
+    let (_, err) = text(&home.cli(&["connections", "test", "pg"]));
+    assert!(err.contains("unknown sslmode `sometimes`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_million_rows_go_both_ways() {
     let (home, server) = home_with_pg();
     let table = unique("big");

@@ -17,9 +17,11 @@ use duckdb::arrow::compute::cast;
 use duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use futures_util::{SinkExt, StreamExt, pin_mut};
 use rust_decimal::Decimal;
-use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use wasmtime::component::Resource;
 
 use crate::bindings::sluice::task::connections::{ConnectionError, Host, HostPostgres};
@@ -91,7 +93,8 @@ impl Grants {
 }
 
 /// The I/O half of a client: polled by whoever waits on the client.
-type PgConnection = tokio_postgres::Connection<tokio_postgres::Socket, NoTlsStream>;
+type PgConnection =
+    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
 
 /// An open Postgres client held for the guest. Its connection is driven by the
 /// thread that makes the host call, inside the call, rather than by a runtime
@@ -166,7 +169,16 @@ fn db_message(e: &tokio_postgres::Error) -> String {
             Some(detail) => format!("{}: {} ({detail})", db.severity(), db.message()),
             None => format!("{}: {}", db.severity(), db.message()),
         },
-        None => e.to_string(),
+        None => {
+            // The cause says what went wrong ("invalid peer certificate: UnknownIssuer").
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            message
+        }
     }
 }
 
@@ -182,11 +194,18 @@ fn quote_ident(part: &str) -> String {
     format!("\"{}\"", part.replace('"', "\"\""))
 }
 
-/// The client configuration of a Postgres connection (no TLS yet).
+/// The client configuration of a Postgres connection and its TLS connector.
+///
+/// `sslmode` (libpq's names): absent, `disable` or `allow` connect in plain
+/// text; `prefer` uses TLS when the server offers it; `require`, `verify-ca`
+/// and `verify-full` insist on it. Whenever TLS is used the server's
+/// certificate is verified against the system's roots and `sslrootcert` (a PEM
+/// file), host name included: unlike libpq's `require`, Sluice never accepts
+/// an unverified certificate.
 fn client_config(
     connection: &Connection,
     application: &str,
-) -> Result<tokio_postgres::Config, String> {
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), String> {
     let ConnectionConfig::Postgres {
         host,
         port,
@@ -200,14 +219,21 @@ fn client_config(
             connection.config.kind()
         ));
     };
-    if extras
-        .get("sslmode")
-        .is_some_and(|m| m == "require" || m.starts_with("verify"))
-    {
-        return Err(
-            "sslmode=require is not supported yet (TLS to Postgres is not built in)".into(),
-        );
-    }
+    let ssl_mode = match extras.get("sslmode").map(String::as_str) {
+        None | Some("disable" | "allow") => SslMode::Disable,
+        Some("prefer") => SslMode::Prefer,
+        Some("require" | "verify-ca" | "verify-full") => SslMode::Require,
+        Some(other) => {
+            return Err(format!(
+                "unknown sslmode `{other}` (use disable, prefer, require, verify-ca or verify-full)"
+            ));
+        }
+    };
+    let roots = if ssl_mode == SslMode::Disable {
+        rustls::RootCertStore::empty()
+    } else {
+        trusted_roots(extras.get("sslrootcert"))?
+    };
     let mut config = tokio_postgres::Config::new();
     config
         .host(host)
@@ -216,8 +242,41 @@ fn client_config(
         .user(user)
         .password(connection.secret.as_bytes())
         .application_name(application)
+        .ssl_mode(ssl_mode)
         .connect_timeout(std::time::Duration::from_secs(10));
-    Ok(config)
+    Ok((config, MakeRustlsConnect::new(tls_config(roots)?)))
+}
+
+/// The system's root certificates, plus those of the PEM file `sslrootcert`.
+fn trusted_roots(sslrootcert: Option<&String>) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = sslrootcert {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("sslrootcert `{path}`: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("sslrootcert `{path}` holds no certificate"));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("sslrootcert `{path}`: {e}"))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// A TLS client configuration on aws-lc-rs (the provider `object_store` uses too).
+fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn endpoint(connection: &Connection) -> String {
@@ -231,8 +290,9 @@ fn endpoint(connection: &Connection) -> String {
 /// `sluice connections test` reports. Errors are redacted.
 pub async fn test_connection(connection: &Connection) -> Result<String, String> {
     let redactor = Redactor::for_connections(std::slice::from_ref(connection));
-    let config = client_config(connection, "sluice connections test")?;
-    let (client, driver) = config.connect(NoTls).await.map_err(|e| {
+    let (config, tls) =
+        client_config(connection, "sluice connections test").map_err(|m| redactor.redact(&m))?;
+    let (client, driver) = config.connect(tls).await.map_err(|e| {
         redactor.redact(&format!(
             "cannot connect to {}: {}",
             endpoint(connection),
@@ -265,11 +325,11 @@ impl Host for TaskHost {
             Err(e) => return Ok(Err(e)),
         };
         let app = format!("sluice {}/{}", self.context.dag_id, self.context.task_id);
-        let config = match client_config(&connection, &app) {
+        let (config, tls) = match client_config(&connection, &app) {
             Ok(config) => config,
             Err(m) => return Ok(Err(self.connection_error(&id, m))),
         };
-        match runtime.block_on(config.connect(NoTls)) {
+        match runtime.block_on(config.connect(tls)) {
             Ok((client, connection)) => Ok(Ok(self.table_mut().push(PostgresHandle {
                 id,
                 client,
