@@ -125,11 +125,17 @@ async fn drive<T>(
     let Some(live) = connection.as_mut() else {
         return Err("the connection to the server was closed".into());
     };
+    let mut op = std::pin::pin!(op);
     let ended = tokio::select! {
-        result = op => return result,
+        biased;
+        result = &mut op => return result,
         ended = live => ended,
     };
     *connection = None;
+    // The server's last message (why it closed) may have reached the call.
+    if let Some(result) = futures_util::FutureExt::now_or_never(op) {
+        return result;
+    }
     Err(match ended {
         Ok(()) => "the server closed the connection".into(),
         Err(e) => db_message(&e),
