@@ -70,16 +70,16 @@ async fn every_supported_type_round_trips_exactly_with_nulls() {
     let table = unique("rt");
     server.psql(&format!(
         "CREATE TABLE {table} (b boolean, i2 smallint, i4 integer, i8 bigint, f4 real, f8 double precision, \
-         n numeric(18,4), t text, v varchar(20), d date, ts timestamp, tstz timestamptz)"
+         n numeric(18,4), w numeric(38,10), t text, v varchar(20), d date, ts timestamp, tstz timestamptz)"
     ));
     let source = "CREATE TABLE src AS SELECT * FROM (VALUES \
         (true, (-32768)::SMALLINT, (-2147483648)::INTEGER, (-9223372036854775808)::BIGINT, 1.5::REAL, -0.000123::DOUBLE, \
-         12345.6789::DECIMAL(18,4), 'héllo ✓ \"quoted\"', 'v1', DATE '1999-12-31', TIMESTAMP '2026-03-29 01:30:00.123456', \
+         12345.6789::DECIMAL(18,4), 1234567890123456789012345678.0123456789::DECIMAL(38,10), 'héllo ✓ \"quoted\"', 'v1', DATE '1999-12-31', TIMESTAMP '2026-03-29 01:30:00.123456', \
          TIMESTAMPTZ '2026-01-31 23:59:59.5+00'), \
         (false, 32767::SMALLINT, 2147483647::INTEGER, 9223372036854775807::BIGINT, -3.25::REAL, 1e300::DOUBLE, \
-         -0.0001::DECIMAL(18,4), '', 'v2', DATE '2038-01-19', TIMESTAMP '1970-01-01 00:00:00', TIMESTAMPTZ '2000-02-29 12:00:00+00'), \
-        (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)) \
-        AS s(b, i2, i4, i8, f4, f8, n, t, v, d, ts, tstz)";
+         -0.0001::DECIMAL(18,4), -0.0000000001::DECIMAL(38,10), '', 'v2', DATE '2038-01-19', TIMESTAMP '1970-01-01 00:00:00', TIMESTAMPTZ '2000-02-29 12:00:00+00'), \
+        (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)) \
+        AS s(b, i2, i4, i8, f4, f8, n, w, t, v, d, ts, tstz)";
     let steps = json!([
         { "duck": source },
         { "pg": "copy_in", "table": table, "query": "SELECT * FROM src" },
@@ -102,11 +102,15 @@ async fn every_supported_type_round_trips_exactly_with_nulls() {
     );
     // And Postgres holds the exact values.
     let stored = server.psql(&format!(
-        "SELECT n::text, i8::text, t, tstz AT TIME ZONE 'UTC' FROM {table} WHERE b"
+        "SELECT n::text, w::text, i8::text, t, tstz AT TIME ZONE 'UTC' FROM {table} WHERE b"
     ));
     assert_eq!(
         stored,
-        "12345.6789|-9223372036854775808|héllo ✓ \"quoted\"|2026-01-31 23:59:59.5"
+        "12345.6789|1234567890123456789012345678.0123456789|-9223372036854775808|héllo ✓ \"quoted\"|2026-01-31 23:59:59.5"
+    );
+    assert_eq!(
+        server.psql(&format!("SELECT w::text FROM {table} WHERE NOT b")),
+        "-0.0000000001"
     );
     assert_eq!(
         server.psql(&format!(
@@ -257,7 +261,8 @@ fn a_gigabyte_each_way_streams_in_bounded_memory() {
         std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["run", "--no-progress"])
             .arg(&dag)
-            .env("SLUICE_HOME", home.home_path()),
+            .env("SLUICE_HOME", home.home_path())
+            .stderr(std::process::Stdio::null()),
     )
     .expect("the run succeeds");
     let run = home

@@ -16,10 +16,9 @@ use duckdb::arrow::array::{
 use duckdb::arrow::compute::cast;
 use duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use futures_util::{SinkExt, StreamExt, pin_mut};
-use rust_decimal::Decimal;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::MakeTlsConnect;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use wasmtime::component::Resource;
@@ -502,7 +501,8 @@ enum Column {
     Date(Date32Array),
     Timestamp(TimestampMicrosecondArray),
     TimestampTz(TimestampMicrosecondArray),
-    Numeric(Vec<Option<Decimal>>),
+    /// Values and their decimal scale.
+    Numeric(Decimal128Array, u16),
 }
 
 impl Column {
@@ -559,21 +559,11 @@ impl Column {
                 let decimals = converted
                     .as_any()
                     .downcast_ref::<Decimal128Array>()
-                    .ok_or_else(|| format!("column `{name}`: conversion to numeric failed"))?;
-                let scale = u32::try_from(scale)
+                    .ok_or_else(|| format!("column `{name}`: conversion to numeric failed"))?
+                    .clone();
+                let scale = u16::try_from(scale)
                     .map_err(|_| format!("column `{name}`: negative decimal scale"))?;
-                let values = (0..decimals.len())
-                    .map(|i| {
-                        if decimals.is_null(i) {
-                            Ok(None)
-                        } else {
-                            Decimal::try_from_i128_with_scale(decimals.value(i), scale)
-                                .map(Some)
-                                .map_err(|e| format!("column `{name}`: {e}"))
-                        }
-                    })
-                    .collect::<Result<Vec<_>, String>>()?;
-                Ok(Column::Numeric(values))
+                Ok(Column::Numeric(decimals, scale))
             }
             _ => Err(format!(
                 "column `{name}`: PostgreSQL type `{ty}` is not supported \
@@ -607,19 +597,74 @@ impl Column {
             Self::Timestamp(a) | Self::TimestampTz(a) if !null(a) => {
                 put(buf, (a.value(row) - PG_EPOCH_MICROS).to_be_bytes())
             }
-            Self::Numeric(values) if values.get(row).copied().flatten().is_some() => {
-                let at = buf.len();
-                buf.put_i32(0);
-                if let Some(d) = values.get(row).copied().flatten() {
-                    d.to_sql(&Type::NUMERIC, buf).map_err(|e| e.to_string())?;
-                }
-                let len =
-                    i32::try_from(buf.len() - at - 4).map_err(|_| "numeric too long".to_owned())?;
-                buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-            }
+            Self::Numeric(a, scale) if !null(a) => put_numeric(a.value(row), *scale, buf),
             _ => buf.put_i32(-1),
         }
         Ok(())
+    }
+}
+
+/// Appends `mantissa × 10^-scale` as a binary `numeric` field (length first):
+/// base-10000 digits, integer part right-aligned and fraction left-aligned,
+/// without leading or trailing zero digits. Exact for every Decimal128.
+pub(crate) fn put_numeric(mantissa: i128, scale: u16, buf: &mut BytesMut) {
+    // Decimal128 holds at most 38 digits: 10 base-10000 digits on each side.
+    let mut digits = [0u16; 20];
+    let (integer, fraction) = match 10u128.checked_pow(u32::from(scale)) {
+        Some(unit) => (
+            mantissa.unsigned_abs() / unit,
+            mantissa.unsigned_abs() % unit,
+        ),
+        None => (0, mantissa.unsigned_abs()),
+    };
+    // The fraction, from its last digit: a partial group first, padded with zeros.
+    let mut n_fraction = 0;
+    let mut rest = fraction;
+    let partial = u32::from(scale % 4);
+    if partial != 0 {
+        let unit = 10u128.pow(partial);
+        digits[10 + n_fraction] = ((rest % unit) * 10u128.pow(4 - partial)) as u16;
+        rest /= unit;
+        n_fraction += 1;
+    }
+    for _ in 0..(scale / 4).min(10) {
+        digits[10 + n_fraction] = (rest % 10_000) as u16;
+        rest /= 10_000;
+        n_fraction += 1;
+    }
+    digits[10..10 + n_fraction].reverse();
+    // The integer part, least significant group last.
+    let mut n_integer = 0;
+    let mut rest = integer;
+    while rest > 0 && n_integer < 10 {
+        digits[9 - n_integer] = (rest % 10_000) as u16;
+        rest /= 10_000;
+        n_integer += 1;
+    }
+    let mut used = &digits[10 - n_integer..10 + n_fraction];
+    let mut weight = n_integer as i16 - 1;
+    while let [0, tail @ ..] = used {
+        used = tail;
+        weight -= 1;
+    }
+    while let [head @ .., 0] = used {
+        used = head;
+    }
+    if used.is_empty() {
+        weight = 0;
+    }
+    let sign: u16 = if mantissa < 0 && !used.is_empty() {
+        0x4000
+    } else {
+        0
+    };
+    buf.put_i32(8 + 2 * used.len() as i32);
+    buf.put_u16(used.len() as u16);
+    buf.put_i16(weight);
+    buf.put_u16(sign);
+    buf.put_u16(scale);
+    for digit in used {
+        buf.put_u16(*digit);
     }
 }
 
@@ -723,7 +768,7 @@ fn arrow_schema(columns: &[(String, Type)]) -> Result<Schema, String> {
                 Type::INT8 => DataType::Int64,
                 Type::FLOAT4 => DataType::Float32,
                 Type::FLOAT8 => DataType::Float64,
-                // rust_decimal holds at most 28 digits; DuckDB's widest decimal is 38.
+                // numeric has no fixed scale; 28 integer and 10 fraction digits.
                 Type::NUMERIC => DataType::Decimal128(38, 10),
                 Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => DataType::Utf8,
                 Type::DATE => DataType::Date32,
@@ -1067,34 +1112,82 @@ mod tests {
         out
     }
 
-    #[test]
-    fn numerics_decode_to_decimal_38_10_like_rust_decimal_does() {
-        for text in [
-            "0",
-            "1",
-            "-1",
-            "12345.6789",
-            "-0.5",
-            "0.00000000005",
-            "-0.00000000005",
-            "0.000000000049999",
-            "0.00000000000000000001",
-            "123456789012345678.0123456789",
-            "-99999999999999999.99",
-        ] {
-            let value: Decimal = text.parse().expect("decimal");
-            let mut field = BytesMut::new();
-            value.to_sql(&Type::NUMERIC, &mut field).expect("encode");
-            let mut expected = value;
-            expected.rescale(10);
-            assert_eq!(expected.scale(), 10, "{text}");
-            assert_eq!(numeric_mantissa(&field), Ok(expected.mantissa()), "{text}");
-        }
+    /// The field body `put_numeric` writes (without its length).
+    fn encoded(mantissa: i128, scale: u16) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        put_numeric(mantissa, scale, &mut buf);
+        let len = i32::from_be_bytes(buf[..4].try_into().expect("length")) as usize;
+        assert_eq!(len, buf.len() - 4);
+        buf[4..].to_vec()
     }
 
     #[test]
-    fn numerics_past_rust_decimal_and_past_the_range() {
-        // 10^27: one digit 1000 at weight 6. rust_decimal cannot hold it at scale 10.
+    fn numerics_encode_to_postgres_base_10000_digits() {
+        // 12345.6789: digits 1|2345|6789, weight 1, dscale 4.
+        assert_eq!(
+            encoded(123_456_789, 4),
+            numeric(&[1, 2345, 6789], 1, false, 4)
+        );
+        // 0.5: one fraction digit 5000, weight -1.
+        assert_eq!(encoded(5, 1), numeric(&[5000], -1, false, 1));
+        // 0.00000001: the leading zero group is dropped, weight -2.
+        assert_eq!(encoded(1, 8), numeric(&[1], -2, false, 8));
+        // -100000000: trailing zero groups dropped.
+        assert_eq!(encoded(-100_000_000, 0), numeric(&[1], 2, true, 0));
+        // Zero has no digits and no sign.
+        assert_eq!(encoded(0, 2), numeric(&[], 0, false, 2));
+        assert_eq!(encoded(-0, 38), numeric(&[], 0, false, 38));
+        // The widest: 38 nines at scale 0 and at scale 38.
+        let nines = 10i128.pow(38) - 1;
+        assert_eq!(
+            encoded(nines, 0),
+            numeric(
+                &[99, 9999, 9999, 9999, 9999, 9999, 9999, 9999, 9999, 9999],
+                9,
+                false,
+                0
+            )
+        );
+        assert_eq!(
+            encoded(-nines, 38),
+            numeric(
+                &[9999, 9999, 9999, 9999, 9999, 9999, 9999, 9999, 9999, 9900],
+                -1,
+                true,
+                38
+            )
+        );
+    }
+
+    #[test]
+    fn numerics_round_trip_through_both_directions() {
+        let widest = 10i128.pow(38) - 1;
+        for m in [
+            0,
+            1,
+            -1,
+            5,
+            49,
+            50,
+            123_456_789,
+            -987_654_321_012,
+            widest,
+            -widest,
+        ] {
+            assert_eq!(numeric_mantissa(&encoded(m, 10)), Ok(m), "{m}");
+        }
+        // Other scales come back at scale 10.
+        assert_eq!(numeric_mantissa(&encoded(12_345, 2)), Ok(1_234_500_000_000));
+        // Past 10 fraction digits: rounded half away from zero.
+        assert_eq!(numeric_mantissa(&encoded(15, 11)), Ok(2));
+        assert_eq!(numeric_mantissa(&encoded(-15, 11)), Ok(-2));
+        assert_eq!(numeric_mantissa(&encoded(14, 11)), Ok(1));
+        assert_eq!(numeric_mantissa(&encoded(1, 20)), Ok(0));
+    }
+
+    #[test]
+    fn numerics_decode_to_the_edge_of_decimal_38_10_and_no_further() {
+        // 10^27: one digit 1000 at weight 6.
         let big = numeric(&[1000], 6, false, 0);
         assert_eq!(numeric_mantissa(&big), Ok(10i128.pow(37)));
         let nines = [9999, 9999, 9999, 9999, 9999, 9999, 9999, 9999, 9999, 9900];
