@@ -73,3 +73,10 @@ pub fn decode_copy(selectors: &[u8], data: &[u8]) -> Result<usize, String> {
 pub fn numeric_mantissa(field: &[u8]) -> Result<i128, String> {
     postgres::numeric_mantissa(field)
 }
+
+/// The binary `numeric` field (without its length) `copy-in` sends for `mantissa × 10^-scale`.
+pub fn numeric_field(mantissa: i128, scale: u16) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    postgres::put_numeric(mantissa, scale, &mut buf);
+    buf.split_off(4).to_vec()
+}
