@@ -185,6 +185,39 @@ async fn a_connection_the_server_ends_fails_this_call_and_the_next_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_running_past_the_timeout_is_cancelled_on_the_server() {
+    let (home, server) = home_with_pg();
+    let marker = unique("sleep");
+    let steps = json!([
+        { "pg": "execute", "sql": format!("SELECT pg_sleep(600) AS {marker}") },
+    ]);
+    let body = format!("{}timeout = \"2s\"\n", steps_task(true, steps));
+    // Guards against a hang only; the try's own timeout is 2 s.
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        home.run("pg-timeout", &body, json!({})),
+    )
+    .await
+    .expect("the Postgres call was not stopped at the task's timeout");
+    assert_eq!(run.state.as_str(), "failed");
+    let error = home.task(&run.run_id, "t").error.unwrap_or_default();
+    assert!(error.contains("timed out after 2s"), "{error}");
+    // The server stops the statement too (the cancel request is asynchronous).
+    let running = || {
+        server.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
+        ))
+    };
+    for _ in 0..100 {
+        if running() == "0" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(running(), "0", "the statement still runs on the server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_connections_verify_the_server_certificate() {
     let server = pg::server();
     let home = TestHome::new();

@@ -146,6 +146,19 @@ pub async fn test_connection(
     }
 }
 
+/// Runs `transfer` on `runtime` until `deadline` (the try's), then gives up on it.
+fn until<T>(
+    runtime: &tokio::runtime::Handle,
+    deadline: std::time::Instant,
+    transfer: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    runtime.block_on(async {
+        tokio::time::timeout_at(deadline.into(), transfer)
+            .await
+            .unwrap_or_else(|_| Err("the task's timeout passed during the transfer".into()))
+    })
+}
+
 pub(crate) fn key(arg: &str) -> Result<Key, String> {
     Key::parse(arg).map_err(|e| format!("invalid key `{arg}`: {e}"))
 }
@@ -199,10 +212,11 @@ impl HostBucket for TaskHost {
             Ok(parts) => parts,
             Err(e) => return Ok(Err(e)),
         };
+        let deadline = self.deadline.at();
         let result = (|| {
             let file = confine(&staging, &staging_file, false)?;
             let key = key(&key_arg)?;
-            runtime.block_on(async move {
+            until(&runtime, deadline, async move {
                 let mut source = tokio::fs::File::open(&file)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -229,10 +243,11 @@ impl HostBucket for TaskHost {
             Ok(parts) => parts,
             Err(e) => return Ok(Err(e)),
         };
+        let deadline = self.deadline.at();
         let result = (|| {
             let file = confine(&staging, &staging_file, true)?;
             let key = key(&key_arg)?;
-            runtime.block_on(async move {
+            until(&runtime, deadline, async move {
                 let mut stream = store
                     .get(&key)
                     .await
@@ -266,13 +281,14 @@ impl HostBucket for TaskHost {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
+        let deadline = self.deadline.at();
         let result = (|| {
             let prefix = if prefix.is_empty() {
                 None
             } else {
                 Some(key(&prefix)?)
             };
-            runtime.block_on(async move {
+            until(&runtime, deadline, async move {
                 let mut listing = store.list(prefix.as_ref());
                 let mut keys = Vec::new();
                 while let Some(meta) = listing.next().await {
@@ -285,6 +301,7 @@ impl HostBucket for TaskHost {
                 Ok(keys)
             })
         })();
+        self.check_deadline()?;
         Ok(result.map_err(|m: String| self.connection_error(&id, m)))
     }
 

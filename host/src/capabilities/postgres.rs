@@ -104,7 +104,25 @@ pub struct PostgresHandle {
     client: Client,
     /// `None` once the connection has ended.
     connection: Option<PgConnection>,
+    /// Asks the server to stop the running statement (at the try's deadline).
+    cancel: tokio_postgres::CancelToken,
+    tls: MakeRustlsConnect,
     runtime: tokio::runtime::Handle,
+}
+
+impl PostgresHandle {
+    /// The connection to drive, how to stop at `at`, and the client, borrowed apart.
+    fn split(
+        &mut self,
+        at: std::time::Instant,
+    ) -> (&mut Option<PgConnection>, Stop<'_>, &mut Client) {
+        let stop = Stop {
+            at,
+            cancel: &self.cancel,
+            tls: &self.tls,
+        };
+        (&mut self.connection, stop, &mut self.client)
+    }
 }
 
 impl Drop for PostgresHandle {
@@ -116,9 +134,19 @@ impl Drop for PostgresHandle {
     }
 }
 
-/// Runs `op` while driving `connection` on this thread; fails if the connection ends first.
+/// When a call on a connection must stop, and how to stop the server's side.
+struct Stop<'a> {
+    at: std::time::Instant,
+    cancel: &'a tokio_postgres::CancelToken,
+    tls: &'a MakeRustlsConnect,
+}
+
+/// Runs `op` while driving `connection` on this thread; fails if the connection
+/// ends first. At `stop.at` (the try's deadline) the server is asked to cancel
+/// the statement, the connection is closed and the call fails.
 async fn drive<T>(
     connection: &mut Option<PgConnection>,
+    stop: Stop<'_>,
     op: impl Future<Output = Result<T, String>>,
 ) -> Result<T, String> {
     let Some(live) = connection.as_mut() else {
@@ -128,9 +156,16 @@ async fn drive<T>(
     let ended = tokio::select! {
         biased;
         result = &mut op => return result,
-        ended = live => ended,
+        ended = live => Some(ended),
+        () = tokio::time::sleep_until(stop.at.into()) => None,
     };
     *connection = None;
+    let Some(ended) = ended else {
+        let _ = stop.cancel.cancel_query(stop.tls.clone()).await;
+        return Err(
+            "the task's timeout passed during the call; the statement was cancelled".into(),
+        );
+    };
     // The server's last message (why it closed) may have reached the call.
     if let Some(result) = futures_util::FutureExt::now_or_never(op) {
         return result;
@@ -334,11 +369,13 @@ impl Host for TaskHost {
             Ok(config) => config,
             Err(m) => return Ok(Err(self.connection_error(&id, m))),
         };
-        match runtime.block_on(config.connect(tls)) {
+        match runtime.block_on(config.connect(tls.clone())) {
             Ok((client, connection)) => Ok(Ok(self.table_mut().push(PostgresHandle {
                 id,
+                cancel: client.cancel_token(),
                 client,
                 connection: Some(connection),
+                tls,
                 runtime,
             })?)),
             Err(e) => {
@@ -371,12 +408,14 @@ impl HostPostgres for TaskHost {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
+        let stop_at = self.deadline.at();
         let handle = self.table_mut().get_mut(&pg)?;
         let id = handle.id.clone();
-        let execute = async {
-            (handle.client.execute(statement.as_str(), &[]).await).map_err(|e| db_message(&e))
-        };
-        let result = runtime.block_on(drive(&mut handle.connection, execute));
+        let (connection, stop, client) = handle.split(stop_at);
+        let execute =
+            async { (client.execute(statement.as_str(), &[]).await).map_err(|e| db_message(&e)) };
+        let result = runtime.block_on(drive(connection, stop, execute));
+        self.check_deadline()?;
         Ok(result.map_err(|m| self.connection_error(&id, m)))
     }
 
@@ -399,12 +438,11 @@ impl HostPostgres for TaskHost {
                 }));
             }
         };
+        let stop_at = self.deadline.at();
         let handle = self.table_mut().get_mut(&pg)?;
         let id = handle.id.clone();
-        let result = runtime.block_on(drive(
-            &mut handle.connection,
-            copy_in(&mut handle.client, &table, &batches),
-        ));
+        let (connection, stop, client) = handle.split(stop_at);
+        let result = runtime.block_on(drive(connection, stop, copy_in(client, &table, &batches)));
         self.check_deadline()?;
         Ok(result.map_err(|m| self.connection_error(&id, m)))
     }
@@ -420,21 +458,19 @@ impl HostPostgres for TaskHost {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
+        let stop_at = self.deadline.at();
         let handle = self.table_mut().get_mut(&pg)?;
         let id = handle.id.clone();
+        let (connection, stop, client) = handle.split(stop_at);
         let prepare = async {
-            let statement = handle
-                .client
-                .prepare(&query)
-                .await
-                .map_err(|e| db_message(&e))?;
+            let statement = client.prepare(&query).await.map_err(|e| db_message(&e))?;
             Ok(statement
                 .columns()
                 .iter()
                 .map(|c| (c.name().to_owned(), c.type_().clone()))
                 .collect::<Vec<_>>())
         };
-        let columns = match runtime.block_on(drive(&mut handle.connection, prepare)) {
+        let columns = match runtime.block_on(drive(connection, stop, prepare)) {
             Ok(columns) => columns,
             Err(m) => return Ok(Err(self.connection_error(&id, m))),
         };
@@ -465,10 +501,11 @@ impl HostPostgres for TaskHost {
                 }));
             }
         };
-        let handle = self.table_mut().get_mut(&pg)?;
+        let (connection, stop, client) = self.table_mut().get_mut(&pg)?.split(stop_at);
         let streamed = runtime.block_on(drive(
-            &mut handle.connection,
-            extract(&handle.client, &query, &schema, batches),
+            connection,
+            stop,
+            extract(client, &query, &schema, batches),
         ));
         let appended = done
             .recv()
