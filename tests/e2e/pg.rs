@@ -55,12 +55,49 @@ impl PgServer {
 }
 
 static POSTMASTER: AtomicI32 = AtomicI32::new(0);
+/// The cluster's directory, removed at exit (a test run leaves gigabytes of tables).
+static CLUSTER_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Whether process `pid` is gone (or reaped now, if it was our child).
+fn gone(pid: i32) -> bool {
+    // SAFETY: waitpid with WNOHANG and a null status pointer only reaps a
+    // finished child of ours; kill with signal 0 only checks existence.
+    unsafe {
+        libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) == pid || libc::kill(pid, 0) != 0
+    }
+}
 
 extern "C" fn stop_postmaster() {
     let pid = POSTMASTER.load(Ordering::SeqCst);
     if pid > 0 {
         // SAFETY: signalling the server process this test process started.
         unsafe { libc::kill(pid, libc::SIGQUIT) };
+        for _ in 0..100 {
+            if gone(pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if let Some(dir) = CLUSTER_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Removes clusters left by test processes that no longer run (killed ones).
+fn remove_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("sluice-pg-"))
+            .and_then(|n| n.parse::<i32>().ok());
+        if pid.is_some_and(gone) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -105,9 +142,11 @@ pub fn server() -> &'static PgServer {
             Path::new(BIN).join("initdb").exists(),
             "PostgreSQL 15 server binaries not found in {BIN}: install postgresql-15 (.ci/run does)"
         );
+        remove_stale_clusters();
         let dir = std::env::temp_dir().join(format!("sluice-pg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("pg dir");
+        let _ = CLUSTER_DIR.set(dir.clone());
         std::fs::write(dir.join("pwfile"), PASSWORD).expect("pwfile");
         give_to_postgres(&dir);
         let data = dir.join("data");
