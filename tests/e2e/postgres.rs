@@ -163,6 +163,46 @@ async fn extract_keeps_wide_numerics_exact_and_refuses_nan() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_dates_and_timestamps_go_both_ways() {
+    // Found by the copy_decoder fuzz target: `infinity` is the type's MAX in
+    // Postgres, and moving it by the epoch difference overflowed.
+    let (home, server) = home_with_pg();
+    let (from, to) = (unique("inf_from"), unique("inf_to"));
+    server.psql(&format!(
+        "CREATE TABLE {from} (k int, d date, ts timestamp, tstz timestamptz); \
+         CREATE TABLE {to} (k int, d date, ts timestamp, tstz timestamptz); \
+         INSERT INTO {from} VALUES (1, 'infinity', 'infinity', 'infinity'), \
+         (2, '-infinity', '-infinity', '-infinity'), (3, '2026-03-29', '2026-03-29 01:30', '2026-03-29 01:30+00')"
+    ));
+    let steps = json!([
+        { "pg": "extract", "query": format!("SELECT * FROM {from}"), "table": "back" },
+        { "rows": "SELECT k, d::VARCHAR AS d, ts::VARCHAR AS ts, isinf(tstz) AS tstz_inf FROM back ORDER BY k" },
+        { "pg": "copy_in", "table": to, "query": "SELECT * FROM back" },
+    ]);
+    let run = home
+        .run("infinity", &steps_task(true, steps), json!({}))
+        .await;
+    assert_eq!(run.state.as_str(), "success", "{:?}", run.error);
+    let r = results(&home, &run.run_id);
+    assert_eq!(
+        r[1]["ok"],
+        json!([
+            { "k": 1, "d": "infinity", "ts": "infinity", "tstz_inf": true },
+            { "k": 2, "d": "-infinity", "ts": "-infinity", "tstz_inf": true },
+            { "k": 3, "d": "2026-03-29", "ts": "2026-03-29 01:30:00", "tstz_inf": false },
+        ]),
+        "{r:?}"
+    );
+    assert_eq!(r[2]["ok"], 3, "{r:?}");
+    assert_eq!(
+        server.psql(&format!(
+            "SELECT count(*) FROM (SELECT * FROM {from} EXCEPT SELECT * FROM {to}) AS diff"
+        )),
+        "0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_server_ends_fails_this_call_and_the_next_clearly() {
     let (home, _server) = home_with_pg();
     let steps = json!([

@@ -630,9 +630,9 @@ impl Column {
                 );
                 buf.put_slice(text);
             }
-            Self::Date(a) if !null(a) => put(buf, (a.value(row) - PG_EPOCH_DAYS).to_be_bytes()),
+            Self::Date(a) if !null(a) => put(buf, date_to_pg(a.value(row))?.to_be_bytes()),
             Self::Timestamp(a) | Self::TimestampTz(a) if !null(a) => {
-                put(buf, (a.value(row) - PG_EPOCH_MICROS).to_be_bytes())
+                put(buf, timestamp_to_pg(a.value(row))?.to_be_bytes())
             }
             Self::Numeric(a, scale) if !null(a) => put_numeric(a.value(row), *scale, buf),
             _ => buf.put_i32(-1),
@@ -708,6 +708,55 @@ pub(crate) fn put_numeric(mantissa: i128, scale: u16, buf: &mut BytesMut) {
 /// Days and microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_DAYS: i32 = 10_957;
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+// Infinities: PostgreSQL stores `infinity` / `-infinity` as the type's MAX /
+// MIN; DuckDB as MAX / -MAX. Everything else moves by the epoch difference.
+
+/// A DuckDB (Arrow) date as PostgreSQL's days since 2000-01-01.
+fn date_to_pg(days: i32) -> Result<i32, String> {
+    match days {
+        i32::MAX => Ok(i32::MAX),
+        d if d == -i32::MAX => Ok(i32::MIN),
+        d => d
+            .checked_sub(PG_EPOCH_DAYS)
+            .ok_or_else(|| format!("date {d} days out of PostgreSQL's range")),
+    }
+}
+
+/// A PostgreSQL date as DuckDB's (Arrow) days since 1970-01-01.
+fn date_from_pg(days: i32) -> Result<i32, String> {
+    match days {
+        i32::MAX => Ok(i32::MAX),
+        i32::MIN => Ok(-i32::MAX),
+        d => d
+            .checked_add(PG_EPOCH_DAYS)
+            .filter(|d| *d != i32::MAX)
+            .ok_or_else(|| format!("date {d} days after 2000-01-01 out of DuckDB's range")),
+    }
+}
+
+/// A DuckDB (Arrow) timestamp as PostgreSQL's microseconds since 2000-01-01.
+fn timestamp_to_pg(micros: i64) -> Result<i64, String> {
+    match micros {
+        i64::MAX => Ok(i64::MAX),
+        m if m == -i64::MAX => Ok(i64::MIN),
+        m => m
+            .checked_sub(PG_EPOCH_MICROS)
+            .ok_or_else(|| format!("timestamp {m} µs out of PostgreSQL's range")),
+    }
+}
+
+/// A PostgreSQL timestamp as DuckDB's (Arrow) microseconds since 1970-01-01.
+fn timestamp_from_pg(micros: i64) -> Result<i64, String> {
+    match micros {
+        i64::MAX => Ok(i64::MAX),
+        i64::MIN => Ok(-i64::MAX),
+        m => m
+            .checked_add(PG_EPOCH_MICROS)
+            .filter(|m| *m != i64::MAX)
+            .ok_or_else(|| format!("timestamp {m} µs after 2000-01-01 out of DuckDB's range")),
+    }
+}
 /// The binary COPY signature, flags and header-extension length.
 const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// Bytes buffered before a chunk goes to the server.
@@ -968,8 +1017,8 @@ impl Builder {
             Self::Text(b) => {
                 b.append_value(std::str::from_utf8(f).map_err(|e| format!("text: {e}"))?)
             }
-            Self::Date(b) => b.append_value(i32::from_be_bytes(be(f)?) + PG_EPOCH_DAYS),
-            Self::Timestamp(b, _) => b.append_value(i64::from_be_bytes(be(f)?) + PG_EPOCH_MICROS),
+            Self::Date(b) => b.append_value(date_from_pg(i32::from_be_bytes(be(f)?))?),
+            Self::Timestamp(b, _) => b.append_value(timestamp_from_pg(i64::from_be_bytes(be(f)?))?),
         }
         Ok(())
     }
