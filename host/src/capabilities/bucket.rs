@@ -60,10 +60,12 @@ pub(crate) fn confine(staging: &Path, arg: &str, write: bool) -> Result<PathBuf,
     let outside = || format!("`{arg}` resolves outside the run's staging directory");
     if !write {
         let resolved = joined.canonicalize().map_err(|e| format!("`{arg}`: {e}"))?;
-        return if resolved.starts_with(staging) {
-            Ok(resolved)
-        } else {
+        return if !resolved.starts_with(staging) {
             Err(outside())
+        } else if !resolved.is_file() {
+            Err(format!("`{arg}` is not a file"))
+        } else {
+            Ok(resolved)
         };
     }
     let name = joined
@@ -373,5 +375,14 @@ mod tests {
             );
         }
         assert!(confine(&staging, "sub/new.txt", true).is_ok());
+        // Found by the host_call_args fuzz target: "" and "." named staging itself.
+        for dir in ["", ".", "sub"] {
+            assert!(
+                confine(&staging, dir, false)
+                    .expect_err("refused")
+                    .contains("not a file"),
+                "{dir:?}"
+            );
+        }
     }
 }
