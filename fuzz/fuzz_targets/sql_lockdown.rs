@@ -12,7 +12,7 @@ use sluice::fuzz::locked_sql_session;
 
 struct Fixture {
     _root: tempfile::TempDir,
-    staging: PathBuf,
+    base: PathBuf,
     outside: PathBuf,
 }
 
@@ -21,13 +21,11 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let root = tempfile::tempdir().expect("temp dir");
         let base = root.path().canonicalize().expect("canonical");
-        let (staging, outside) = (base.join("staging"), base.join("outside"));
-        std::fs::create_dir_all(&staging).expect("staging");
+        let outside = base.join("outside");
         std::fs::create_dir_all(&outside).expect("outside");
-        std::fs::write(staging.join("t.csv"), "a,b\n1,x\n").expect("file");
         Fixture {
             _root: root,
-            staging,
+            base,
             outside,
         }
     })
@@ -44,7 +42,12 @@ fn setting(conn: &duckdb::Connection, name: &str) -> String {
 
 fuzz_target!(|sql: &str| {
     let f = fixture();
-    let conn = locked_sql_session(&f.staging).expect("session");
+    // A fresh staging directory per input: what one input writes (a COPY of a
+    // large range runs for up to 500 ms) must not pile up on the disk.
+    let staging = tempfile::tempdir_in(&f.base).expect("staging");
+    let staging = staging.path();
+    std::fs::write(staging.join("t.csv"), "a,b\n1,x\n").expect("file");
+    let conn = locked_sql_session(staging).expect("session");
     let expected: Vec<(&str, String)> = [
         "enable_external_access",
         "lock_configuration",

@@ -108,7 +108,9 @@ async fn logs_cursors_and_the_stack_are_bounded() {
             n.parse::<usize>().ok()
         })
         .sum();
-    assert!((1_000..2_000).contains(&kept), "{kept} lines kept");
+    // The burst and whatever the rate refilled meanwhile; without the rate
+    // limit the line cap would keep exactly 10,000.
+    assert!((1_000..10_000).contains(&kept), "{kept} lines kept");
     assert_eq!(kept + dropped, 20_000, "every line is kept or counted");
 
     // A trap after a flood is still logged: host lines are never dropped.
