@@ -1308,7 +1308,7 @@ mod tests {
         // Digits past the display scale (never sent by PostgreSQL) are dropped.
         assert_eq!(
             numeric_mantissa(&numeric(&[1, 2345, 6789], 0, false, 2)),
-            Ok(1_2300_000_000)
+            Ok(12_300_000_000)
         );
         assert_eq!(
             numeric_mantissa(&numeric(&[0, 0, 0, 50], 0, false, 10)),
