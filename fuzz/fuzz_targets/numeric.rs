@@ -1,7 +1,8 @@
 //! The numeric codecs of `extract` and `copy-in`. On arbitrary bytes, the
 //! decoder agrees with rust_decimal's wherever rust_decimal can hold the value
 //! at scale 10 (a digit past 9999, a wrong length or an unknown sign word is
-//! refused by ours only: the first run found rust_decimal reading sign 0x0011).
+//! refused by ours only: the first run found rust_decimal reading sign 0x0011;
+//! digits past the display scale are truncated, as by PostgreSQL).
 //! Any DECIMAL(38, 10) mantissa survives encoding and decoding unchanged.
 #![no_main]
 
@@ -24,10 +25,24 @@ fuzz_target!(|input: (&[u8], i128)| {
         })
     });
     std::panic::set_hook(hook);
-    if let Ok(Ok(theirs)) = theirs {
+    // Where the digits reach past the display scale (never in PostgreSQL's
+    // output), PostgreSQL truncates them, as ours does, and rust_decimal rounds
+    // (run 4: 4.5632 at dscale 0); compare only where the two rules agree.
+    let word = |at: usize| {
+        field
+            .get(at..at + 2)
+            .map(|b| i32::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let canonical = match (word(0), word(2), word(6)) {
+        (Some(ndigits), Some(weight), Some(dscale)) => {
+            4 * (ndigits - i32::from(weight as u16 as i16) - 1) <= dscale
+        }
+        _ => true,
+    };
+    if let (true, Ok(Ok(theirs))) = (canonical, theirs) {
         if theirs.scale() == 10 {
             match &ours {
-                Ok(m) => assert_eq!(*m, theirs.mantissa(), "{theirs}"),
+                Ok(m) => assert_eq!(*m, theirs.mantissa(), "{theirs} from {field:?}"),
                 Err(e) => assert!(
                     e.contains("digit") || e.contains("bytes") || e.contains("sign word"),
                     "{theirs}: {e}"

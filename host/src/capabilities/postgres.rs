@@ -945,7 +945,8 @@ pub(crate) fn numeric_mantissa(field: &[u8]) -> Result<i128, String> {
             if exponent == -1 {
                 third = digit;
             }
-            break;
+            // Past scale 12: only checked (found by the numeric fuzz target).
+            continue;
         }
         acc = acc
             .checked_mul(10_000)
@@ -1319,6 +1320,8 @@ mod tests {
             Ok(1)
         );
         assert!(numeric_mantissa(&numeric(&[10_000], 0, false, 0)).is_err());
+        // A malformed digit is refused wherever it is, even past scale 12.
+        assert!(numeric_mantissa(&numeric(&[1, 0, 0, 0, 0, 65_535], 0, false, 20)).is_err());
     }
 
     #[test]
