@@ -33,9 +33,12 @@ fuzz_target!(|input: (&[u8], i128)| {
             .get(at..at + 2)
             .map(|b| i32::from(u16::from_be_bytes([b[0], b[1]])))
     };
+    // And rust_decimal rounds twice past 28 digits (run 7: ...10242048 came
+    // out ...10242 1 at scale 10), so compare only fields of at most 7
+    // base-10000 digits, which it reads exactly.
     let canonical = match (word(0), word(2), word(6)) {
         (Some(ndigits), Some(weight), Some(dscale)) => {
-            4 * (ndigits - i32::from(weight as u16 as i16) - 1) <= dscale
+            ndigits <= 7 && 4 * (ndigits - i32::from(weight as u16 as i16) - 1) <= dscale
         }
         _ => true,
     };
