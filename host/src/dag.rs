@@ -65,6 +65,13 @@ pub struct TaskPolicy {
     pub threads: u32,
     /// DuckDB `max_temp_directory_size` (spill to staging), in bytes.
     pub spill_limit: u64,
+    /// Most bytes the run's staging directory may hold while this task runs.
+    #[serde(default = "default_staging_limit")]
+    pub staging_limit: u64,
+}
+
+fn default_staging_limit() -> u64 {
+    256 << 30
 }
 
 impl Default for TaskPolicy {
@@ -80,6 +87,7 @@ impl Default for TaskPolicy {
             duckdb_memory: 4 << 30,
             threads: cores,
             spill_limit: 64 << 30,
+            staging_limit: default_staging_limit(),
         }
     }
 }

@@ -200,9 +200,7 @@ impl Engine {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if deadline.expired() {
-                Err(wasmtime::Error::new(crate::capabilities::limits::TimedOut(
-                    deadline.timeout(),
-                )))
+                Err(wasmtime::Error::new(deadline.error()))
             } else {
                 Ok(UpdateDeadline::Continue(1))
             }

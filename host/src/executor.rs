@@ -96,6 +96,7 @@ pub async fn run_try(
     let handles = sql.handles();
     let runtime = tokio::runtime::Handle::current();
     let key = request.key.clone();
+    let (staging_dir, staging_limit) = (request.staging_dir.clone(), request.policy.staging_limit);
     let worker = {
         let deadline = deadline.clone();
         let events = events.clone();
@@ -109,8 +110,9 @@ pub async fn run_try(
     };
     tokio::pin!(worker);
 
-    // Watch the try: sample SQL progress; from the deadline on, interrupt DuckDB
-    // at every tick (a statement may start after the first interrupt).
+    // Watch the try: sample SQL progress and the staging directory's size; from
+    // the deadline (or the staging limit) on, interrupt DuckDB at every tick
+    // (a statement may start after the first interrupt).
     let mut ticker = tokio::time::interval(PROGRESS_POLL);
     let deadline_at = tokio::time::Instant::from_std(deadline.at());
     let mut past_deadline = false;
@@ -132,6 +134,15 @@ pub async fn run_try(
                     interrupt(&handles);
                     continue;
                 }
+                let held = bytes_under(&staging_dir);
+                if held > staging_limit {
+                    deadline.stop(format!(
+                        "the run's staging directory holds {held} bytes, over the task's staging_limit of {staging_limit} bytes"
+                    ));
+                    past_deadline = true;
+                    interrupt(&handles);
+                    continue;
+                }
                 let percent = lock(&handles).as_ref().and_then(|h| h.progress.query_progress().percentage());
                 if let Some(percent) = percent {
                     let _ = events.send(RunEvent::SqlProgress { key: key.clone(), percent });
@@ -139,6 +150,21 @@ pub async fn run_try(
             }
         }
     }
+}
+
+/// Bytes of the files under `dir` (links not followed; unreadable parts count 0).
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => bytes_under(&entry.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn lock(handles: &SharedHandles) -> std::sync::MutexGuard<'_, Option<SqlHandles>> {
@@ -240,7 +266,7 @@ fn run_blocking(
 
     let outcome = match result {
         _ if deadline.expired() => {
-            let error = TimedOut(deadline.timeout()).to_string();
+            let error = deadline.error().to_string();
             log.host_line("error", &format!("[sluice] {error}"));
             failed(error)
         }

@@ -114,6 +114,8 @@ struct RawTask {
     threads: Option<u32>,
     #[serde(default, deserialize_with = "byte_size")]
     spill_limit: Option<u64>,
+    #[serde(default, deserialize_with = "byte_size")]
+    staging_limit: Option<u64>,
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -151,6 +153,7 @@ impl RawTask {
             duckdb_memory: self.duckdb_memory.unwrap_or(base.duckdb_memory),
             threads: self.threads.unwrap_or(base.threads),
             spill_limit: self.spill_limit.unwrap_or(base.spill_limit),
+            staging_limit: self.staging_limit.unwrap_or(base.staging_limit),
         }
     }
 }

@@ -211,3 +211,36 @@ async fn a_wide_result_reaches_a_small_guest_in_slices() {
         .await;
     assert_eq!(ok.state.as_str(), "success");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_filling_staging_is_stopped_at_its_staging_limit() {
+    let home = TestHome::new();
+    // About 100 GB of CSV if nothing stopped it (`~` is staging in SQL).
+    let sql =
+        "COPY (SELECT range AS i, repeat('x', 100) AS pad FROM range(1000000000)) TO '~/big.csv'";
+    let body = body(
+        &format!("mode = \"sql\", sql = \"{sql}\""),
+        "staging_limit = \"10MiB\"",
+    );
+    // Guards against a hang only.
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        home.run("fill", &body, json!({})),
+    )
+    .await
+    .expect("the task was not stopped at its staging limit");
+    assert_eq!(run.state.as_str(), "failed");
+    let error = home.task(&run.run_id, "t").error.unwrap_or_default();
+    assert!(
+        error.contains("over the task's staging_limit of 10485760 bytes"),
+        "{error}"
+    );
+    // It stopped soon after the limit, far from the 100 GB it asked for.
+    let held: u64 = std::fs::read_dir(&run.staging_dir)
+        .expect("kept for the TTL")
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(held < 2 << 30, "{held} bytes in staging");
+}

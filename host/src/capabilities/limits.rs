@@ -10,6 +10,8 @@ pub struct Deadline {
     at: Instant,
     timeout: Duration,
     fired: AtomicBool,
+    /// Why the try was stopped before its deadline, if it was.
+    stopped: std::sync::OnceLock<String>,
 }
 
 impl Deadline {
@@ -19,6 +21,21 @@ impl Deadline {
             at: Instant::now() + timeout,
             timeout,
             fired: AtomicBool::new(false),
+            stopped: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Ends the try now, for `reason` (the first reason given wins).
+    pub fn stop(&self, reason: String) {
+        let _ = self.stopped.set(reason);
+        self.fired.store(true, Ordering::Relaxed);
+    }
+
+    /// The error that ends the try once [`Deadline::expired`] is true.
+    pub fn error(&self) -> TimedOut {
+        TimedOut {
+            timeout: self.timeout,
+            stopped: self.stopped.get().cloned(),
         }
     }
 
@@ -45,10 +62,18 @@ impl Deadline {
     }
 }
 
-/// The error that stops a task at its deadline.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("timed out after {}", humantime::format_duration(*.0))]
-pub struct TimedOut(pub Duration);
+/// The error that stops a task at its deadline (or earlier, with a reason).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", match .stopped {
+    Some(reason) => reason.clone(),
+    None => format!("timed out after {}", humantime::format_duration(*.timeout)),
+})]
+pub struct TimedOut {
+    /// The try's timeout.
+    pub timeout: Duration,
+    /// Why it was stopped early, if it was.
+    pub stopped: Option<String>,
+}
 
 /// The error that stops a task growing its memory past the limit.
 #[derive(Debug, Clone, Copy, thiserror::Error)]

@@ -66,9 +66,7 @@ impl TaskHost {
     /// Fails the host call (trapping the guest) once the deadline has passed.
     pub fn check_deadline(&self) -> wasmtime::Result<()> {
         if self.deadline.expired() {
-            return Err(wasmtime::Error::new(limits::TimedOut(
-                self.deadline.timeout(),
-            )));
+            return Err(wasmtime::Error::new(self.deadline.error()));
         }
         Ok(())
     }
