@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::bindings::TaskPre;
 use crate::bindings::sluice::task::types::ErrorKind;
-use crate::capabilities::limits::{MemoryExceeded, TimedOut};
+use crate::capabilities::limits::{MemoryExceeded, Stopped};
 use crate::capabilities::sql::SqlConfig;
 use crate::capabilities::wasi::{CapturedOutput, sandbox_ctx};
 use crate::capabilities::{
@@ -115,7 +115,7 @@ pub async fn run_try(
     // (a statement may start after the first interrupt).
     let mut ticker = tokio::time::interval(PROGRESS_POLL);
     let deadline_at = tokio::time::Instant::from_std(deadline.at());
-    let mut past_deadline = false;
+    let mut stopping = false;
     loop {
         tokio::select! {
             joined = &mut worker => {
@@ -124,13 +124,13 @@ pub async fn run_try(
                     retryable: true,
                 });
             }
-            () = tokio::time::sleep_until(deadline_at), if !past_deadline => {
-                past_deadline = true;
+            () = tokio::time::sleep_until(deadline_at), if !stopping => {
+                stopping = true;
                 deadline.expired();
                 interrupt(&handles);
             }
             _ = ticker.tick() => {
-                if past_deadline {
+                if stopping {
                     interrupt(&handles);
                     continue;
                 }
@@ -139,7 +139,7 @@ pub async fn run_try(
                     deadline.stop(format!(
                         "the run's staging directory holds {held} bytes, over the task's staging_limit of {staging_limit} bytes"
                     ));
-                    past_deadline = true;
+                    stopping = true;
                     interrupt(&handles);
                     continue;
                 }
@@ -288,7 +288,7 @@ fn run_blocking(
             log.host_line("error", &format!("[sluice] the task trapped: {trap:?}"));
             let error = if let Some(e) = trap.downcast_ref::<MemoryExceeded>() {
                 e.to_string()
-            } else if let Some(e) = trap.downcast_ref::<TimedOut>() {
+            } else if let Some(e) = trap.downcast_ref::<Stopped>() {
                 e.to_string()
             } else if let Some(panic) = panic_message {
                 format!("panicked: {panic}")

@@ -148,19 +148,6 @@ pub async fn test_connection(
     }
 }
 
-/// Runs `transfer` on `runtime` until `deadline` (the try's), then gives up on it.
-fn until<T>(
-    runtime: &tokio::runtime::Handle,
-    deadline: std::time::Instant,
-    transfer: impl Future<Output = Result<T, String>>,
-) -> Result<T, String> {
-    runtime.block_on(async {
-        tokio::time::timeout_at(deadline.into(), transfer)
-            .await
-            .unwrap_or_else(|_| Err("the task's timeout passed during the transfer".into()))
-    })
-}
-
 pub(crate) fn key(arg: &str) -> Result<Key, String> {
     Key::parse(arg).map_err(|e| format!("invalid key `{arg}`: {e}"))
 }
@@ -193,6 +180,19 @@ impl TaskHost {
         Ok(self.runtime().map(|runtime| (id, store, staging, runtime)))
     }
 
+    /// Runs `transfer` on `runtime` until the try's deadline, then gives up on it.
+    fn until<T>(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        transfer: impl Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        runtime.block_on(async {
+            tokio::time::timeout_at(self.deadline.at().into(), transfer)
+                .await
+                .unwrap_or_else(|_| Err("the task's timeout passed during the transfer".into()))
+        })
+    }
+
     fn bucket(
         &mut self,
         handle: &Resource<BucketHandle>,
@@ -214,11 +214,10 @@ impl HostBucket for TaskHost {
             Ok(parts) => parts,
             Err(e) => return Ok(Err(e)),
         };
-        let deadline = self.deadline.at();
         let result = (|| {
             let file = confine(&staging, &staging_file, false)?;
             let key = key(&key_arg)?;
-            until(&runtime, deadline, async move {
+            self.until(&runtime, async move {
                 let mut source = tokio::fs::File::open(&file)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -245,11 +244,10 @@ impl HostBucket for TaskHost {
             Ok(parts) => parts,
             Err(e) => return Ok(Err(e)),
         };
-        let deadline = self.deadline.at();
         let result = (|| {
             let file = confine(&staging, &staging_file, true)?;
             let key = key(&key_arg)?;
-            until(&runtime, deadline, async move {
+            self.until(&runtime, async move {
                 let mut stream = store
                     .get(&key)
                     .await
@@ -283,14 +281,13 @@ impl HostBucket for TaskHost {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let deadline = self.deadline.at();
         let result = (|| {
             let prefix = if prefix.is_empty() {
                 None
             } else {
                 Some(key(&prefix)?)
             };
-            until(&runtime, deadline, async move {
+            self.until(&runtime, async move {
                 let mut listing = store.list(prefix.as_ref());
                 let mut keys = Vec::new();
                 while let Some(meta) = listing.next().await {

@@ -32,10 +32,10 @@ impl Deadline {
     }
 
     /// The error that ends the try once [`Deadline::expired`] is true.
-    pub fn error(&self) -> TimedOut {
-        TimedOut {
+    pub fn error(&self) -> Stopped {
+        Stopped {
             timeout: self.timeout,
-            stopped: self.stopped.get().cloned(),
+            early: self.stopped.get().cloned(),
         }
     }
 
@@ -64,15 +64,15 @@ impl Deadline {
 
 /// The error that stops a task at its deadline (or earlier, with a reason).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{}", match .stopped {
+#[error("{}", match .early {
     Some(reason) => reason.clone(),
     None => format!("timed out after {}", humantime::format_duration(*.timeout)),
 })]
-pub struct TimedOut {
+pub struct Stopped {
     /// The try's timeout.
     pub timeout: Duration,
-    /// Why it was stopped early, if it was.
-    pub stopped: Option<String>,
+    /// Why it was stopped before the timeout, if it was.
+    pub early: Option<String>,
 }
 
 /// The error that stops a task growing its memory past the limit.

@@ -631,9 +631,10 @@ impl Column {
                 buf.put_slice(text);
             }
             Self::Date(a) if !null(a) => put(buf, date_to_pg(a.value(row))?.to_be_bytes()),
-            Self::Timestamp(a) | Self::TimestampTz(a) if !null(a) => {
-                put(buf, timestamp_to_pg(a.value(row))?.to_be_bytes())
-            }
+            Self::Timestamp(a) | Self::TimestampTz(a) if !null(a) => put(
+                buf,
+                TIMESTAMP_EPOCH.postgres_value(a.value(row))?.to_be_bytes(),
+            ),
             Self::Numeric(a, scale) if !null(a) => put_numeric(a.value(row), *scale, buf),
             _ => buf.put_i32(-1),
         }
@@ -705,58 +706,65 @@ pub(crate) fn put_numeric(mantissa: i128, scale: u16, buf: &mut BytesMut) {
     }
 }
 
-/// Days and microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
-const PG_EPOCH_DAYS: i32 = 10_957;
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// How a date or timestamp column moves between DuckDB's epoch (1970-01-01)
+/// and PostgreSQL's (2000-01-01). Infinities: PostgreSQL stores `infinity` /
+/// `-infinity` as the type's MAX / MIN, DuckDB as MAX / -MAX.
+struct Epoch {
+    /// Days or microseconds from the Unix epoch to PostgreSQL's.
+    shift: i64,
+    /// The MAX of the stored type (i32 for dates, i64 for timestamps).
+    max: i64,
+    /// What the value counts, for errors.
+    unit: &'static str,
+}
 
-// Infinities: PostgreSQL stores `infinity` / `-infinity` as the type's MAX /
-// MIN; DuckDB as MAX / -MAX. Everything else moves by the epoch difference.
+const DATE_EPOCH: Epoch = Epoch {
+    shift: 10_957,
+    max: i32::MAX as i64,
+    unit: "days",
+};
+const TIMESTAMP_EPOCH: Epoch = Epoch {
+    shift: 946_684_800_000_000,
+    max: i64::MAX,
+    unit: "µs",
+};
 
-/// A DuckDB (Arrow) date as PostgreSQL's days since 2000-01-01.
+impl Epoch {
+    /// A DuckDB value as PostgreSQL's.
+    fn postgres_value(&self, value: i64) -> Result<i64, String> {
+        let min = -self.max - 1;
+        match value {
+            v if v == self.max => Ok(self.max),
+            v if v == -self.max => Ok(min),
+            v => v
+                .checked_sub(self.shift)
+                .filter(|v| *v >= min)
+                .ok_or_else(|| format!("{v} {} out of PostgreSQL's range", self.unit)),
+        }
+    }
+
+    /// A PostgreSQL value as DuckDB's.
+    fn duckdb_value(&self, value: i64) -> Result<i64, String> {
+        match value {
+            v if v == self.max => Ok(self.max),
+            v if v == -self.max - 1 => Ok(-self.max),
+            v => v
+                .checked_add(self.shift)
+                .filter(|v| *v < self.max)
+                .ok_or_else(|| format!("{v} {} after 2000-01-01 out of DuckDB's range", self.unit)),
+        }
+    }
+}
+
+/// A date in DuckDB's days and back; both ends are i32 by construction.
 fn date_to_pg(days: i32) -> Result<i32, String> {
-    match days {
-        i32::MAX => Ok(i32::MAX),
-        d if d == -i32::MAX => Ok(i32::MIN),
-        d => d
-            .checked_sub(PG_EPOCH_DAYS)
-            .ok_or_else(|| format!("date {d} days out of PostgreSQL's range")),
-    }
+    DATE_EPOCH.postgres_value(days.into()).map(|d| d as i32)
 }
 
-/// A PostgreSQL date as DuckDB's (Arrow) days since 1970-01-01.
 fn date_from_pg(days: i32) -> Result<i32, String> {
-    match days {
-        i32::MAX => Ok(i32::MAX),
-        i32::MIN => Ok(-i32::MAX),
-        d => d
-            .checked_add(PG_EPOCH_DAYS)
-            .filter(|d| *d != i32::MAX)
-            .ok_or_else(|| format!("date {d} days after 2000-01-01 out of DuckDB's range")),
-    }
+    DATE_EPOCH.duckdb_value(days.into()).map(|d| d as i32)
 }
 
-/// A DuckDB (Arrow) timestamp as PostgreSQL's microseconds since 2000-01-01.
-fn timestamp_to_pg(micros: i64) -> Result<i64, String> {
-    match micros {
-        i64::MAX => Ok(i64::MAX),
-        m if m == -i64::MAX => Ok(i64::MIN),
-        m => m
-            .checked_sub(PG_EPOCH_MICROS)
-            .ok_or_else(|| format!("timestamp {m} µs out of PostgreSQL's range")),
-    }
-}
-
-/// A PostgreSQL timestamp as DuckDB's (Arrow) microseconds since 1970-01-01.
-fn timestamp_from_pg(micros: i64) -> Result<i64, String> {
-    match micros {
-        i64::MAX => Ok(i64::MAX),
-        i64::MIN => Ok(-i64::MAX),
-        m => m
-            .checked_add(PG_EPOCH_MICROS)
-            .filter(|m| *m != i64::MAX)
-            .ok_or_else(|| format!("timestamp {m} µs after 2000-01-01 out of DuckDB's range")),
-    }
-}
 /// The binary COPY signature, flags and header-extension length.
 const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// Bytes buffered before a chunk goes to the server.
@@ -1033,7 +1041,9 @@ impl Builder {
                 b.append_value(std::str::from_utf8(f).map_err(|e| format!("text: {e}"))?)
             }
             Self::Date(b) => b.append_value(date_from_pg(i32::from_be_bytes(be(f)?))?),
-            Self::Timestamp(b, _) => b.append_value(timestamp_from_pg(i64::from_be_bytes(be(f)?))?),
+            Self::Timestamp(b, _) => {
+                b.append_value(TIMESTAMP_EPOCH.duckdb_value(i64::from_be_bytes(be(f)?))?)
+            }
         }
         Ok(())
     }
