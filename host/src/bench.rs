@@ -22,6 +22,7 @@ use crate::Sluice;
 use crate::capabilities::sql::{SqlConfig, SqlSession};
 use crate::capabilities::wasi::sandbox_ctx;
 use crate::capabilities::{Deadline, LogSink, MemoryLimiter, TaskContext, TaskHost};
+use crate::confine::Sandbox;
 use crate::dag::TaskPolicy;
 use crate::events::TaskKey;
 use crate::manifest::Manifest;
@@ -342,7 +343,7 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
     let clock = Instant::now();
     let again = crate::registry::deploy(&sluice.home, &sluice.store, &sluice.engine, &manifest)?;
     let warm = clock.elapsed();
-    let fresh_engine = crate::engine::Engine::new(&sluice.home.compile_cache())?;
+    let fresh_engine = crate::engine::Engine::new(&sluice.home)?;
     let digest = sluice.store.version("startup", &first.version)?.spec.tasks[0]
         .component
         .clone();
@@ -367,7 +368,8 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
     );
 
     let iterations = if options.smoke { 5 } else { 200 };
-    let (mut instantiate, mut sql_pooled, mut sql_on_demand) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut instantiate, mut sql_pooled, mut sql_on_demand, mut sql_unconfined) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let on_demand = std::sync::Arc::new(crate::capabilities::SqlPool::on_demand());
     let staging = work.join("startup-staging");
     std::fs::create_dir_all(&staging)?;
@@ -377,14 +379,23 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
         memory_limit: 1 << 30,
         threads: 1,
         spill_limit: 1 << 30,
+        sandbox: sluice.sandbox.clone(),
+    };
+    // The same session without the kernel layer, to show what it costs.
+    let unconfined = SqlConfig {
+        sandbox: Sandbox::Unconfined {
+            reason: "benchmark baseline".into(),
+        },
+        ..config.clone()
     };
     let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..iterations {
         // Let the pool refill, as it does between tasks of a real pipeline (not timed).
         std::thread::sleep(Duration::from_millis(20));
-        for (pool, samples) in [
-            (&sluice.sql_pool, &mut sql_pooled),
-            (&on_demand, &mut sql_on_demand),
+        for (pool, config, samples) in [
+            (&sluice.sql_pool, &config, &mut sql_pooled),
+            (&on_demand, &config, &mut sql_on_demand),
+            (&sluice.sql_pool, &unconfined, &mut sql_unconfined),
         ] {
             let clock = Instant::now();
             let mut session = SqlSession::new(pool.clone(), config.clone());
@@ -413,7 +424,7 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
             LogSink::new(key, events.clone()),
             std::sync::Arc::new(Deadline::after(Duration::from_secs(60))),
             MemoryLimiter::new(64 << 20),
-            crate::capabilities::Grants::default(),
+            crate::capabilities::Grants::none(config.sandbox.clone()),
             wasi,
         );
         let clock = Instant::now();
@@ -426,12 +437,17 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
         median(instantiate).as_secs_f64() * 1e6
     );
     println!(
-        "   first SQL call of a task (fresh database from the pool, lock down, SELECT 1), median: {:.1} µs",
+        "   first SQL call of a task (fresh database from the pool, {}, lock down, SELECT 1), median: {:.1} µs",
+        sluice.sandbox.label(),
         median(sql_pooled).as_secs_f64() * 1e6
     );
     println!(
-        "   first SQL call of a task with the database opened on demand instead, median: {:.1} µs",
+        "   the same with the database opened on demand instead, median: {:.1} µs",
         median(sql_on_demand).as_secs_f64() * 1e6
+    );
+    println!(
+        "   the same from the pool without kernel confinement, median: {:.1} µs",
+        median(sql_unconfined).as_secs_f64() * 1e6
     );
     Ok(())
 }

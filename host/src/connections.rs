@@ -87,6 +87,10 @@ pub struct Connection {
     pub config: ConnectionConfig,
     /// Password (Postgres) or secret access key (S3).
     pub secret: String,
+    /// Whether the task it is granted to may open it although its role is
+    /// privileged (the task lists it in `privileged_connections`). Never
+    /// stored: false except in a grant.
+    pub allow_privileged: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -95,6 +99,7 @@ impl std::fmt::Debug for Connection {
             .field("id", &self.id)
             .field("config", &self.config)
             .field("secret", &"***")
+            .field("allow_privileged", &self.allow_privileged)
             .finish()
     }
 }
@@ -131,11 +136,14 @@ fn invalid(id: &str, message: impl Into<String>) -> ConnectionError {
     }
 }
 
-fn percent_decoded(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_owned())
+/// `part` of a URI (`what` names it in errors) with its percent-escapes
+/// decoded, and nothing else: a `+` stays a `+`, as libpq and Airflow read a
+/// URI's user, password and path (only a query string means space by `+`).
+fn percent_decoded(id: &str, what: &str, part: &str) -> Result<String, ConnectionError> {
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| invalid(id, format!("the URI's {what} is not UTF-8 once decoded")))
 }
 
 /// Parses an Airflow-style URI.
@@ -145,8 +153,11 @@ pub fn from_uri(id: &str, uri: &str) -> Result<Connection, ConnectionError> {
         .query_pairs()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let user = percent_decoded(url.username());
-    let secret = url.password().map(percent_decoded).unwrap_or_default();
+    let user = percent_decoded(id, "user", url.username())?;
+    let secret = match url.password() {
+        Some(password) => percent_decoded(id, "password", password)?,
+        None => String::new(),
+    };
     match url.scheme() {
         "postgresql" | "postgres" => {
             let host = url
@@ -162,12 +173,13 @@ pub fn from_uri(id: &str, uri: &str) -> Result<Connection, ConnectionError> {
                     database: if database.is_empty() {
                         user.clone()
                     } else {
-                        percent_decoded(database)
+                        percent_decoded(id, "database", database)?
                     },
                     user,
                     extras,
                 },
                 secret,
+                allow_privileged: false,
             })
         }
         "s3" | "aws" => {
@@ -200,6 +212,7 @@ pub fn from_uri(id: &str, uri: &str) -> Result<Connection, ConnectionError> {
                         .is_some_and(|v| v == "true" || v == "1"),
                 },
                 secret,
+                allow_privileged: false,
             })
         }
         other => Err(invalid(
@@ -250,6 +263,7 @@ pub fn from_airflow_json(id: &str, json: &str) -> Result<Connection, ConnectionE
                 extras: extra,
             },
             secret,
+            allow_privileged: false,
         }),
         Some("aws" | "s3") => Ok(Connection {
             id: id.to_owned(),
@@ -268,6 +282,7 @@ pub fn from_airflow_json(id: &str, json: &str) -> Result<Connection, ConnectionE
                 path_style: extra.get("path_style").is_some_and(|v| v == "true"),
             },
             secret,
+            allow_privileged: false,
         }),
         Some(other) => Err(invalid(
             id,
@@ -353,6 +368,7 @@ pub fn get(store: &Store, vault: &Vault, id: &str) -> Result<Connection, Connect
         id: id.to_owned(),
         config,
         secret: vault.unseal(&stored.secret, id)?,
+        allow_privileged: false,
     })
 }
 
@@ -392,6 +408,30 @@ mod tests {
         assert!(
             !format!("{c:?}").contains("\"p\""),
             "Debug never shows the secret"
+        );
+    }
+
+    #[test]
+    fn a_plus_in_a_uri_password_is_a_plus_and_only_escapes_are_decoded() {
+        let c = from_uri("pg", "postgresql://etl+1:a+b%2Bc%20d+@h:5432/my+db").expect("uri");
+        assert_eq!(c.secret, "a+b+c d+");
+        match &c.config {
+            ConnectionConfig::Postgres { user, database, .. } => {
+                assert_eq!((user.as_str(), database.as_str()), ("etl+1", "my+db"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The query string is form-encoded, as in Airflow: `+` is a space there.
+        let c = from_uri("pg", "postgresql://u:p@h/db?application_name=a+b").expect("uri");
+        assert!(matches!(
+            &c.config,
+            ConnectionConfig::Postgres { extras, .. } if extras.get("application_name").map(String::as_str) == Some("a b")
+        ));
+        let bad = from_uri("pg", "postgresql://u:%FF@h/db").expect_err("not UTF-8");
+        assert!(
+            bad.to_string()
+                .contains("connection `pg`: the URI's password"),
+            "{bad}"
         );
     }
 

@@ -40,6 +40,12 @@ pub struct TaskSpec {
     /// Connection ids the task may open.
     #[serde(default)]
     pub connections: Vec<String>,
+    /// Those of `connections` the task may open although their Postgres role is
+    /// privileged (superuser, server files or programs, CREATEROLE, REPLICATION).
+    /// Left out of the canonical JSON when empty, so versions made before it
+    /// keep their digests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub privileged_connections: Vec<String>,
     /// Limits and retry policy.
     pub policy: TaskPolicy,
 }

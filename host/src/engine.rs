@@ -1,6 +1,14 @@
 //! The wasmtime engine: validates and compiles components once, caches machine
 //! code by component digest and engine compatibility hash, and instantiates a
 //! task from a pre-instantiated linker with its limits in place.
+//!
+//! A compile-cache entry is native code that the host maps and runs, so a file
+//! in `cache/compiled/` is never trusted for its name: each entry carries an
+//! HMAC-SHA256 tag under the host's [`CacheKey`] over the component digest,
+//! the engine compatibility hash and the serialized code. An entry whose tag
+//! does not verify (planted, copied from another component's name, truncated)
+//! is not deserialized: the component is compiled again from its verified blob
+//! and the entry rewritten, with a warning naming the file.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -8,11 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Store, UpdateDeadline};
 
 use crate::bindings::{Task, TaskPre};
 use crate::capabilities::TaskHost;
+use crate::home::Home;
 
 /// How often the engine's epoch advances; the timeout granularity for guest code.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -57,6 +68,14 @@ pub enum EngineError {
     /// wasmtime itself failed.
     #[error("wasmtime: {0}")]
     Wasmtime(String),
+    /// The compile cache's key file cannot be read, created or used.
+    #[error("compile cache key {path}: {message}")]
+    CacheKey {
+        /// The key file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// A component ready to instantiate.
@@ -68,19 +87,145 @@ pub struct Prepared {
     pub compiled: bool,
 }
 
+/// The file name of the compile cache's key in the Sluice home.
+pub const CACHE_KEY_FILE: &str = "cache.key";
+/// What a compile-cache entry starts with; the HMAC tag follows, then the code.
+const ENTRY_MAGIC: &[u8; 16] = b"sluice-cwasm-v1\n";
+/// Length of an HMAC-SHA256 tag.
+const TAG_LEN: usize = 32;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The host secret that authenticates compile-cache entries: 32 random bytes
+/// in `<home>/cache.key` (mode 0600, created on first use).
+///
+/// It is a key of its own rather than one derived from the vault's master key:
+/// every process that loads code needs it (deploy, run, bench), while the
+/// master key may live only in `SLUICE_MASTER_KEY`, is created only once
+/// connections are used, and is rotated with `connections rotate-key`. Kept
+/// apart, loading code never puts the key to the credentials in memory, and
+/// losing or rotating either key costs nothing but a recompile. Like the master
+/// key it lives in the Sluice home, outside every staging directory.
+#[derive(Clone)]
+pub struct CacheKey([u8; 32]);
+
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheKey(***)")
+    }
+}
+
+impl CacheKey {
+    /// Reads the key at `path`, creating it (exclusively, mode 0600) if absent.
+    pub fn load_or_create(path: &Path) -> Result<Self, EngineError> {
+        let failed = |message: String| EngineError::CacheKey {
+            path: path.display().to_string(),
+            message,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text).map_err(failed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Self::create(path).map_err(|e| failed(e.to_string()))?;
+                let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+                Self::parse(&text).map_err(failed)
+            }
+            Err(e) => Err(failed(e.to_string())),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let bytes =
+            hex::decode(text.trim()).map_err(|_| "malformed: expected 64 hex digits".to_owned())?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| "malformed: expected 64 hex digits".to_owned())?;
+        Ok(Self(key))
+    }
+
+    /// Writes a fresh key beside `path` and links it into place, so that of two
+    /// processes creating it at once both end up using the one that won.
+    fn create(path: &Path) -> std::io::Result<()> {
+        use chacha20poly1305::aead::rand_core::RngCore;
+        use std::io::Write;
+        let mut key = [0u8; 32];
+        chacha20poly1305::aead::OsRng
+            .try_fill_bytes(&mut key)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        #[cfg(unix)]
+        std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        tmp.write_all(hex::encode(key).as_bytes())?;
+        tmp.as_file().sync_all()?;
+        match tmp.persist_noclobber(path) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e.error),
+        }
+    }
+
+    fn mac(&self, digest: &str, compat: &str) -> HmacSha256 {
+        let mut mac =
+            <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        // The entry's identity is authenticated with its bytes: a valid entry
+        // copied under another component's name does not verify.
+        mac.update(ENTRY_MAGIC);
+        mac.update(digest.as_bytes());
+        mac.update(b"\0");
+        mac.update(compat.as_bytes());
+        mac.update(b"\0");
+        mac
+    }
+
+    /// The cache entry (magic, tag, code) of `code` compiled from `digest`.
+    fn seal(&self, digest: &str, compat: &str, code: &[u8]) -> Vec<u8> {
+        let mut mac = self.mac(digest, compat);
+        mac.update(code);
+        let tag = mac.finalize().into_bytes();
+        let mut entry = Vec::with_capacity(ENTRY_MAGIC.len() + TAG_LEN + code.len());
+        entry.extend_from_slice(ENTRY_MAGIC);
+        entry.extend_from_slice(&tag);
+        entry.extend_from_slice(code);
+        entry
+    }
+
+    /// The code in `entry` if its tag verifies for `digest`, else why not.
+    fn open<'a>(&self, digest: &str, compat: &str, entry: &'a [u8]) -> Result<&'a [u8], String> {
+        let Some(rest) = entry.strip_prefix(ENTRY_MAGIC.as_slice()) else {
+            return Err("it does not start with a Sluice cache header".into());
+        };
+        if rest.len() < TAG_LEN {
+            return Err("its integrity tag is truncated".into());
+        }
+        let (tag, code) = rest.split_at(TAG_LEN);
+        let mut mac = self.mac(digest, compat);
+        mac.update(code);
+        mac.verify_slice(tag).map_err(|_| {
+            "its integrity tag does not verify under the host's cache key".to_owned()
+        })?;
+        Ok(code)
+    }
+}
+
 /// The engine shared by every task of a process.
 pub struct Engine {
     engine: wasmtime::Engine,
     linker: Linker<TaskHost>,
     cache_dir: PathBuf,
+    cache_key: CacheKey,
     compat: String,
     loaded: Mutex<HashMap<String, TaskPre<TaskHost>>>,
     _ticker: EpochTicker,
 }
 
 impl Engine {
-    /// An engine caching compiled code under `cache_dir`.
-    pub fn new(cache_dir: &Path) -> Result<Self, EngineError> {
+    /// An engine caching compiled code in `home`'s compile cache, under its
+    /// [`CacheKey`] (created on first use).
+    pub fn new(home: &Home) -> Result<Self, EngineError> {
+        let cache_key = CacheKey::load_or_create(&home.root().join(CACHE_KEY_FILE))?;
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -89,6 +234,8 @@ impl Engine {
             wasmtime::Engine::new(&config).map_err(|e| EngineError::Wasmtime(e.to_string()))?;
         let mut linker = Linker::<TaskHost>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| EngineError::Wasmtime(e.to_string()))?;
+        crate::capabilities::wasi::refuse_links(&mut linker)
             .map_err(|e| EngineError::Wasmtime(e.to_string()))?;
         Task::add_to_linker::<TaskHost, HasSelf<TaskHost>>(&mut linker, |host| host)
             .map_err(|e| EngineError::Wasmtime(e.to_string()))?;
@@ -99,7 +246,8 @@ impl Engine {
         Ok(Self {
             engine,
             linker,
-            cache_dir: cache_dir.to_path_buf(),
+            cache_dir: home.compile_cache(),
+            cache_key,
             compat,
             loaded: Mutex::new(HashMap::new()),
             _ticker: ticker,
@@ -118,20 +266,55 @@ impl Engine {
         let cached = self
             .cache_dir
             .join(format!("{digest}-{}.cwasm", self.compat));
-        let (component, compiled) = if cached.exists() {
-            // SAFETY: files in the compile cache are written only by `Component::serialize`
-            // of this engine configuration (the file name carries its compatibility hash),
-            // inside the Sluice home, which is private to its owner.
-            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
-                Ok(component) => (component, false),
-                Err(_) => (self.compile(digest, blob, &cached)?, true),
-            }
-        } else {
-            (self.compile(digest, blob, &cached)?, true)
+        let (component, compiled) = match self.load_cached(digest, &cached) {
+            Some(component) => (component, false),
+            None => (self.compile(digest, blob, &cached)?, true),
         };
         let pre = self.pre_instantiate(&component, blob)?;
         self.lock_loaded().insert(digest.to_owned(), pre.clone());
         Ok(Prepared { pre, compiled })
+    }
+
+    /// The verified cache entry of `digest`, deserialized; `None` (after a
+    /// warning, unless there is no entry) when it must be compiled again.
+    fn load_cached(&self, digest: &str, cached: &Path) -> Option<Component> {
+        // Read once into memory and verify those bytes: nothing can swap the
+        // file between the check and the load.
+        let entry = match std::fs::read(cached) {
+            Ok(entry) => entry,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(
+                    "compile cache entry {}: cannot read it ({e}); compiling component {digest} again",
+                    cached.display()
+                );
+                return None;
+            }
+        };
+        let code = match self.cache_key.open(digest, &self.compat, &entry) {
+            Ok(code) => code,
+            Err(why) => {
+                tracing::warn!(
+                    "compile cache entry {} is not used: {why}; compiling component {digest} again and replacing it",
+                    cached.display()
+                );
+                return None;
+            }
+        };
+        // SAFETY: `code` is exactly what `Component::serialize` of an engine with
+        // this compatibility hash produced for `digest` in a host holding the
+        // cache key: its HMAC tag over the digest, the hash and these bytes
+        // verified above, on the bytes in memory that are deserialized here.
+        match unsafe { Component::deserialize(&self.engine, code) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(
+                    "compile cache entry {} does not load ({e}); compiling component {digest} again",
+                    cached.display()
+                );
+                None
+            }
+        }
     }
 
     fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskPre<TaskHost>>> {
@@ -169,7 +352,8 @@ impl Engine {
         let serialized = component
             .serialize()
             .map_err(|e| EngineError::Wasmtime(e.to_string()))?;
-        crate::home::write_atomically(cached, &serialized).map_err(|source| EngineError::Io {
+        let entry = self.cache_key.seal(digest, &self.compat, &serialized);
+        crate::home::write_atomically(cached, &entry).map_err(|source| EngineError::Io {
             path: cached.display().to_string(),
             source,
         })?;

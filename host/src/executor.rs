@@ -20,6 +20,7 @@ use crate::capabilities::{
     Deadline, Grants, LogSink, MemoryLimiter, SharedHandles, SqlHandles, SqlPool, SqlSession,
     TaskContext, TaskHost,
 };
+use crate::confine::Sandbox;
 use crate::dag::TaskPolicy;
 use crate::engine::Engine;
 use crate::events::{RunEvent, TaskKey};
@@ -78,11 +79,20 @@ pub enum TryOutcome {
 pub async fn run_try(
     engine: Arc<Engine>,
     sql_pool: Arc<SqlPool>,
+    sandbox: Sandbox,
     pre: TaskPre<TaskHost>,
     request: TryRequest,
     events: UnboundedSender<RunEvent>,
     closing: Closing,
 ) -> TryOutcome {
+    // No task runs where its host threads cannot be confined, unless the
+    // operator said so (`Sandbox::allow_unconfined`).
+    if let Err(e) = sandbox.check() {
+        return TryOutcome::Failed {
+            error: e.to_string(),
+            retryable: false,
+        };
+    }
     let deadline = Arc::new(Deadline::after(request.policy.timeout));
     let sql = SqlSession::new(
         sql_pool,
@@ -91,6 +101,7 @@ pub async fn run_try(
             memory_limit: request.policy.duckdb_memory,
             threads: request.policy.threads,
             spill_limit: request.policy.spill_limit,
+            sandbox: sandbox.clone(),
         },
     );
     let handles = sql.handles();
@@ -105,6 +116,7 @@ pub async fn run_try(
             events,
             closing,
             runtime,
+            sandbox,
         };
         tokio::task::spawn_blocking(move || run_blocking(&engine, &pre, sql, request, watch))
     };
@@ -134,11 +146,8 @@ pub async fn run_try(
                     interrupt(&handles);
                     continue;
                 }
-                let held = bytes_under(&staging_dir);
-                if held > staging_limit {
-                    deadline.stop(format!(
-                        "the run's staging directory holds {held} bytes, over the task's staging_limit of {staging_limit} bytes"
-                    ));
+                if let Err(e) = crate::staging_usage::within_limit(&staging_dir, staging_limit) {
+                    deadline.stop(e.to_string());
                     stopping = true;
                     interrupt(&handles);
                     continue;
@@ -150,21 +159,6 @@ pub async fn run_try(
             }
         }
     }
-}
-
-/// Bytes of the files under `dir` (links not followed; unreadable parts count 0).
-fn bytes_under(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(m) if m.is_dir() => bytes_under(&entry.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 fn lock(handles: &SharedHandles) -> std::sync::MutexGuard<'_, Option<SqlHandles>> {
@@ -185,6 +179,7 @@ struct Watch {
     events: UnboundedSender<RunEvent>,
     closing: Closing,
     runtime: tokio::runtime::Handle,
+    sandbox: Sandbox,
 }
 
 fn run_blocking(
@@ -199,8 +194,9 @@ fn run_blocking(
         events,
         closing,
         runtime,
+        sandbox,
     } = watch;
-    let grants = Grants::new(request.connections.clone(), runtime);
+    let grants = Grants::new(request.connections.clone(), runtime, sandbox);
     let redactor = grants.redactor.clone();
     let log = LogSink::new(request.key.clone(), events).redacting(redactor.clone());
     let failed = |error: String| TryOutcome::Failed {

@@ -10,6 +10,7 @@
 pub mod bench;
 mod bindings;
 pub mod capabilities;
+pub mod confine;
 pub mod connections;
 pub mod daemon;
 pub mod dag;
@@ -26,6 +27,7 @@ pub mod runtime;
 pub mod schedule;
 pub mod scheduler;
 pub mod staging;
+pub mod staging_usage;
 pub mod state;
 pub mod store;
 pub mod trust;

@@ -28,6 +28,10 @@ struct Cli {
     /// How long a failed run's staging directory is kept for clear and re-run.
     #[arg(long, global = true, env = "SLUICE_STAGING_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     staging_ttl: std::time::Duration,
+    /// Run tasks even where the kernel cannot confine the host threads that open
+    /// files for them (no Landlock): only WASI and DuckDB's own checks remain.
+    #[arg(long, global = true, env = "SLUICE_ALLOW_UNCONFINED")]
+    allow_unconfined: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -344,6 +348,16 @@ fn open(home: Option<PathBuf>) -> Result<Sluice> {
     Ok(Sluice::open(&root)?)
 }
 
+/// Opens the home for a command that runs tasks: says on stderr how tasks are
+/// confined, and refuses when they cannot be (no Landlock, no opt-out).
+fn open_for_tasks(home: Option<PathBuf>, allow_unconfined: bool) -> Result<Sluice> {
+    let mut sluice = open(home)?;
+    sluice.sandbox = sluice.sandbox.allow_unconfined(allow_unconfined);
+    eprintln!("{}", sluice.sandbox.describe());
+    sluice.sandbox.check()?;
+    Ok(sluice)
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build { plugins } => {
@@ -449,7 +463,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             logical_date,
             no_progress,
         } => {
-            let sluice = open(cli.home)?;
+            let sluice = open_for_tasks(cli.home, cli.allow_unconfined)?;
             let policy = StagingPolicy {
                 keep: keep_staging,
                 ttl: cli.staging_ttl,
@@ -488,7 +502,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             no_progress,
         } => {
-            let sluice = open(cli.home)?;
+            let sluice = open_for_tasks(cli.home, cli.allow_unconfined)?;
             let cleared = clear(
                 &sluice,
                 &run_id,
@@ -525,7 +539,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Scheduler { once } => {
-            let sluice = std::sync::Arc::new(open(cli.home)?);
+            let sluice = std::sync::Arc::new(open_for_tasks(cli.home, cli.allow_unconfined)?);
             let policy = StagingPolicy {
                 keep: false,
                 ttl: cli.staging_ttl,
@@ -546,7 +560,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Backfill { dag_id, from, to } => {
-            let sluice = std::sync::Arc::new(open(cli.home)?);
+            let sluice = std::sync::Arc::new(open_for_tasks(cli.home, cli.allow_unconfined)?);
             let version = sluice.store.current_version(&dag_id)?;
             let tz = version
                 .spec
@@ -750,6 +764,7 @@ fn connections_command(home: Option<PathBuf>, command: ConnectionsCommand) -> Re
                     },
                     secret: std::env::var(&secret_key_env)
                         .with_context(|| format!("set the S3 secret key in ${secret_key_env}"))?,
+                    allow_privileged: false,
                 },
                 (None, Some(other)) => {
                     bail!("unsupported --type `{other}`: use --uri for postgres, --type s3 for S3")
@@ -758,6 +773,23 @@ fn connections_command(home: Option<PathBuf>, command: ConnectionsCommand) -> Re
             };
             connections::add(&sluice.store, &vault()?, &connection, replace)?;
             println!("added {}: {}", connection.id, connection.config.describe());
+            if let ConnectionConfig::Postgres { .. } = connection.config {
+                // Say now, not at a task's first open, when the role is privileged.
+                let runtime =
+                    tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+                match runtime.block_on(sluice::capabilities::postgres::test_connection(&connection))
+                {
+                    Ok(report) => {
+                        println!("checked {}: {report}", connection.id);
+                        warn_if_privileged(&connection.id, &report.privileges);
+                    }
+                    Err(why) => eprintln!(
+                        "note: connection `{}` was added but its role's privileges could not be checked ({why}); \
+                         run `sluice connections test {}` once the server is reachable",
+                        connection.id, connection.id
+                    ),
+                }
+            }
         }
         ConnectionsCommand::List => {
             println!("{:<24} {:<9} WHERE", "ID", "TYPE");
@@ -821,7 +853,12 @@ fn connections_command(home: Option<PathBuf>, command: ConnectionsCommand) -> Re
             let tested = runtime.block_on(async {
                 match connection.config {
                     ConnectionConfig::Postgres { .. } => {
-                        sluice::capabilities::postgres::test_connection(&connection).await
+                        sluice::capabilities::postgres::test_connection(&connection)
+                            .await
+                            .map(|report| {
+                                warn_if_privileged(&id, &report.privileges);
+                                report.to_string()
+                            })
                     }
                     ConnectionConfig::S3 { .. } => {
                         sluice::capabilities::bucket::test_connection(&connection).await
@@ -871,6 +908,17 @@ fn connections_command(home: Option<PathBuf>, command: ConnectionsCommand) -> Re
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Warns (stderr) that connection `id`'s role holds powers a task needs an opt-in for.
+fn warn_if_privileged(id: &str, privileges: &sluice::capabilities::postgres::RolePrivileges) {
+    if privileges.is_privileged() {
+        eprintln!(
+            "warning: connection `{id}`: {}; {}",
+            privileges.describe(),
+            sluice::capabilities::postgres::privileged_opt_in_hint(id)
+        );
+    }
 }
 
 /// Runs `start` on a new async runtime with the live display attached.
@@ -1013,6 +1061,10 @@ fn show_run(sluice: &Sluice, run_id: &str) -> Result<()> {
     }
     println!("params   {}", run.params);
     println!("staging  {}", run.staging_dir);
+    let sandboxes = sluice.store.run_sandboxes(run_id)?;
+    if !sandboxes.is_empty() {
+        println!("sandbox  {}", sandboxes.join(", "));
+    }
     if let Some(error) = &run.error {
         println!("error    {error}");
     }

@@ -99,6 +99,8 @@ struct RawTask {
     params: Option<Map<String, Value>>,
     #[serde(default)]
     connections: Vec<Spanned<String>>,
+    #[serde(default)]
+    privileged_connections: Vec<Spanned<String>>,
     retries: Option<u32>,
     #[serde(default, deserialize_with = "duration")]
     retry_delay: Option<Duration>,
@@ -204,12 +206,13 @@ impl Manifest {
                 || !table.after.is_empty()
                 || table.params.is_some()
                 || !table.connections.is_empty()
+                || !table.privileged_connections.is_empty()
             {
                 return Err(at(
                     Some(d.span()),
                     None,
                     "[defaults] holds policy fields only (retries, timeout, memory, ...); \
-                     `plugin`, `after` and `params` belong to a task"
+                     `plugin`, `after`, `params` and connections belong to a task"
                         .into(),
                 ));
             }
@@ -275,6 +278,18 @@ impl Manifest {
                     ));
                 }
             }
+            for opt_in in &table_ref.privileged_connections {
+                let name = opt_in.get_ref();
+                if !table_ref.connections.iter().any(|c| c.get_ref() == name) {
+                    return Err(at(
+                        Some(opt_in.span()),
+                        Some(id),
+                        format!(
+                            "`privileged_connections` names `{name}`, which is not in the task's `connections`"
+                        ),
+                    ));
+                }
+            }
             lines.insert(id.clone(), line_of(text, key.span().start));
             tasks.push(TaskSpec {
                 id: id.clone(),
@@ -284,6 +299,11 @@ impl Manifest {
                 params: table_ref.params.clone().unwrap_or_default(),
                 connections: table_ref
                     .connections
+                    .iter()
+                    .map(|c| c.get_ref().clone())
+                    .collect(),
+                privileged_connections: table_ref
+                    .privileged_connections
                     .iter()
                     .map(|c| c.get_ref().clone())
                     .collect(),
@@ -550,6 +570,35 @@ params = { rows = 10 }
             ("30 1 * * *", "Europe/Paris", true, 16)
         );
         assert_eq!(s.start_date.to_rfc3339(), "2026-02-28T23:00:00+00:00");
+    }
+
+    #[test]
+    fn privileged_connections_opt_in_only_to_granted_ones() {
+        let m = parse(
+            "[dag]\nid = \"d\"\n[tasks.a]\nplugin = \"p\"\nconnections = [\"pg\", \"lake\"]\nprivileged_connections = [\"pg\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(m.spec.tasks[0].privileged_connections, ["pg"]);
+        let e = error(
+            "[dag]\nid = \"d\"\n[tasks.a]\nplugin = \"p\"\nconnections = [\"lake\"]\nprivileged_connections = [\"pg\"]\n",
+        );
+        assert_eq!(
+            e,
+            "dag.toml:6: task `a`: `privileged_connections` names `pg`, which is not in the task's `connections`"
+        );
+        let e = error(
+            "[dag]\nid = \"d\"\n[defaults]\nprivileged_connections = [\"pg\"]\n[tasks.a]\nplugin = \"p\"\n",
+        );
+        assert!(e.contains("[defaults] holds policy fields only"), "{e}");
+        // Without the opt-in the canonical JSON (the version digest) is what it was.
+        let plain = parse("[dag]\nid = \"d\"\n[tasks.a]\nplugin = \"p\"\nconnections = [\"pg\"]\n")
+            .expect("valid");
+        assert!(
+            !plain
+                .spec
+                .canonical_json()
+                .contains("privileged_connections")
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::capabilities::SqlPool;
+use crate::confine::Sandbox;
 use crate::engine::{Engine, EngineError};
 use crate::home::Home;
 use crate::store::{Store, StoreError};
@@ -35,6 +36,9 @@ pub struct Sluice {
     pub store: Arc<Store>,
     /// The wasmtime engine.
     pub engine: Arc<Engine>,
+    /// How the host threads working for tasks are confined (see [`crate::confine`]);
+    /// a front end applies the operator's `--allow-unconfined` to it.
+    pub sandbox: Sandbox,
     /// Fresh DuckDB databases for the next task instances.
     pub sql_pool: Arc<SqlPool>,
 }
@@ -47,10 +51,10 @@ impl Sluice {
             source,
         })?;
         let store = Arc::new(Store::open(&home.database())?);
-        let engine = Arc::new(Engine::new(&home.compile_cache())?);
-        let sql_pool = Arc::new(SqlPool::new(2));
+        let engine = Arc::new(Engine::new(&home)?);
         Ok(Self {
-            sql_pool,
+            sandbox: Sandbox::detect(),
+            sql_pool: Arc::new(SqlPool::new(2)),
             home,
             store,
             engine,

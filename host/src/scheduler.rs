@@ -624,6 +624,7 @@ impl<'a> RunLoop<'a> {
             try_number,
             &self.run.version,
             &task.component,
+            &self.sluice.sandbox.label(),
             started,
         )?;
         if let Some(slot) = self.slots.get_mut(&task.id) {
@@ -687,13 +688,14 @@ impl<'a> RunLoop<'a> {
         };
         let engine = self.sluice.engine.clone();
         let sql_pool = self.sluice.sql_pool.clone();
+        let sandbox = self.sluice.sandbox.clone();
         let closing = self.closing.clone();
         let events = self.events_tx.clone();
         let task_id = task.id.clone();
         self.active += 1;
         self.running.spawn(async move {
             let clock = Instant::now();
-            let outcome = run_try(engine, sql_pool, pre, request, events, closing).await;
+            let outcome = run_try(engine, sql_pool, sandbox, pre, request, events, closing).await;
             Completion::TryDone {
                 task_id,
                 try_number,
@@ -814,7 +816,10 @@ impl<'a> RunLoop<'a> {
         task.connections
             .iter()
             .map(|id| {
-                crate::connections::get(&self.sluice.store, vault, id).map_err(|e| e.to_string())
+                let mut connection = crate::connections::get(&self.sluice.store, vault, id)
+                    .map_err(|e| e.to_string())?;
+                connection.allow_privileged = task.privileged_connections.contains(id);
+                Ok(connection)
             })
             .collect()
     }

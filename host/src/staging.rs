@@ -1,7 +1,9 @@
 //! The lifecycle of run staging directories: deleted when the run succeeds,
 //! kept for a TTL when it fails (so a cleared task can reuse upstream data),
 //! then reclaimed by a GC sweep that records when and why. The sweep never
-//! touches the directory of an active run or one younger than the TTL.
+//! touches the directory of an active run or one younger than the TTL, and it
+//! skips, with a warning, whatever in the staging root it did not make: a
+//! file, a symbolic link (never followed), a name that is not a run id.
 
 use std::path::Path;
 use std::time::Duration;
@@ -86,8 +88,67 @@ pub fn release(
     Ok(())
 }
 
+/// Whether something from `since` has outlived `ttl` at `now` (never, if the sum overflows).
+fn expired(since: DateTime<Utc>, ttl: chrono::Duration, now: DateTime<Utc>) -> bool {
+    since.checked_add_signed(ttl).is_some_and(|end| end <= now)
+}
+
+/// Whether `name` has the shape of the run ids Sluice makes
+/// ([`new_run_id`](crate::scheduler::new_run_id)):
+/// `<run type>__<YYYYMMDD>T<HHMMSS>_<6 lower-case hex digits>`.
+pub fn is_run_id(name: &str) -> bool {
+    use crate::scheduler::RunType;
+    let Some((kind, rest)) = name.split_once("__") else {
+        return false;
+    };
+    let known = [RunType::Manual, RunType::Scheduled, RunType::Backfill]
+        .iter()
+        .any(|t| t.as_str() == kind);
+    let Some((stamp, suffix)) = rest.split_once('_') else {
+        return false;
+    };
+    known
+        && stamp.len() == 15
+        && stamp.bytes().enumerate().all(|(i, b)| {
+            if i == 8 {
+                b == b'T'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+        && suffix.len() == 6
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// What a sweep finds at a path it might reclaim, links not followed.
+enum Found {
+    /// A real directory.
+    Directory(std::fs::Metadata),
+    /// Nothing (already gone).
+    Missing,
+    /// Something Sluice did not make there, described.
+    Unexpected(&'static str),
+}
+
+fn inspect(path: &Path) -> Result<Found, StagingError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_dir() => Ok(Found::Directory(m)),
+        Ok(m) if m.file_type().is_symlink() => Ok(Found::Unexpected("a symbolic link")),
+        Ok(_) => Ok(Found::Unexpected("not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Found::Missing),
+        Err(source) => Err(StagingError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
 /// Reclaims expired and orphaned staging directories as of `now`. With
-/// `dry_run`, reports what it would reclaim and changes nothing.
+/// `dry_run`, reports what it would reclaim and changes nothing. Entries of
+/// the staging root that are not run directories (files, links, other names)
+/// are skipped with a warning, never deleted; a metadatabase error fails it.
 pub fn sweep(
     home: &Home,
     store: &Store,
@@ -99,7 +160,15 @@ pub fn sweep(
     let mut reclaimed = Vec::new();
     let volumes = store.volumes()?;
     for v in &volumes {
-        if v.state == "retained" && v.released_at.is_some_and(|at| at + ttl <= now) {
+        if v.state == "retained" && v.released_at.is_some_and(|at| expired(at, ttl, now)) {
+            if let Found::Unexpected(what) = inspect(Path::new(&v.path))? {
+                tracing::warn!(
+                    "staging sweep: skipping {} of run {}: it is {what}, not the directory the run was given",
+                    v.path,
+                    v.run_id
+                );
+                continue;
+            }
             reclaimed.push(Reclaimed {
                 run_id: v.run_id.clone(),
                 path: v.path.clone(),
@@ -112,21 +181,51 @@ pub fn sweep(
         path: staging_root.display().to_string(),
         source,
     })?;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let claimed = volumes.iter().any(|v| v.run_id == name) || store.run(&name).is_ok();
-        if claimed {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| StagingError::Io { path, source }
+    };
+    for entry in entries {
+        let entry = entry.map_err(io(&staging_root))?;
+        let path = entry.path();
+        let metadata = match inspect(&path)? {
+            Found::Directory(metadata) => metadata,
+            Found::Missing => continue,
+            Found::Unexpected(what) => {
+                tracing::warn!(
+                    "staging sweep: skipping {}: it is {what}, which no run is given",
+                    path.display()
+                );
+                continue;
+            }
+        };
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            tracing::warn!(
+                "staging sweep: skipping {}: its name is not UTF-8, so it is no run's",
+                path.display()
+            );
+            continue;
+        };
+        if volumes.iter().any(|v| v.run_id == name) {
             continue;
         }
-        let modified: Option<DateTime<Utc>> = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .map(Into::into);
-        if modified.is_some_and(|m| m + ttl <= now) {
+        match store.run(&name) {
+            Ok(_) => continue,
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !is_run_id(&name) {
+            tracing::warn!(
+                "staging sweep: skipping {}: `{name}` is not a run id, so Sluice did not make it",
+                path.display()
+            );
+            continue;
+        }
+        let modified: DateTime<Utc> = metadata.modified().map_err(io(&path))?.into();
+        if expired(modified, ttl, now) {
             reclaimed.push(Reclaimed {
                 run_id: name,
-                path: entry.path().display().to_string(),
+                path: path.display().to_string(),
                 reason: reason::ORPHANED,
             });
         }
@@ -138,4 +237,142 @@ pub fn sweep(
         }
     }
     Ok(reclaimed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{RunType, new_run_id};
+
+    const TTL: Duration = Duration::from_secs(3600);
+
+    fn home() -> (tempfile::TempDir, Home, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let home = Home::open(dir.path().join("home")).expect("home");
+        let store = Store::open(&home.database()).expect("store");
+        (dir, home, store)
+    }
+
+    #[test]
+    fn run_ids_are_recognised_by_shape() {
+        let now = Utc::now();
+        for kind in [RunType::Manual, RunType::Scheduled, RunType::Backfill] {
+            let id = new_run_id(kind, now);
+            assert!(is_run_id(&id), "{id}");
+        }
+        for odd in [
+            "left-behind",
+            "manual__20240101T000000_abcdeg",
+            "manual__20240101T000000_ABCDEF",
+            "manual__20240101X000000_abcdef",
+            "other__20240101T000000_abcdef",
+            "manual__20240101T000000_abcdef/..",
+            "manual__20240101T0000000_abcde",
+            "",
+        ] {
+            assert!(!is_run_id(odd), "{odd}");
+        }
+    }
+
+    /// A file, a link to a directory outside, and a directory with a name that
+    /// is no run id, all planted in the staging root and all older than the
+    /// TTL: the sweep skips them, leaves the link's target alone, and still
+    /// reclaims the real expired and orphaned run directories.
+    #[test]
+    fn planted_entries_are_skipped_and_real_ones_still_reclaimed() {
+        let (dir, home, store) = home();
+        let root = home.root().join("staging");
+        let planted_file = root.join("planted-file");
+        std::fs::write(&planted_file, b"not a directory").expect("file");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::write(outside.join("precious"), b"keep me").expect("precious");
+        // Named like a run, so only its type keeps it from being reclaimed.
+        let planted_link = root.join("manual__20000101T000000_000001");
+        std::os::unix::fs::symlink(&outside, &planted_link).expect("link");
+        let odd = root.join("not-a-run");
+        std::fs::create_dir_all(odd.join("inside")).expect("odd dir");
+
+        let orphan = home.staging("manual__20000101T000000_0000aa");
+        std::fs::create_dir_all(orphan.join("data")).expect("orphan");
+        let expired_run = "backfill__20000101T000000_0000bb";
+        let expired = home.staging(expired_run);
+        std::fs::create_dir_all(&expired).expect("expired");
+        let now = Utc::now();
+        store
+            .add_volume(expired_run, &expired.display().to_string(), now)
+            .expect("volume");
+        store.retain_volume(expired_run, now).expect("retain");
+        // A retained run whose directory was swapped for a link: not followed either.
+        let swapped_run = "manual__20000101T000000_0000cc";
+        let swapped = home.staging(swapped_run);
+        std::os::unix::fs::symlink(&outside, &swapped).expect("swap");
+        store
+            .add_volume(swapped_run, &swapped.display().to_string(), now)
+            .expect("volume");
+        store.retain_volume(swapped_run, now).expect("retain");
+
+        let later = now + chrono::Duration::hours(2);
+        let dry = sweep(&home, &store, TTL, later, true).expect("dry run");
+        assert_eq!(dry.len(), 2, "{dry:?}");
+        let mut done = sweep(&home, &store, TTL, later, false).expect("sweep");
+        done.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        let got: Vec<(&str, &str)> = done.iter().map(|r| (r.run_id.as_str(), r.reason)).collect();
+        assert_eq!(
+            got,
+            [
+                (expired_run, reason::TTL_EXPIRED),
+                ("manual__20000101T000000_0000aa", reason::ORPHANED)
+            ]
+        );
+        assert!(!orphan.exists() && !expired.exists());
+        assert!(planted_file.is_file());
+        assert!(
+            planted_link
+                .symlink_metadata()
+                .expect("link")
+                .file_type()
+                .is_symlink()
+        );
+        assert!(
+            swapped
+                .symlink_metadata()
+                .expect("link")
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            std::fs::read(outside.join("precious")).expect("the link target survives"),
+            b"keep me"
+        );
+        assert!(odd.join("inside").is_dir());
+        // And again: nothing left to do, and still no failure.
+        assert!(
+            sweep(&home, &store, TTL, later, false)
+                .expect("sweep")
+                .is_empty()
+        );
+    }
+
+    /// A run record the store cannot read is an error of the sweep, not a
+    /// licence to delete that run's directory as an orphan.
+    #[test]
+    fn a_store_error_fails_the_sweep_and_deletes_nothing() {
+        let (_dir, home, store) = home();
+        let run_id = "manual__20000101T000000_0000dd";
+        let staging = home.staging(run_id);
+        std::fs::create_dir_all(&staging).expect("staging");
+        let db = rusqlite::Connection::open(home.database()).expect("sqlite");
+        db.execute(
+            "INSERT INTO dag_runs (run_id, dag_id, version, state, logical_date, run_type, \
+             interval_start, interval_end, params, staging_dir, created_at) \
+             VALUES (?1, 'd', 'v', 'no-such-state', 'x', 'manual', 'x', 'x', '{}', ?2, 'x')",
+            rusqlite::params![run_id, staging.display().to_string()],
+        )
+        .expect("insert");
+        let later = Utc::now() + chrono::Duration::hours(2);
+        let error = sweep(&home, &store, TTL, later, false).expect_err("a store error");
+        assert!(matches!(error, StagingError::Store(_)), "{error}");
+        assert!(staging.is_dir());
+    }
 }

@@ -31,8 +31,14 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// Bumped whenever `SCHEMA` changes incompatibly.
-const SCHEMA_VERSION: u32 = 1;
+/// Statements that bring a metadatabase of version `i + 1` to version `i + 2`.
+const MIGRATIONS: &[&str] = &[
+    // 2: how the host threads of each try were confined.
+    "ALTER TABLE task_tries ADD COLUMN sandbox TEXT;",
+];
+
+/// The version `SCHEMA` describes: the first, plus one per migration.
+const SCHEMA_VERSION: u32 = 1 + MIGRATIONS.len() as u32;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS dag_versions (
@@ -88,6 +94,7 @@ CREATE TABLE IF NOT EXISTS task_tries (
     component   TEXT NOT NULL,
     state       TEXT NOT NULL,
     started_at  TEXT NOT NULL,
+    sandbox     TEXT,
     ended_at    TEXT,
     duration_ms INTEGER,
     error       TEXT,
@@ -325,7 +332,7 @@ fn parse_opt_ts(s: Option<String>) -> Result<Option<DateTime<Utc>>> {
 impl Store {
     /// Opens (creating if needed) the metadatabase at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -333,7 +340,14 @@ impl Store {
         let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let fresh: bool =
             conn.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |r| r.get(0))?;
-        if !fresh && version != SCHEMA_VERSION {
+        if !fresh && (1..SCHEMA_VERSION).contains(&version) {
+            let tx = conn.transaction()?;
+            for migration in &MIGRATIONS[version as usize - 1..] {
+                tx.execute_batch(migration)?;
+            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+        } else if !fresh && version != SCHEMA_VERSION {
             return Err(StoreError::Incompatible(format!(
                 "{} has schema version {version}; this sluice uses version {SCHEMA_VERSION} \
                  (no migration exists yet: use a new SLUICE_HOME)",
@@ -577,6 +591,7 @@ impl Store {
 
     /// Starts try `try_number` of a task instance with `component` of DAG
     /// `version`: state `running`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_try(
         &self,
         run_id: &str,
@@ -584,6 +599,7 @@ impl Store {
         try_number: u32,
         version: &str,
         component: &str,
+        sandbox: &str,
         at: DateTime<Utc>,
     ) -> Result<()> {
         let at = ts(at);
@@ -597,9 +613,9 @@ impl Store {
             )?;
             tx.execute(
                 "INSERT OR REPLACE INTO task_tries
-                     (run_id, task_id, try_number, version, component, state, started_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
-                params![run_id, task_id, try_number, version, component, at],
+                     (run_id, task_id, try_number, version, component, state, started_at, sandbox)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7)",
+                params![run_id, task_id, try_number, version, component, at, sandbox],
             )?;
             tx.commit()?;
             Ok(())
@@ -719,6 +735,19 @@ impl Store {
             }
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    /// How the tries of a run were confined ([`crate::confine::Sandbox::label`]),
+    /// each label once; `unrecorded` for tries from before it was recorded.
+    pub fn run_sandboxes(&self, run_id: &str) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT DISTINCT coalesce(sandbox, 'unrecorded') FROM task_tries
+                 WHERE run_id = ?1 ORDER BY 1",
+            )?;
+            let rows = stmt.query_map(params![run_id], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
         })
     }
 

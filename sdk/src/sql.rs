@@ -58,7 +58,8 @@ impl Sql {
         })
     }
 
-    /// Runs a query and decodes at most `max_rows` rows into `T` (via JSON).
+    /// Runs a query and decodes at most `max_rows` rows into `T` (via JSON). The
+    /// host refuses a result over 16 MiB of JSON: use [`Sql::query`] for large ones.
     pub fn query_rows<T: DeserializeOwned>(
         &self,
         statement: &str,

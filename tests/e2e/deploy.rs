@@ -101,3 +101,114 @@ async fn a_component_modified_after_deploy_is_refused() {
         "{stdout}\n{stderr}"
     );
 }
+
+/// The compile-cache entry of component `digest` (exactly one per component).
+fn cache_entry(home: &TestHome, digest: &str) -> std::path::PathBuf {
+    let entries: Vec<_> = std::fs::read_dir(home.sluice.home.compile_cache())
+        .expect("cache")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{digest}-")) && n.ends_with(".cwasm"))
+        })
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries[0].clone()
+}
+
+/// The attack of issue 10: machine code written into `cache/compiled/` under
+/// another component's name must never run as that component. Two plants: the
+/// donor's whole cache entry (tag included) copied under the victim's name, and
+/// the donor's bare serialized code (what `Component::serialize` writes).
+#[test]
+fn a_planted_compile_cache_entry_is_never_loaded() {
+    let home = TestHome::new();
+    let component = |dag: &str, body: &str| {
+        let deployment = home.deploy(&home.manifest(dag, body));
+        home.sluice
+            .store
+            .version(dag, &deployment.version)
+            .expect("version")
+            .spec
+            .tasks[0]
+            .component
+            .clone()
+    };
+    let victim = component(
+        "planted",
+        "[tasks.victim]\nplugin = \"testkit\"\nparams = { mode = \"echo\", marker = \"victim\" }\n",
+    );
+    // Deployed (so compiled and cached), never run here.
+    let donor = component(
+        "donor",
+        "[tasks.donor]\nplugin = \"etl-extract\"\nparams = { rows = 5 }\n",
+    );
+    assert_ne!(victim, donor);
+    let victim_entry = cache_entry(&home, &victim);
+    let donor_entry = std::fs::read(cache_entry(&home, &donor)).expect("donor entry");
+    let header = b"sluice-cwasm-v1\n".len() + 32;
+    assert!(donor_entry.starts_with(b"sluice-cwasm-v1\n"));
+
+    for (what, planted) in [
+        ("the donor's tagged entry", donor_entry.clone()),
+        ("the donor's bare code", donor_entry[header..].to_vec()),
+    ] {
+        std::fs::write(&victim_entry, &planted).expect("plant");
+
+        // A fresh process runs the DAG: the victim must behave as testkit.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "planted", "--no-progress"])
+            .env("SLUICE_HOME", home.home_path())
+            .env("SLUICE_LOG", "warn")
+            .output()
+            .expect("run sluice");
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{what}: {stdout}\n{stderr}");
+        let run = home
+            .sluice
+            .store
+            .runs(Some("planted"), 1)
+            .expect("runs")
+            .remove(0);
+        let output = home.output(&run.run_id, "victim");
+        assert_eq!(output["task"], "victim", "{what}: {output}");
+        assert_eq!(output["rest"]["marker"], "victim", "{what}: {output}");
+        assert!(
+            output.get("rows").is_none(),
+            "{what}: the donor ran: {output}"
+        );
+        // The refusal is logged, naming the file.
+        assert!(
+            stderr.contains(&victim_entry.display().to_string()) && stderr.contains("not used"),
+            "{what}: {stderr}"
+        );
+
+        // The entry was replaced by a valid one: a fresh engine loads it without compiling.
+        let rewritten = std::fs::read(&victim_entry).expect("entry");
+        assert_ne!(
+            rewritten, planted,
+            "{what}: the planted entry is still there"
+        );
+        let engine = sluice::engine::Engine::new(&home.sluice.home).expect("engine");
+        let blob = home.sluice.home.blob(&victim);
+        assert!(!engine.prepare(&victim, &blob).expect("prepare").compiled);
+
+        // And an engine that finds the plant compiles instead of loading it.
+        std::fs::write(&victim_entry, &planted).expect("plant again");
+        let engine = sluice::engine::Engine::new(&home.sluice.home).expect("engine");
+        assert!(
+            engine.prepare(&victim, &blob).expect("prepare").compiled,
+            "{what}: the planted entry was loaded"
+        );
+        assert_ne!(std::fs::read(&victim_entry).expect("entry"), planted);
+    }
+
+    // The key that authenticates entries is private to the owner.
+    let key = home.sluice.home.root().join(sluice::engine::CACHE_KEY_FILE);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key).expect("key").permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "cache.key mode {mode:o}");
+}

@@ -84,7 +84,8 @@ async fn success_deletes_staging_and_failure_keeps_it_until_the_ttl() {
 #[test]
 fn orphans_are_reclaimed_only_past_the_ttl_and_active_runs_never() {
     let home = TestHome::new();
-    let orphan = home.sluice.home.staging("left-behind");
+    // Named as Sluice names runs: a directory with any other name is not Sluice's to delete.
+    let orphan = home.sluice.home.staging(LEFT_BEHIND);
     std::fs::create_dir_all(&orphan).expect("orphan dir");
     let now = Utc::now();
     assert!(
@@ -113,10 +114,71 @@ fn orphans_are_reclaimed_only_past_the_ttl_and_active_runs_never() {
     assert_eq!(reclaimed.len(), 1, "{reclaimed:?}");
     assert_eq!(
         (reclaimed[0].run_id.as_str(), reclaimed[0].reason),
-        ("left-behind", "orphaned")
+        (LEFT_BEHIND, "orphaned")
     );
     assert!(!orphan.exists());
     assert!(active.is_dir());
+}
+
+const LEFT_BEHIND: &str = "manual__20000101T000000_00abcd";
+
+/// Issue 10: a file planted in the staging root made every `sluice gc` fail
+/// ("Not a directory"). Planted things (a file, a link to a directory outside,
+/// a directory that is no run's) are skipped with a warning naming them, never
+/// deleted nor followed, and the sweep still reclaims the expired run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_skips_what_it_did_not_make_and_still_reclaims_expired_runs() {
+    let home = TestHome::new();
+    let failed = home
+        .run(
+            "bad",
+            "[tasks.t]\nplugin = \"testkit\"\nparams = { mode = \"fail\" }\n",
+            json!({}),
+        )
+        .await;
+    assert!(failed.staging_dir.is_dir());
+    let root = home.sluice.home.root().join("staging");
+    let file = root.join("planted.txt");
+    std::fs::write(&file, "x").expect("file");
+    let outside = home.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    std::fs::write(outside.join("precious"), "keep").expect("precious");
+    let link = root.join("manual__20000101T000000_0000ee");
+    std::os::unix::fs::symlink(&outside, &link).expect("link");
+    let odd = root.join("not a run");
+    std::fs::create_dir_all(&odd).expect("odd");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["gc", "--staging-ttl", "0s"])
+        .env("SLUICE_HOME", home.home_path())
+        .env("SLUICE_LOG", "warn")
+        .output()
+        .expect("run sluice gc");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("reclaimed {} (ttl_expired)", failed.run_id)),
+        "{stdout}"
+    );
+    for planted in [&file, &link, &odd] {
+        assert!(
+            stderr.contains(&format!("skipping {}", planted.display())),
+            "no warning about {}: {stderr}",
+            planted.display()
+        );
+    }
+    assert!(!failed.staging_dir.exists());
+    assert!(file.is_file() && odd.is_dir());
+    assert!(
+        link.symlink_metadata()
+            .expect("link")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.join("precious")).expect("target"),
+        "keep"
+    );
 }
 
 const ETL_BROKEN_LOAD: &str = r#"

@@ -4,6 +4,7 @@
 mod support;
 
 mod bench;
+mod confinement;
 mod connections;
 mod deploy;
 mod etl;

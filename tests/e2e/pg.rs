@@ -2,6 +2,10 @@
 //! loopback port, password authentication over TCP (plain or TLS, with a
 //! certificate from a CA made for the run), started once per test process and
 //! stopped when it exits. As root, it runs as the `postgres` user.
+//!
+//! The tests' connections log in as [`TASK_ROLE`], a least-privilege role made
+//! as SECURITY.md shows (LOGIN, rights on schemas and tables, nothing else): a
+//! superuser connection is refused to a task that does not opt in.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,8 +14,12 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
-/// The superuser's password: what the tests search for in everything stored.
+/// The password of [`TASK_ROLE`]: what the tests search for in everything stored.
 pub const PASSWORD: &str = "pg-Secret-4c1d9e77";
+/// The least-privilege role the tests' connections use.
+pub const TASK_ROLE: &str = "sluice_task";
+/// The superuser `postgres`'s password.
+pub const SUPERUSER_PASSWORD: &str = "pg-Super-51b0e2a8";
 
 pub struct PgServer {
     pub port: u16,
@@ -23,10 +31,18 @@ pub struct PgServer {
 }
 
 impl PgServer {
-    /// The Airflow-style URI of database `postgres` as superuser `postgres`.
+    /// The Airflow-style URI of database `postgres` as [`TASK_ROLE`].
     pub fn uri(&self) -> String {
         format!(
-            "postgresql://postgres:{PASSWORD}@127.0.0.1:{}/postgres",
+            "postgresql://{TASK_ROLE}:{PASSWORD}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    /// The Airflow-style URI of database `postgres` as superuser `postgres`.
+    pub fn superuser_uri(&self) -> String {
+        format!(
+            "postgresql://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres",
             self.port
         )
     }
@@ -147,7 +163,7 @@ pub fn server() -> &'static PgServer {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("pg dir");
         let _ = CLUSTER_DIR.set(dir.clone());
-        std::fs::write(dir.join("pwfile"), PASSWORD).expect("pwfile");
+        std::fs::write(dir.join("pwfile"), SUPERUSER_PASSWORD).expect("pwfile");
         give_to_postgres(&dir);
         let data = dir.join("data");
         let out = as_postgres(&format!("{BIN}/initdb"))
@@ -227,6 +243,15 @@ pub fn server() -> &'static PgServer {
         };
         // SAFETY: registering a plain extern "C" function to run at process exit.
         unsafe { libc::atexit(stop_postmaster) };
+        // The least-privilege role of SECURITY.md; default privileges give it
+        // what the tests create as `postgres` (schemas, tables, sequences).
+        server.psql(&format!(
+            "CREATE ROLE {TASK_ROLE} LOGIN PASSWORD '{PASSWORD}'; \
+             GRANT USAGE, CREATE ON SCHEMA public TO {TASK_ROLE}; \
+             ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT USAGE, CREATE ON SCHEMAS TO {TASK_ROLE}; \
+             ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON TABLES TO {TASK_ROLE}; \
+             ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON SEQUENCES TO {TASK_ROLE}"
+        ));
         server
     })
 }

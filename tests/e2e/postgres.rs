@@ -300,7 +300,8 @@ async fn tls_connections_verify_the_server_certificate() {
 
     // The same server by a name its certificate does not carry: refused.
     add(format!(
-        "postgresql://postgres:{}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={ca}",
+        "postgresql://{}:{}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={ca}",
+        pg::TASK_ROLE,
         pg::PASSWORD,
         server.port
     ));
@@ -331,14 +332,12 @@ fn a_gigabyte_each_way_streams_in_bounded_memory() {
         steps_task(true, steps)
     );
     let dag = home.manifest("bounded", &body);
-    let cost = sluice::bench::measure_child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--no-progress"])
-            .arg(&dag)
-            .env("SLUICE_HOME", home.home_path())
-            .stderr(std::process::Stdio::null()),
-    )
-    .expect("the run succeeds");
+    let cost = crate::support::run_measured(
+        &home,
+        &dag.display().to_string(),
+        std::time::Duration::from_secs(600),
+    );
+    assert!(cost.succeeded, "{}", cost.stderr);
     let run = home
         .sluice
         .store
@@ -353,9 +352,9 @@ fn a_gigabyte_each_way_streams_in_bounded_memory() {
     // Neither direction holds the data: the whole process peaks under half of it
     // (about 0.34 GB here, DuckDB's copy of the table included).
     assert!(
-        cost.max_rss < bytes / 2,
+        cost.peak_rss < bytes / 2,
         "peak RSS {} MiB for {} MiB moved each way",
-        cost.max_rss >> 20,
+        cost.peak_rss >> 20,
         bytes >> 20
     );
 }
@@ -565,4 +564,162 @@ fn the_etl_example_loads_into_postgres_and_connections_test_reports() {
         "{stdout}{stderr}"
     );
     assert!(!stderr.contains("not-the-password") && !stdout.contains("not-the-password"));
+}
+
+/// A task granted connection `conn` (opting in to its privileges when
+/// `opt_in`) that runs `steps` and fails at the first error.
+fn task_on(conn: &str, opt_in: bool, steps: Value) -> String {
+    let opt_in = if opt_in {
+        format!("privileged_connections = [\"{conn}\"]\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "[tasks.t]\nplugin = \"testkit\"\nconnections = [\"{conn}\"]\n{opt_in}params = {{ mode = \"steps\", conn = \"{conn}\", steps = {} }}\n",
+        toml_value(&steps)
+    )
+}
+
+/// `sluice connections <args>` in `home`, with the environment `env`.
+fn connections_cli(home: &TestHome, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("connections")
+        .args(args)
+        .env("SLUICE_HOME", home.home_path())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run sluice");
+    let (stdout, stderr) = text(&out);
+    (out.status.success(), stdout, stderr)
+}
+
+/// Issue 10: a superuser connection let a task run programs on the database
+/// host. `add` and `test` name the role's powers; a task may open such a
+/// connection only with `privileged_connections`; a plain role needs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_privileged_role_is_named_and_refused_to_a_task_without_the_opt_in() {
+    let (home, server) = home_with_pg();
+    let admin = server.superuser_uri();
+    let (ok, stdout, stderr) = connections_cli(&home, &["add", "admin", "--uri", &admin], &[]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("warning: connection `admin`: role `postgres` is a superuser")
+            && stderr.contains("privileged_connections = [\"admin\"]"),
+        "{stdout}{stderr}"
+    );
+    let (ok, stdout, stderr) = connections_cli(&home, &["test", "admin"], &[]);
+    assert!(
+        ok && stdout.starts_with("ok: admin: PostgreSQL 15"),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.contains("is a superuser"), "{stderr}");
+
+    // The plain role of every other test: no warning, and its tasks need no opt-in.
+    let (ok, stdout, stderr) = connections_cli(&home, &["test", "pg"], &[]);
+    assert!(
+        ok && stdout.contains(&format!("as role `{}`", pg::TASK_ROLE))
+            && !stderr.contains("warning"),
+        "{stdout}{stderr}"
+    );
+    let plain = home
+        .run(
+            "plain",
+            &task_on("pg", false, json!([{ "pg": "execute", "sql": "SELECT 1" }])),
+            json!({}),
+        )
+        .await;
+    assert_eq!(plain.state.as_str(), "success", "{:?}", plain.error);
+
+    // Without the opt-in: refused at open, before any statement reaches the server.
+    // The statement runs a program on the database host that leaves a mark.
+    let mark = std::env::temp_dir().join(unique("sluice-program-ran"));
+    let program = json!([{ "pg": "execute", "sql": format!("COPY (SELECT 1) TO PROGRAM 'cat > {}'", mark.display()) }]);
+    let refused = home
+        .run(
+            "refused",
+            &task_on("admin", false, program.clone()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(refused.state.as_str(), "failed");
+    let error = home.task(&refused.run_id, "t").error.unwrap_or_default();
+    assert!(
+        error.contains("connection `admin`: refused to task `t` of DAG `refused`: role `postgres` is a superuser")
+            && error.contains("privileged_connections = [\"admin\"]"),
+        "{error}"
+    );
+    assert!(!mark.exists(), "the program ran on the database host");
+    // With it, the task runs (here: a program on the database host).
+    let allowed = home
+        .run("allowed", &task_on("admin", true, program), json!({}))
+        .await;
+    assert_eq!(allowed.state.as_str(), "success", "{:?}", allowed.error);
+    assert!(mark.exists(), "the opted-in task ran the program");
+    std::fs::remove_file(&mark).expect("remove the mark");
+
+    // Not a superuser, but able to `SET ROLE` to one that runs programs (NOINHERIT:
+    // its own rights do not show it, its memberships do).
+    server.psql(&format!(
+        "CREATE ROLE sluice_prog LOGIN NOINHERIT PASSWORD '{}'; GRANT pg_execute_server_program TO sluice_prog; \
+         CREATE ROLE sluice_maker LOGIN CREATEROLE PASSWORD '{}'",
+        pg::PASSWORD,
+        pg::PASSWORD
+    ));
+    for (id, role, power) in [
+        (
+            "prog",
+            "sluice_prog",
+            "is a member of pg_execute_server_program",
+        ),
+        ("maker", "sluice_maker", "has CREATEROLE"),
+    ] {
+        let uri = server.uri().replace(pg::TASK_ROLE, role);
+        let (ok, stdout, stderr) = connections_cli(&home, &["add", id, "--uri", &uri], &[]);
+        assert!(ok && stderr.contains(power), "{stdout}{stderr}");
+        let run = home
+            .run(
+                id,
+                &task_on(id, false, json!([{ "pg": "execute", "sql": "SELECT 1" }])),
+                json!({}),
+            )
+            .await;
+        let error = home.task(&run.run_id, "t").error.unwrap_or_default();
+        assert!(
+            error.contains(&format!("connection `{id}`: refused to task `t`"))
+                && error.contains(power),
+            "{error}"
+        );
+    }
+}
+
+/// Issue 10: `import-airflow` read `+` in a URI password as a space. libpq and
+/// Airflow decode percent-escapes only; the imported connection authenticates.
+#[test]
+fn an_airflow_uri_password_with_plus_signs_and_escapes_authenticates() {
+    let server = pg::server();
+    let home = TestHome::new();
+    let password = "p+ss w+rd+";
+    server.psql(&format!(
+        "CREATE ROLE sluice_plus LOGIN PASSWORD '{password}'; GRANT CONNECT ON DATABASE postgres TO sluice_plus"
+    ));
+    // `+` as is, `%2B` for another `+`, `%20` for the space.
+    let uri = format!(
+        "postgresql://sluice_plus:p+ss%20w%2Brd+@127.0.0.1:{}/postgres",
+        server.port
+    );
+    let (ok, stdout, stderr) = connections_cli(
+        &home,
+        &["import-airflow"],
+        &[("AIRFLOW_CONN_PLUS_PG", &uri)],
+    );
+    assert!(
+        ok && stdout.contains("imported plus_pg"),
+        "{stdout}{stderr}"
+    );
+    let (ok, stdout, stderr) = connections_cli(&home, &["test", "plus_pg"], &[]);
+    assert!(
+        ok && stdout.starts_with("ok: plus_pg: PostgreSQL 15"),
+        "{stdout}{stderr}"
+    );
+    assert!(!stdout.contains(password) && !stderr.contains(password));
 }

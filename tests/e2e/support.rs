@@ -168,3 +168,57 @@ pub fn text(output: &Output) -> (String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// How a `sluice run` in a child process ended, and its peak resident memory.
+pub struct Measured {
+    pub succeeded: bool,
+    /// The process's stderr.
+    pub stderr: String,
+    /// The highest `VmHWM` read from `/proc/<pid>/status` while it ran, in bytes.
+    pub peak_rss: u64,
+}
+
+/// `VmHWM` of a live process, in bytes (`None` once it has exited).
+fn vm_hwm(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Runs the deployed DAG `dag` through the real `sluice` binary and measures
+/// the process that ran the task: its `VmHWM` (peak RSS since its `exec`) is
+/// read every 10 ms until it exits. (`ru_maxrss` from `wait4` would not do: it
+/// also counts the test process's memory at the `fork`.) Kills it and panics
+/// after `within`.
+pub fn run_measured(home: &TestHome, dag: &str, within: std::time::Duration) -> Measured {
+    let stderr_path = home.dir.path().join(format!("{dag}.stderr"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", dag, "--no-progress"])
+        .env("SLUICE_HOME", home.home_path())
+        .current_dir(repo_root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("start sluice");
+    let deadline = std::time::Instant::now() + within;
+    let mut peak_rss = 0;
+    loop {
+        if let Some(hwm) = vm_hwm(child.id()) {
+            peak_rss = peak_rss.max(hwm);
+        }
+        if let Some(status) = child.try_wait().expect("wait for sluice") {
+            return Measured {
+                succeeded: status.success(),
+                stderr: std::fs::read_to_string(&stderr_path).expect("stderr"),
+                peak_rss,
+            };
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`sluice run {dag}` did not end within {within:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -1,7 +1,9 @@
 //! The `connections` interface for S3-compatible object stores: the host holds
 //! the keys (through `object_store`) and moves files between the run's staging
-//! directory and the bucket. Staging paths are confined: no `..`, and the
-//! resolved file (symlinks followed) must lie inside staging.
+//! directory and the bucket. Staging paths are confined twice: no `..`, and the
+//! resolved file (symlinks followed) must lie inside staging; and the file is
+//! opened on a thread the kernel confines to staging ([`crate::confine`]), so a
+//! path swapped for a link between the check and the open gets nothing.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use tokio::io::AsyncWriteExt;
 use wasmtime::component::Resource;
 
 use crate::bindings::sluice::task::connections::{ConnectionError, HostBucket};
+use crate::confine::Sandbox;
 use crate::connections::ConnectionConfig;
 
 use super::TaskHost;
@@ -23,6 +26,10 @@ use super::TaskHost;
 const PART_SIZE: usize = 8 << 20;
 /// Most keys `list-keys` returns.
 const MAX_KEYS: usize = 10_000;
+/// Most bytes of keys `list-keys` builds in the host. S3 keys are at most
+/// 1,024 bytes, so [`MAX_KEYS`] of them fit; a store that returns longer keys
+/// gets an error instead of growing host memory.
+const MAX_KEYS_BYTES: usize = 16 << 20;
 
 /// What a transfer needs: connection id, store, staging directory, runtime.
 type Transfer = (
@@ -97,6 +104,26 @@ pub(crate) fn confine(staging: &Path, arg: &str, write: bool) -> Result<PathBuf,
         ));
     }
     Ok(target)
+}
+
+/// Opens a staging file for a transfer (created or truncated when `write`),
+/// checked by [`confine`] and opened on a thread the kernel confines to staging.
+pub(crate) fn open_staging(
+    sandbox: &Sandbox,
+    staging: &Path,
+    arg: &str,
+    write: bool,
+) -> Result<std::fs::File, String> {
+    let opened = sandbox.run_confined(staging, || {
+        let file = confine(staging, arg, write)?;
+        let opened = if write {
+            std::fs::File::create(&file)
+        } else {
+            std::fs::File::open(&file)
+        };
+        opened.map_err(|e| format!("`{arg}`: {e}"))
+    });
+    opened.map_err(|e| e.to_string())?
 }
 
 /// The object store of an S3 connection.
@@ -215,12 +242,10 @@ impl HostBucket for TaskHost {
             Err(e) => return Ok(Err(e)),
         };
         let result = (|| {
-            let file = confine(&staging, &staging_file, false)?;
             let key = key(&key_arg)?;
+            let source = open_staging(&self.grants.sandbox, &staging, &staging_file, false)?;
             self.until(&runtime, async move {
-                let mut source = tokio::fs::File::open(&file)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut source = tokio::fs::File::from_std(source);
                 let mut writer = BufWriter::with_capacity(store, key, PART_SIZE);
                 let sent = tokio::io::copy(&mut source, &mut writer)
                     .await
@@ -245,17 +270,15 @@ impl HostBucket for TaskHost {
             Err(e) => return Ok(Err(e)),
         };
         let result = (|| {
-            let file = confine(&staging, &staging_file, true)?;
             let key = key(&key_arg)?;
+            let target = open_staging(&self.grants.sandbox, &staging, &staging_file, true)?;
             self.until(&runtime, async move {
                 let mut stream = store
                     .get(&key)
                     .await
                     .map_err(|e| e.to_string())?
                     .into_stream();
-                let mut target = tokio::fs::File::create(&file)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut target = tokio::fs::File::from_std(target);
                 let mut received = 0u64;
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.map_err(|e| e.to_string())?;
@@ -289,9 +312,16 @@ impl HostBucket for TaskHost {
             };
             self.until(&runtime, async move {
                 let mut listing = store.list(prefix.as_ref());
-                let mut keys = Vec::new();
+                let (mut keys, mut bytes) = (Vec::new(), 0usize);
                 while let Some(meta) = listing.next().await {
-                    keys.push(meta.map_err(|e| e.to_string())?.location.to_string());
+                    let key = meta.map_err(|e| e.to_string())?.location.to_string();
+                    bytes += key.len();
+                    if bytes > MAX_KEYS_BYTES {
+                        return Err(format!(
+                            "the listing is over {MAX_KEYS_BYTES} bytes of keys; list a narrower prefix"
+                        ));
+                    }
+                    keys.push(key);
                     if keys.len() >= MAX_KEYS {
                         break;
                     }
@@ -381,5 +411,56 @@ mod tests {
                 "{dir:?}"
             );
         }
+    }
+
+    /// A transfer's file swapped for a link between the path check and the
+    /// open, in both directions (get writes, put reads): the kernel refuses
+    /// the open through the link, so nothing outside is read or written.
+    #[test]
+    fn a_path_swapped_for_a_link_mid_transfer_gets_nothing_outside() {
+        let sandbox = crate::confine::Sandbox::detect();
+        assert!(
+            matches!(sandbox, crate::confine::Sandbox::Landlock { .. }),
+            "needs Landlock: {sandbox:?}"
+        );
+        let dir = tempfile::tempdir().expect("dir");
+        let root = dir.path().canonicalize().expect("canonical");
+        let staging = root.join("run");
+        std::fs::create_dir(&staging).expect("mkdir");
+        std::fs::write(root.join("secret.txt"), "secret").expect("secret");
+        let stop = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let swapper = {
+            let staging = staging.clone();
+            std::thread::spawn(move || {
+                let (file, link) = (staging.join(".file"), staging.join(".link"));
+                while std::time::Instant::now() < stop {
+                    let _ = std::fs::write(&file, "inside");
+                    let _ = std::fs::rename(&file, staging.join("victim"));
+                    let _ = std::os::unix::fs::symlink("../secret.txt", &link);
+                    let _ = std::fs::rename(&link, staging.join("victim"));
+                }
+            })
+        };
+        let (mut reads, mut writes) = (0u32, 0u32);
+        while std::time::Instant::now() < stop {
+            if let Ok(mut file) = open_staging(&sandbox, &staging, "victim", false) {
+                let mut text = String::new();
+                if std::io::Read::read_to_string(&mut file, &mut text).is_ok() {
+                    assert_ne!(text, "secret", "read outside through a swapped link");
+                    reads += 1;
+                }
+            }
+            if let Ok(mut file) = open_staging(&sandbox, &staging, "victim", true) {
+                std::io::Write::write_all(&mut file, b"pwned").expect("write");
+                writes += 1;
+            }
+        }
+        swapper.join().expect("swapper");
+        assert_eq!(
+            std::fs::read_to_string(root.join("secret.txt")).expect("secret"),
+            "secret",
+            "written outside through a swapped link"
+        );
+        assert!(reads > 0 && writes > 0, "reads {reads}, writes {writes}");
     }
 }

@@ -32,6 +32,10 @@ use super::TaskHost;
 const BATCHES_IN_FLIGHT: usize = 4;
 /// Rows per batch when extracting from Postgres.
 const EXTRACT_BATCH_ROWS: usize = 8192;
+/// Bytes of COPY data per batch when extracting from Postgres: wide rows make
+/// smaller batches, so the host holds about `BATCHES_IN_FLIGHT + 2` of these
+/// (plus one row) whatever the row width.
+const EXTRACT_BATCH_BYTES: usize = 16 << 20;
 
 /// Replaces every secret of the granted connections with `***`.
 #[derive(Debug, Default, Clone)]
@@ -68,8 +72,9 @@ impl Redactor {
     }
 }
 
-/// The connections a try may open, and the runtime their clients run on.
-#[derive(Debug, Clone, Default)]
+/// The connections a try may open, the runtime their clients run on, and
+/// how the threads that open staging files for transfers are confined.
+#[derive(Debug, Clone)]
 pub struct Grants {
     /// Granted connections, secrets included (host memory only).
     pub connections: Vec<Connection>,
@@ -77,16 +82,33 @@ pub struct Grants {
     pub runtime: Option<tokio::runtime::Handle>,
     /// Redacts the secrets of `connections`.
     pub redactor: Arc<Redactor>,
+    /// Confines the threads that open staging files for transfers.
+    pub sandbox: crate::confine::Sandbox,
 }
 
 impl Grants {
     /// Grants `connections`, with clients driven by `runtime`.
-    pub fn new(connections: Vec<Connection>, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        connections: Vec<Connection>,
+        runtime: tokio::runtime::Handle,
+        sandbox: crate::confine::Sandbox,
+    ) -> Self {
         let redactor = Arc::new(Redactor::for_connections(&connections));
         Self {
             connections,
             runtime: Some(runtime),
             redactor,
+            sandbox,
+        }
+    }
+
+    /// No connections at all.
+    pub fn none(sandbox: crate::confine::Sandbox) -> Self {
+        Self {
+            connections: Vec::new(),
+            runtime: None,
+            redactor: Arc::default(),
+            sandbox,
         }
     }
 }
@@ -326,9 +348,152 @@ fn endpoint(connection: &Connection) -> String {
     }
 }
 
-/// Connects to `connection` and asks the server its version: what
-/// `sluice connections test` reports. Errors are redacted.
-pub async fn test_connection(connection: &Connection) -> Result<String, String> {
+/// The powers of a Postgres role that reach past the grants on its tables: to
+/// the database server's host, to other roles, to data no grant gives. A task
+/// may open a connection whose role has any of them only when its manifest
+/// opts in (`privileged_connections`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolePrivileges {
+    /// The role the connection logs in as.
+    pub role: String,
+    /// Each power, described; empty for a least-privilege role.
+    pub powers: Vec<String>,
+}
+
+impl RolePrivileges {
+    /// Whether the role holds any power that needs an opt-in.
+    pub fn is_privileged(&self) -> bool {
+        !self.powers.is_empty()
+    }
+
+    /// The role and each of its powers, for messages.
+    pub fn describe(&self) -> String {
+        format!("role `{}` {}", self.role, self.powers.join("; "))
+    }
+}
+
+/// Roles that each hold a power of the server's operating-system account.
+const SERVER_ROLES: [(&str, &str); 3] = [
+    (
+        "pg_read_server_files",
+        "may read files on the database host",
+    ),
+    (
+        "pg_write_server_files",
+        "may write files on the database host",
+    ),
+    (
+        "pg_execute_server_program",
+        "may run programs on the database host (COPY ... PROGRAM)",
+    ),
+];
+
+/// Asks the server what the connected role may do (see [`RolePrivileges`]).
+/// A role counts as holding what any role it is a member of holds, inherited
+/// or not, since `SET ROLE` takes it there. CREATEROLE counts because such a
+/// role can grant roles (before PostgreSQL 16: any role but superuser, the
+/// three above included); REPLICATION because logical decoding reads every
+/// change in the database past table grants.
+async fn role_privileges(client: &Client) -> Result<RolePrivileges, String> {
+    let server_roles: Vec<&str> = SERVER_ROLES.iter().map(|(name, _)| *name).collect();
+    let row = client
+        .query_one(
+            "SELECT current_user::text, \
+               ARRAY(SELECT rolname::text FROM pg_roles WHERE rolsuper \
+                     AND pg_has_role(current_user, oid, 'MEMBER') ORDER BY 1), \
+               ARRAY(SELECT rolname::text FROM pg_roles WHERE rolname::text = ANY($1::text[]) \
+                     AND pg_has_role(current_user, oid, 'MEMBER') ORDER BY 1), \
+               ARRAY(SELECT rolname::text FROM pg_roles WHERE rolcreaterole \
+                     AND pg_has_role(current_user, oid, 'MEMBER') ORDER BY 1), \
+               ARRAY(SELECT rolname::text FROM pg_roles WHERE rolreplication \
+                     AND pg_has_role(current_user, oid, 'MEMBER') ORDER BY 1)",
+            &[&server_roles],
+        )
+        .await
+        .map_err(|e| format!("cannot read the role's privileges: {}", db_message(&e)))?;
+    let column = |i: usize| -> Result<Vec<String>, String> {
+        row.try_get(i)
+            .map_err(|e| format!("cannot read the role's privileges: {e}"))
+    };
+    let role: String = row
+        .try_get(0)
+        .map_err(|e| format!("cannot read the role's privileges: {e}"))?;
+    let (supers, server, createrole, replication) =
+        (column(1)?, column(2)?, column(3)?, column(4)?);
+    let through = |holders: &[String]| -> String {
+        let others: Vec<String> = holders
+            .iter()
+            .filter(|h| **h != role)
+            .map(|h| format!("`{h}`"))
+            .collect();
+        if holders.contains(&role) || others.is_empty() {
+            String::new()
+        } else {
+            format!(" (through role {})", others.join(", "))
+        }
+    };
+    let mut powers = Vec::new();
+    if supers.is_empty() {
+        for (name, what) in SERVER_ROLES {
+            if server.iter().any(|s| s == name) {
+                powers.push(format!("is a member of {name}: {what}"));
+            }
+        }
+        if !createrole.is_empty() {
+            powers.push(format!(
+                "has CREATEROLE{}: may create roles and grant role memberships",
+                through(&createrole)
+            ));
+        }
+        if !replication.is_empty() {
+            powers.push(format!(
+                "has REPLICATION{}: may read every change in the database through logical decoding",
+                through(&replication)
+            ));
+        }
+    } else {
+        // A superuser holds every other power too.
+        powers.push(format!(
+            "is a superuser{}: may read and write files and run programs on the database host, and read every role's password verifier",
+            through(&supers)
+        ));
+    }
+    Ok(RolePrivileges { role, powers })
+}
+
+/// What `sluice connections test` (and `add`) learn from a Postgres server.
+#[derive(Debug, Clone)]
+pub struct PostgresReport {
+    /// `server_version`.
+    pub version: String,
+    /// `host:port`.
+    pub endpoint: String,
+    /// What the connection's role may do.
+    pub privileges: RolePrivileges,
+}
+
+impl std::fmt::Display for PostgresReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PostgreSQL {} at {} as role `{}`",
+            self.version, self.endpoint, self.privileges.role
+        )
+    }
+}
+
+/// How a task opts in to connection `id` whose role is privileged.
+pub fn privileged_opt_in_hint(id: &str) -> String {
+    format!(
+        "a task may open it only if its manifest entry says `privileged_connections = [\"{id}\"]`; \
+         better, give the connection a role without these powers (see SECURITY.md)"
+    )
+}
+
+/// Connects to `connection` and asks the server its version and what the
+/// role may do: what `sluice connections test` and `add` report. Errors are
+/// redacted.
+pub async fn test_connection(connection: &Connection) -> Result<PostgresReport, String> {
     let redactor = Redactor::for_connections(std::slice::from_ref(connection));
     let (config, tls) =
         client_config(connection, "sluice connections test").map_err(|m| redactor.redact(&m))?;
@@ -345,9 +510,16 @@ pub async fn test_connection(connection: &Connection) -> Result<String, String> 
         .await
         .and_then(|row| row.try_get(0))
         .map_err(|e| redactor.redact(&db_message(&e)))?;
+    let privileges = role_privileges(&client)
+        .await
+        .map_err(|m| redactor.redact(&m))?;
     drop(client);
     let _ = driver.await;
-    Ok(format!("PostgreSQL {version} at {}", endpoint(connection)))
+    Ok(PostgresReport {
+        version,
+        endpoint: endpoint(connection),
+        privileges,
+    })
 }
 
 impl Host for TaskHost {
@@ -369,24 +541,57 @@ impl Host for TaskHost {
             Ok(config) => config,
             Err(m) => return Ok(Err(self.connection_error(&id, m))),
         };
-        match runtime.block_on(config.connect(tls.clone())) {
-            Ok((client, connection)) => Ok(Ok(self.table_mut().push(PostgresHandle {
-                id,
-                cancel: client.cancel_token(),
-                client,
-                connection: Some(connection),
-                tls,
-                runtime,
-            })?)),
+        let (client, driver) = match runtime.block_on(config.connect(tls.clone())) {
+            Ok(connected) => connected,
             Err(e) => {
                 let message = format!(
                     "cannot connect to {}: {}",
                     endpoint(&connection),
                     db_message(&e)
                 );
-                Ok(Err(self.connection_error(&id, message)))
+                return Ok(Err(self.connection_error(&id, message)));
             }
+        };
+        // What the role may do is learnt from the server at every open (a
+        // role's powers can change after `connections add`), before the task
+        // can send a statement.
+        let cancel = client.cancel_token();
+        let mut driver = Some(driver);
+        let stop = Stop {
+            at: self.deadline.at(),
+            cancel: &cancel,
+            tls: &tls,
+        };
+        let privileges = runtime.block_on(drive(&mut driver, stop, role_privileges(&client)));
+        let refusal = match privileges {
+            Ok(p) if p.is_privileged() && !connection.allow_privileged => Some(format!(
+                "refused to task `{}` of DAG `{}`: {}; {}",
+                self.context.task_id,
+                self.context.dag_id,
+                p.describe(),
+                privileged_opt_in_hint(&id)
+            )),
+            Ok(_) => None,
+            Err(m) => Some(m),
+        };
+        if let Some(message) = refusal {
+            // Let the connection close cleanly in the background.
+            drop(client);
+            if let Some(driver) = driver {
+                runtime.spawn(driver);
+            }
+            self.check_deadline()?;
+            return Ok(Err(self.connection_error(&id, message)));
         }
+        self.check_deadline()?;
+        Ok(Ok(self.table_mut().push(PostgresHandle {
+            id,
+            cancel,
+            client,
+            connection: driver,
+            tls,
+            runtime,
+        })?))
     }
 
     fn open_bucket(
@@ -1155,6 +1360,7 @@ async fn extract(
     let mut pending = BytesMut::new();
     let mut fields = Vec::with_capacity(builders.len());
     let (mut header_done, mut in_batch, mut total, mut finished) = (false, 0usize, 0u64, false);
+    let mut batch_bytes = 0usize;
     while let Some(chunk) = stream.next().await {
         pending.extend_from_slice(&chunk.map_err(|e| db_message(&e))?);
         if !header_done {
@@ -1181,12 +1387,16 @@ async fn extract(
             )?;
             pending.advance(used);
             in_batch += rows;
-            if in_batch == EXTRACT_BATCH_ROWS {
+            batch_bytes += used;
+            if in_batch == EXTRACT_BATCH_ROWS
+                || (in_batch > 0 && batch_bytes >= EXTRACT_BATCH_BYTES)
+            {
                 batches
                     .send(flush(&mut builders)?)
                     .map_err(|_| "the DuckDB side stopped".to_owned())?;
                 total += in_batch as u64;
                 in_batch = 0;
+                batch_bytes = 0;
                 continue;
             }
             finished |= trailer;
@@ -1346,6 +1556,7 @@ mod tests {
                 extras: Default::default(),
             },
             secret: "p@ss word".into(),
+            allow_privileged: false,
         };
         let r = Redactor::for_connections(&[c]);
         assert_eq!(

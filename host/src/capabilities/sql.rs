@@ -4,7 +4,12 @@
 //! DuckDB statements borrow their connection and are not `Send`, while wasmtime
 //! store data must be; so the session lives on its own thread and host calls
 //! reach it over a channel. The thread owns the connection and the open cursors.
-//! The database is opened at the session's first SQL call.
+//! The session's thread starts at its first SQL call and takes a fresh
+//! database (opened ahead of time, with no DuckDB threads of its own); the
+//! thread then confines itself to staging with the kernel ([`crate::confine`])
+//! and only then sets the task's thread counts, which makes DuckDB launch its
+//! worker pools from the confined thread: every thread that runs a task's
+//! statement is confined.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +40,8 @@ pub struct SqlConfig {
     pub threads: u32,
     /// `max_temp_directory_size` in bytes.
     pub spill_limit: u64,
+    /// How the session's thread (and so DuckDB's threads) is confined.
+    pub sandbox: crate::confine::Sandbox,
 }
 
 /// An error from the session: DuckDB's message, or why the session is gone.
@@ -104,7 +111,7 @@ pub struct SqlSession {
 }
 
 impl SqlSession {
-    /// A session that will open a fresh database from `pool` with `config`.
+    /// A session that will take a fresh database from `pool` and lock it down with `config`.
     pub fn new(pool: Arc<SqlPool>, config: SqlConfig) -> Self {
         Self {
             pool,
@@ -120,7 +127,7 @@ impl SqlSession {
         self.handles.clone()
     }
 
-    /// Opens the database on its own thread, if not yet done.
+    /// Opens the database on its own confined thread, if not yet done.
     fn requests(&mut self) -> Result<&mpsc::Sender<Request>, SqlError> {
         if self.requests.is_none() {
             let fresh = self.pool.take();
@@ -130,7 +137,14 @@ impl SqlSession {
             let thread = std::thread::Builder::new()
                 .name("sluice-sql".into())
                 .spawn(move || {
-                    let conn = match fresh.and_then(|conn| lock_down(conn, &config)) {
+                    let opened = fresh.and_then(|conn| {
+                        config
+                            .sandbox
+                            .confine_current_thread(&config.staging_dir)
+                            .map_err(|e| SqlError(e.to_string()))?;
+                        lock_down(conn, &config)
+                    });
+                    let conn = match opened {
                         Ok(conn) => conn,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -263,18 +277,29 @@ impl Drop for SqlSession {
 
 /// Opens a database with the options that only take effect at start-up:
 /// no extension autoload or autoinstall, no community extensions, no persistent
-/// secrets. It has run nothing yet.
+/// secrets; and no threads of DuckDB's own (one thread, the caller's, and no
+/// async I/O threads), so that the thread that will serve a task can confine
+/// itself before any DuckDB thread exists. DuckDB reads `/proc/self/cgroup`
+/// here to size its allocator, and aborts the process if it cannot: the open
+/// must happen outside the confinement. It has run nothing.
 pub(crate) fn open_fresh() -> Result<Connection, SqlError> {
-    let config = Config::default()
+    let options = Config::default()
         .enable_autoload_extension(false)?
         .with("autoinstall_known_extensions", "false")?
         .with("allow_community_extensions", "false")?
-        .with("allow_persistent_secrets", "false")?;
-    Ok(Connection::open_in_memory_with_flags(config)?)
+        .with("allow_persistent_secrets", "false")?
+        .threads(1)?
+        .with("async_threads", "0")?
+        // A fixed HTTP client pool (there is no HTTP without extensions):
+        // sizing it automatically reads cgroups, at every thread-count change.
+        .with("http_client_pool_capacity", "1")?;
+    Ok(Connection::open_in_memory_with_flags(options)?)
 }
 
-/// Applies the task's limits and confines file access to staging, then locks
-/// the configuration. Options set after the lock fail.
+/// Applies the task's limits and threads (DuckDB launches its worker pools
+/// from the calling thread, at the end of the statement that changes their
+/// size), confines file access to staging, then locks the configuration.
+/// Options set after the lock fail.
 pub(crate) fn lock_down(conn: Connection, config: &SqlConfig) -> Result<Connection, SqlError> {
     conn.set_query_progress_tracking(true)?;
     let staging = dir_with_slash(&config.staging_dir)?;
@@ -290,8 +315,9 @@ pub(crate) fn lock_down(conn: Connection, config: &SqlConfig) -> Result<Connecti
         .ok_or_else(|| SqlError("staging path is not UTF-8".into()))?;
     conn.execute_batch(&format!(
         "SET memory_limit = '{memory}B';
-         SET threads = {threads};
          SET max_temp_directory_size = '{spill}B';
+         SET threads = {threads};
+         SET async_threads = {async_threads};
          SET allowed_directories = [{staging}];
          SET temp_directory = {temp};
          SET home_directory = {home};
@@ -299,8 +325,10 @@ pub(crate) fn lock_down(conn: Connection, config: &SqlConfig) -> Result<Connecti
          SET enable_external_access = false;
          SET lock_configuration = true;",
         memory = config.memory_limit,
-        threads = config.threads,
         spill = config.spill_limit,
+        threads = config.threads,
+        // DuckDB's own default: four async I/O threads per worker thread.
+        async_threads = (4 * config.threads).min(256),
         staging = literal(&staging),
         temp = literal(temp),
         home = literal(staging.trim_end_matches('/')),
@@ -309,9 +337,12 @@ pub(crate) fn lock_down(conn: Connection, config: &SqlConfig) -> Result<Connecti
     Ok(conn)
 }
 
-/// Fresh DuckDB databases opened ahead of time (opening one costs ~8 ms, the
-/// lockdown under 1 ms). Each database serves exactly one task instance and is
-/// never reused; the pool only moves the opening off the critical path. The
+/// Fresh DuckDB databases opened ahead of time (opening one costs ~11 ms, the
+/// lockdown about 2 ms). Each database serves exactly one task instance and is
+/// never reused; the pool only moves the opening off the critical path. A
+/// pooled database has no DuckDB threads yet (see [`open_fresh`]), so the
+/// session thread that takes it can still confine every thread that will run
+/// the task's statements. The
 /// refill thread starts with the first session and is joined when the pool is
 /// dropped, so a process never exits while DuckDB is opening a database.
 pub struct SqlPool {
@@ -483,9 +514,49 @@ fn append(
     Ok(rows)
 }
 
+/// Runs one statement without keeping a query's rows: its result is streamed
+/// and each chunk dropped as it comes, so a large `SELECT` costs the host one
+/// chunk, not its whole result. Returns the rows changed, which DuckDB reports
+/// as the one `Count` (BIGINT) value of an INSERT, UPDATE, DELETE, MERGE, COPY
+/// or CREATE TABLE AS; for a query that is 0, as when its result was
+/// materialized (a query whose whole result is one BIGINT named `Count` reads
+/// as that count).
 fn execute(conn: &Connection, sql: &str) -> Result<u64, SqlError> {
     let mut stmt = conn.prepare(sql)?;
-    Ok(stmt.execute([])? as u64)
+    let mut batches = stmt.stream_arrow([])?;
+    let Some(first) = batches.next().transpose()? else {
+        return Ok(0);
+    };
+    let count = changed_rows(&first);
+    drop(first);
+    let mut more = false;
+    for batch in batches {
+        drop(batch?);
+        more = true;
+    }
+    Ok(match count {
+        Some(count) if !more => count,
+        _ => 0,
+    })
+}
+
+/// The count in a result shaped like DuckDB's report of changed rows.
+fn changed_rows(batch: &RecordBatch) -> Option<u64> {
+    let schema = batch.schema();
+    let [field] = schema.fields().as_ref() else {
+        return None;
+    };
+    if batch.num_rows() != 1 || field.name() != "Count" {
+        return None;
+    }
+    let counts = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<duckdb::arrow::array::Int64Array>()?;
+    if duckdb::arrow::array::Array::is_null(counts, 0) {
+        return None;
+    }
+    u64::try_from(counts.value(0)).ok()
 }
 
 fn open_cursor<'c>(conn: &'c Connection, sql: &str) -> Result<(Statement<'c>, Vec<u8>), SqlError> {
@@ -542,24 +613,170 @@ fn ipc_stream(schema: &Schema, batch: Option<&RecordBatch>) -> Result<Vec<u8>, S
     Ok(buf)
 }
 
+/// Largest JSON text `query-json` builds in the host for one call, checked as
+/// it is written. The call is for small results read whole: the guest copies
+/// the text into its linear memory and parses it into values (a few times its
+/// size again), and a large result belongs in a cursor, whose batches are
+/// bounded. 16 MiB is thousands of rows of any usual width, and small next to
+/// `duckdb_memory` and the guest's default memory (512 MiB).
+pub const MAX_QUERY_JSON_BYTES: usize = 16 << 20;
+
+/// JSON text being built, refused past its cap.
+struct CappedJson {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for CappedJson {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + data.len() > MAX_QUERY_JSON_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("the query-json cap is reached"));
+        }
+        self.bytes.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn query_json(conn: &Connection, sql: &str, max_rows: u32) -> Result<String, SqlError> {
     let mut stmt = conn.prepare(sql)?;
-    let mut remaining = max_rows as usize;
-    let mut buf = Vec::new();
-    {
-        let mut writer = duckdb::arrow::json::ArrayWriter::new(&mut buf);
-        for batch in stmt.stream_arrow([])? {
-            if remaining == 0 {
-                break;
-            }
-            let batch = batch?;
-            let take = remaining.min(batch.num_rows());
-            writer.write(&batch.slice(0, take))?;
-            remaining -= take;
-        }
-        writer.finish()?;
+    let mut out = CappedJson {
+        bytes: Vec::new(),
+        over: false,
+    };
+    let written = write_json(&mut stmt, max_rows, &mut out);
+    if out.over {
+        return Err(SqlError(format!(
+            "the query-json result is over its cap of {MAX_QUERY_JSON_BYTES} bytes; use `query` (a cursor) for large results"
+        )));
     }
-    let json = String::from_utf8(buf).map_err(|e| SqlError(format!("JSON encoding: {e}")))?;
+    written?;
+    let json = String::from_utf8(out.bytes).map_err(|e| SqlError(format!("JSON encoding: {e}")))?;
     // arrow-json writes nothing at all for an empty result.
     Ok(if json.is_empty() { "[]".into() } else { json })
+}
+
+/// Writes at most `max_rows` rows of the query as a JSON array into `out`,
+/// which arrow-json fills a few KiB at a time (a single row at once).
+fn write_json(
+    stmt: &mut Statement<'_>,
+    max_rows: u32,
+    out: &mut CappedJson,
+) -> Result<(), SqlError> {
+    let mut remaining = max_rows as usize;
+    let mut writer = duckdb::arrow::json::ArrayWriter::new(out);
+    for batch in stmt.stream_arrow([])? {
+        if remaining == 0 {
+            break;
+        }
+        let batch = batch?;
+        let take = remaining.min(batch.num_rows());
+        writer.write(&batch.slice(0, take))?;
+        remaining -= take;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod handler_tests {
+    use super::*;
+
+    /// Every kind of statement, run on two fresh databases: through `execute`
+    /// (streaming) and through DuckDB's materialized execute, as before.
+    #[test]
+    fn execute_reports_changed_rows_as_a_materialized_execute_did() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let csv = dir.path().join("out.csv");
+        let statements = [
+            "CREATE TABLE t AS SELECT range AS i FROM range(5000)".to_owned(),
+            "CREATE TABLE u (i BIGINT)".to_owned(),
+            "INSERT INTO u VALUES (1), (2), (3)".to_owned(),
+            "INSERT INTO u SELECT i FROM t".to_owned(),
+            "UPDATE u SET i = i + 1 WHERE i < 100".to_owned(),
+            "DELETE FROM u WHERE i % 2 = 0".to_owned(),
+            "INSERT INTO u VALUES (7) RETURNING i".to_owned(),
+            format!("COPY t TO '{}' (HEADER)", csv.display()),
+            "SELECT 42".to_owned(),
+            "SELECT i FROM t".to_owned(),
+            "SELECT count(*) FROM t".to_owned(),
+            "SET threads = 1".to_owned(),
+            "PRAGMA table_info('t')".to_owned(),
+            "EXPLAIN SELECT 1".to_owned(),
+            "CREATE VIEW v AS SELECT 1".to_owned(),
+            "DROP VIEW v".to_owned(),
+        ];
+        let streamed = Connection::open_in_memory().expect("db");
+        let materialized = Connection::open_in_memory().expect("db");
+        for sql in &statements {
+            let new = execute(&streamed, sql).expect(sql);
+            let old = materialized
+                .prepare(sql)
+                .and_then(|mut stmt| stmt.execute([]))
+                .expect(sql) as u64;
+            assert_eq!(new, old, "{sql}");
+        }
+        assert_eq!(
+            execute(&streamed, "SELECT count(*) FROM u").expect("count"),
+            0
+        );
+    }
+
+    #[test]
+    fn execute_of_a_query_does_not_keep_its_rows_and_stops_when_interrupted() {
+        let conn = Connection::open_in_memory().expect("db");
+        conn.execute_batch("SET memory_limit = '64MiB'")
+            .expect("limit");
+        // 200 MB of rows through a database with 64 MiB: streamed and dropped.
+        let rows = execute(&conn, "SELECT repeat('x', 1000) FROM range(200000)").expect("run");
+        assert_eq!(rows, 0);
+        let interrupt = conn.interrupt_handle();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            interrupt.interrupt();
+        });
+        let error = execute(
+            &conn,
+            "SELECT count(*) FROM range(1000000000000) a WHERE a.range % 7 = 3",
+        )
+        .expect_err("interrupted");
+        assert!(error.0.contains("nterrupt"), "{error}");
+        stopper.join().expect("stopper");
+    }
+
+    #[test]
+    fn query_json_is_refused_past_its_cap_and_exact_below_it() {
+        let conn = Connection::open_in_memory().expect("db");
+        let json = query_json(&conn, "SELECT range AS i FROM range(3)", 10).expect("small");
+        assert_eq!(json, r#"[{"i":0},{"i":1},{"i":2}]"#);
+        assert_eq!(
+            query_json(&conn, "SELECT 1 WHERE false", 10).expect("empty"),
+            "[]"
+        );
+        // 40 MB of JSON in rows of 1 KB, and in one value of 40 MB.
+        for sql in [
+            "SELECT repeat('x', 1000) AS s FROM range(40000)",
+            "SELECT repeat('x', 40000000) AS s",
+        ] {
+            let error = query_json(&conn, sql, u32::MAX).expect_err(sql);
+            assert_eq!(
+                error.0,
+                format!(
+                    "the query-json result is over its cap of {MAX_QUERY_JSON_BYTES} bytes; use `query` (a cursor) for large results"
+                )
+            );
+        }
+        // Under the cap by rows: fine.
+        let json = query_json(
+            &conn,
+            "SELECT repeat('x', 1000) AS s FROM range(40000)",
+            100,
+        )
+        .expect("capped by rows");
+        assert!(json.len() < 200_000);
+    }
 }

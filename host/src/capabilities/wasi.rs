@@ -1,9 +1,15 @@
-//! WASI for a task: one preopened directory at its host path, nothing else.
+//! WASI for a task: one preopened directory at its host path, nothing else,
+//! and no links made in it.
 
 use std::path::Path;
 
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource};
+use wasmtime_wasi::p2::bindings::sync::filesystem::types::{Descriptor, ErrorCode, PathFlags};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+
+use super::TaskHost;
 
 /// Bytes of stdout (and of stderr) kept per try; the rest is dropped.
 pub const MAX_CAPTURED_OUTPUT: usize = 1 << 20;
@@ -38,4 +44,47 @@ pub fn sandbox_ctx(staging: &Path) -> wasmtime::Result<(WasiCtx, CapturedOutput)
         .allow_blocking_current_thread(true)
         .preopened_dir(staging, guest_path, FsPerms::ReadWrite)?;
     Ok((builder.build(), captured))
+}
+
+/// The WASI filesystem interface whose link calls [`refuse_links`] replaces.
+const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Replaces `symlink-at` and `link-at` of the WASI filesystem with calls that
+/// fail with `not-permitted`: a task may not make links in staging. Host
+/// threads open files there too (DuckDB, transfers), and a link is how a path
+/// in staging would lead them elsewhere. Tasks have no use for links.
+pub fn refuse_links(linker: &mut Linker<TaskHost>) -> wasmtime::Result<()> {
+    fn refused(host: &mut TaskHost, what: &str) -> Result<(), ErrorCode> {
+        host.log.line(
+            "warn",
+            &format!("[sluice] refused: {what}; tasks cannot make links in staging"),
+        );
+        Err(ErrorCode::NotPermitted)
+    }
+    linker.allow_shadowing(true);
+    let mut types = linker.instance(FILESYSTEM_TYPES)?;
+    types.func_wrap(
+        "[method]descriptor.symlink-at",
+        |mut store: StoreContextMut<'_, TaskHost>,
+         (_dir, target, path): (Resource<Descriptor>, String, String)| {
+            let what = format!("symbolic link `{path}` -> `{target}`");
+            Ok((refused(store.data_mut(), &what),))
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.link-at",
+        |mut store: StoreContextMut<'_, TaskHost>,
+         (_dir, _flags, existing, _new_dir, path): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            Resource<Descriptor>,
+            String,
+        )| {
+            let what = format!("hard link `{path}` to `{existing}`");
+            Ok((refused(store.data_mut(), &what),))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }

@@ -64,6 +64,8 @@ fn run(ctx: &Context, input: Input<Params>) -> Result<Value> {
             let rows: Vec<Value> = ctx.sql().query_rows(&p.sql, 1000)?;
             Ok(json!({ "rows": rows }))
         }
+        "query-json" => query_json_rows(ctx, p),
+        "hold-deleted" => hold_deleted(ctx, p),
         "cursor" => {
             let mut cursor = ctx.sql().query(&p.sql)?;
             let (mut batches, mut bytes) = (0u64, 0u64);
@@ -102,6 +104,7 @@ fn run(ctx: &Context, input: Input<Params>) -> Result<Value> {
             Ok(json!({}))
         }
         "escape" => Ok(escape(ctx, p)),
+        "links" => Ok(make_links(ctx)),
         "probe-later" => {
             // Waits until the test tells it (through a file in its own staging)
             // where another, still running, run's staging is; then tries it.
@@ -260,6 +263,34 @@ fn steps(ctx: &Context, p: &Params) -> Result<Value> {
     Ok(json!({ "results": results }))
 }
 
+/// `query-json` of `sql` with at most `n` rows; reports how many came back
+/// (decoded without keeping them).
+fn query_json_rows(ctx: &Context, p: &Params) -> Result<Value> {
+    let max_rows = u32::try_from(p.n).unwrap_or(u32::MAX);
+    let rows = ctx
+        .sql()
+        .query_rows::<serde::de::IgnoredAny>(&p.sql, max_rows)?;
+    Ok(json!({ "rows": rows.len() }))
+}
+
+/// Opens a staging file, deletes it, writes `bytes` into it while it is still
+/// open (so it takes disk but has no name), then holds it for `ms`.
+fn hold_deleted(ctx: &Context, p: &Params) -> Result<Value> {
+    use std::io::Write;
+    let path = ctx.staging_path("hidden.bin");
+    let mut file = std::fs::File::create(&path)?;
+    std::fs::remove_file(&path)?;
+    let chunk = vec![7u8; 1 << 20];
+    let mut written = 0usize;
+    while written < p.bytes {
+        file.write_all(&chunk)?;
+        written += chunk.len();
+    }
+    file.sync_all()?;
+    std::thread::sleep(std::time::Duration::from_millis(p.ms));
+    Ok(json!({ "written": written }))
+}
+
 /// Recursion without end: the guest's stack overflows.
 #[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
@@ -291,6 +322,55 @@ fn attempt(name: &str, result: std::result::Result<String, String>) -> Value {
     }
 }
 
+/// Tries every kind of link WASI can make in staging; reports what each call
+/// returned and whether anything is at the link's path afterwards.
+#[allow(deprecated)] // `soft_link`: std has no other symlink call on wasip2
+fn make_links(ctx: &Context) -> Value {
+    let staging = ctx.staging_dir();
+    let at = |name: &str| format!("{staging}/{name}");
+    let _ = std::fs::write(at("file.txt"), "inside");
+    let _ = std::fs::create_dir(at("dir"));
+    let tries: Vec<(&str, String, std::io::Result<()>)> = vec![
+        (
+            "symlink to a file in staging",
+            at("to-file"),
+            std::fs::soft_link("file.txt", at("to-file")),
+        ),
+        (
+            "dangling relative symlink",
+            at("dangling"),
+            std::fs::soft_link("../../../sluice-planted", at("dangling")),
+        ),
+        (
+            "symlink to the parent directory",
+            at("up"),
+            std::fs::soft_link("..", at("up")),
+        ),
+        (
+            "symlink in a subdirectory to /proc",
+            at("dir/proc"),
+            std::fs::soft_link("../../../../../../../proc/self/fd/1", at("dir/proc")),
+        ),
+        (
+            "hard link to a file in staging",
+            at("hard"),
+            std::fs::hard_link(at("file.txt"), at("hard")),
+        ),
+    ];
+    let results: Vec<Value> = tries
+        .into_iter()
+        .map(|(name, path, made)| {
+            json!({
+                "name": name,
+                "made": made.is_ok(),
+                "error": made.err().map(|e| e.to_string()),
+                "exists": std::fs::symlink_metadata(&path).is_ok(),
+            })
+        })
+        .collect();
+    json!({ "links": results })
+}
+
 fn escape(ctx: &Context, p: &Params) -> Value {
     let staging = ctx.staging_dir();
     let sql = ctx.sql();
@@ -301,6 +381,11 @@ fn escape(ctx: &Context, p: &Params) -> Value {
             .map_err(|e| e.to_string())
     };
     let lit = |s: &str| sql_literal(s);
+    let read_rows = |s: &str| match sql.query_rows::<Value>(s, 10) {
+        Ok(rows) if rows.is_empty() => Err("read nothing".to_owned()),
+        Ok(rows) => Ok(format!("{rows:?}")),
+        Err(e) => Err(e.to_string()),
+    };
     let other = p
         .rest
         .get("other_staging")
@@ -513,11 +598,12 @@ fn escape(ctx: &Context, p: &Params) -> Value {
             );
             io(made.and_then(|()| std::fs::read_to_string(format!("{staging}/rel-link"))))
         }),
-        // Whether or not WASI let the link be made, SQL must not follow it out.
+        // Whether or not WASI let the link be made, SQL must not follow it
+        // out: reading nothing (no link, so no file) is a denial too.
         attempt(
             "sql through a guest-made symlink",
-            run_sql(&format!(
-                "SELECT * FROM read_text({})",
+            read_rows(&format!(
+                "SELECT content FROM read_text({})",
                 lit(&format!("{staging}/rel-link"))
             )),
         ),
@@ -525,8 +611,8 @@ fn escape(ctx: &Context, p: &Params) -> Value {
             #[allow(deprecated)]
             let _ =
                 std::fs::soft_link("../../../../../../../../etc", format!("{staging}/etc-link"));
-            run_sql(&format!(
-                "SELECT * FROM read_text({})",
+            read_rows(&format!(
+                "SELECT content FROM read_text({})",
                 lit(&format!("{staging}/etc-link/passwd"))
             ))
         }),
