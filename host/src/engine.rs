@@ -134,12 +134,9 @@ impl CacheKey {
     }
 
     fn parse(text: &str) -> Result<Self, String> {
-        let bytes =
-            hex::decode(text.trim()).map_err(|_| "malformed: expected 64 hex digits".to_owned())?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| "malformed: expected 64 hex digits".to_owned())?;
-        Ok(Self(key))
+        crate::home::decode_key(text)
+            .map(Self)
+            .ok_or_else(|| "malformed: expected 64 hex digits".to_owned())
     }
 
     /// Writes a fresh key beside `path` and links it into place, so that of two

@@ -65,6 +65,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// A 32-byte key written as 64 hex digits (surrounding whitespace allowed), as
+/// the key files in the home hold them; `None` if `text` is anything else.
+pub fn decode_key(text: &str) -> Option<[u8; 32]> {
+    hex::decode(text.trim()).ok()?.try_into().ok()
+}
+
 #[cfg(unix)]
 fn restrict_to_owner(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;

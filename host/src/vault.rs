@@ -86,15 +86,10 @@ impl std::fmt::Debug for Vault {
 }
 
 fn parse_key(text: &str, source_name: &str) -> Result<Key, VaultError> {
-    let bytes = hex::decode(text.trim()).map_err(|_| VaultError::Malformed {
+    let bytes = crate::home::decode_key(text).ok_or_else(|| VaultError::Malformed {
         source_name: source_name.into(),
     })?;
-    if bytes.len() != 32 {
-        return Err(VaultError::Malformed {
-            source_name: source_name.into(),
-        });
-    }
-    Ok(*Key::from_slice(&bytes))
+    Ok(Key::from(bytes))
 }
 
 fn write_key_file(path: &Path, key: &Key) -> Result<(), VaultError> {
