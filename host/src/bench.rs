@@ -414,7 +414,7 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
                 run_id: "bench".into(),
                 task_id: "t".into(),
                 try_number: 1,
-                logical_date: String::new(),
+                logical_date: chrono::Utc::now(),
                 data_interval_start: String::new(),
                 data_interval_end: String::new(),
                 params: "{}".into(),

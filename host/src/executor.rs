@@ -231,9 +231,7 @@ fn run_blocking(
             .interval
             .end
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        logical_date: request
-            .logical_date
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        logical_date: request.logical_date,
         params: request.params.to_string(),
         staging_dir: staging,
     };

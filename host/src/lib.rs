@@ -13,24 +13,19 @@ pub mod capabilities;
 pub mod confine;
 pub mod connections;
 pub mod daemon;
-pub mod dag;
 pub mod engine;
-pub mod events;
 pub mod executor;
 #[cfg(fuzzing)]
 pub mod fuzz;
 pub mod home;
-pub mod manifest;
 pub mod plugins;
 pub mod registry;
 pub mod runtime;
-pub mod schedule;
 pub mod scheduler;
 pub mod staging;
 pub mod staging_usage;
-pub mod state;
-pub mod store;
 pub mod trust;
 pub mod vault;
 
 pub use runtime::Sluice;
+pub use sluice_core::{dag, events, manifest, schedule, state, store};

@@ -27,6 +27,14 @@ pub enum DeployError {
         /// The error.
         source: std::io::Error,
     },
+    /// The DAG's canonical JSON (what its version digest covers) could not be made.
+    #[error("cannot serialize DAG `{dag_id}` for its version digest: {source}")]
+    Canonical {
+        /// DAG id.
+        dag_id: String,
+        /// The error.
+        source: serde_json::Error,
+    },
 }
 
 /// The result of a deployment.
@@ -89,7 +97,13 @@ pub fn deploy(
         }
         task.component = digest;
     }
-    let version = sha256_hex(spec.canonical_json().as_bytes());
+    let canonical = spec
+        .canonical_json()
+        .map_err(|source| DeployError::Canonical {
+            dag_id: spec.id.clone(),
+            source,
+        })?;
+    let version = sha256_hex(canonical.as_bytes());
     let label = version_label(&manifest.path);
     let source = manifest.path.display().to_string();
     let new_version = store.record_version(&version, &label, &spec, &source)?;

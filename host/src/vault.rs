@@ -62,14 +62,7 @@ pub enum VaultError {
     },
 }
 
-/// An encrypted value: nonce and ciphertext.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sealed {
-    /// 24-byte XChaCha20 nonce.
-    pub nonce: Vec<u8>,
-    /// Ciphertext with the Poly1305 tag.
-    pub ciphertext: Vec<u8>,
-}
+pub use crate::store::Sealed;
 
 /// The master key, checked against the store.
 pub struct Vault {

@@ -15,8 +15,8 @@ pub struct TaskContext {
     pub task_id: String,
     /// Try number, from 1.
     pub try_number: u32,
-    /// Logical date, RFC 3339.
-    pub logical_date: String,
+    /// Logical date.
+    pub logical_date: chrono::DateTime<chrono::Utc>,
     /// Start of the data interval, RFC 3339.
     pub data_interval_start: String,
     /// End of the data interval, RFC 3339.
@@ -45,7 +45,10 @@ impl Host for TaskHost {
     }
 
     fn logical_date(&mut self) -> wasmtime::Result<String> {
-        Ok(self.context.logical_date.clone())
+        Ok(self
+            .context
+            .logical_date
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
     }
 
     fn data_interval_start(&mut self) -> wasmtime::Result<String> {
@@ -57,21 +60,11 @@ impl Host for TaskHost {
     }
 
     fn ds(&mut self) -> wasmtime::Result<String> {
-        Ok(self
-            .context
-            .logical_date
-            .get(..10)
-            .unwrap_or_default()
-            .to_owned())
+        Ok(crate::schedule::ds(self.context.logical_date).0)
     }
 
     fn ds_nodash(&mut self) -> wasmtime::Result<String> {
-        Ok(self
-            .context
-            .logical_date
-            .get(..10)
-            .unwrap_or_default()
-            .replace('-', ""))
+        Ok(crate::schedule::ds(self.context.logical_date).1)
     }
 
     fn params(&mut self) -> wasmtime::Result<String> {

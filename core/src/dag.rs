@@ -122,10 +122,10 @@ impl DagSpec {
         self.tasks.iter().find(|t| t.id == id)
     }
 
-    /// Canonical JSON: the bytes a DAG version digest is computed over.
-    pub fn canonical_json(&self) -> String {
-        let value = serde_json::to_value(self).unwrap_or(Value::Null);
-        canonicalize(value).to_string()
+    /// Canonical JSON: the bytes a DAG version digest is computed over. Keys
+    /// are sorted at every level whatever map type `serde_json` was built with.
+    pub fn canonical_json(&self) -> Result<String, serde_json::Error> {
+        Ok(canonicalize(serde_json::to_value(self)?).to_string())
     }
 }
 
@@ -172,10 +172,28 @@ mod tests {
         assert_eq!(delays, vec![1, 2, 4, 5, 5]);
     }
 
+    /// The bytes every deployed version's digest was computed over: a change
+    /// here changes the identity of every deployment.
     #[test]
-    fn canonical_json_ignores_key_order() {
-        let a: Value = serde_json::json!({"b": 1, "a": {"y": 2, "x": 3}});
-        let b: Value = serde_json::json!({"a": {"x": 3, "y": 2}, "b": 1});
-        assert_eq!(canonicalize(a).to_string(), canonicalize(b).to_string());
+    fn canonical_json_is_sorted_and_stable() {
+        let mut params = Map::new();
+        params.insert("zeta".into(), Value::from(1));
+        params.insert(
+            "alpha".into(),
+            serde_json::json!({"y": 1, "x": [2, {"b": 0, "a": 0}]}),
+        );
+        let spec = DagSpec {
+            id: "d".into(),
+            description: String::new(),
+            params,
+            max_active_tasks: 4,
+            schedule: None,
+            tasks: Vec::new(),
+        };
+        let json = spec.canonical_json().expect("a spec serializes");
+        assert_eq!(
+            json,
+            r#"{"description":"","id":"d","max_active_tasks":4,"params":{"alpha":{"x":[2,{"a":0,"b":0}],"y":1},"zeta":1},"schedule":null,"tasks":[]}"#
+        );
     }
 }

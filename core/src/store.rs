@@ -10,7 +10,15 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::dag::DagSpec;
 use crate::state::{RunState, TaskState};
-use crate::vault::Sealed;
+
+/// An encrypted value as stored: nonce and ciphertext (the vault seals and opens it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// 24-byte XChaCha20 nonce.
+    pub nonce: Vec<u8>,
+    /// Ciphertext with the Poly1305 tag.
+    pub ciphertext: Vec<u8>,
+}
 
 /// A metadatabase error.
 #[derive(Debug, thiserror::Error)]
@@ -738,7 +746,7 @@ impl Store {
         })
     }
 
-    /// How the tries of a run were confined ([`crate::confine::Sandbox::label`]),
+    /// How the tries of a run were confined (the host's `Sandbox::label`),
     /// each label once; `unrecorded` for tries from before it was recorded.
     pub fn run_sandboxes(&self, run_id: &str) -> Result<Vec<String>> {
         self.with(|c| {

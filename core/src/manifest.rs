@@ -597,6 +597,7 @@ params = { rows = 10 }
             !plain
                 .spec
                 .canonical_json()
+                .expect("a spec serializes")
                 .contains("privileged_connections")
         );
     }

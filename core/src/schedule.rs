@@ -119,7 +119,8 @@ pub fn parse_start_date(text: &str, timezone: &str) -> Result<DateTime<Utc>, Str
         .ok_or_else(|| format!("start_date `{text}` does not exist in {timezone}"))
 }
 
-/// `ds` (`2026-01-31`) and `ds_nodash` (`20260131`) of a logical date, in UTC.
+/// `ds` (`2026-01-31`) and `ds_nodash` (`20260131`) of a logical date, in UTC:
+/// what a task's context serves.
 pub fn ds(logical_date: DateTime<Utc>) -> (String, String) {
     (
         logical_date.format("%Y-%m-%d").to_string(),
@@ -135,6 +136,16 @@ mod tests {
         DateTime::parse_from_rfc3339(s)
             .expect("rfc3339")
             .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn ds_is_the_utc_date_of_the_logical_date() {
+        assert_eq!(
+            ds(utc("2026-01-31T23:30:00Z")),
+            ("2026-01-31".to_owned(), "20260131".to_owned())
+        );
+        // A logical date given with an offset is a UTC instant: its UTC date counts.
+        assert_eq!(ds(utc("2026-02-01T00:30:00+01:00")).0, "2026-01-31");
     }
 
     #[test]
