@@ -128,6 +128,28 @@ pub fn ds(logical_date: DateTime<Utc>) -> (String, String) {
     )
 }
 
+/// The intervals of a scheduled DAG that get a run now: of the `complete`
+/// intervals (oldest first), those after the latest interval that already has
+/// a run, only the newest one unless `catchup`, and no more than
+/// `max_active_runs` leaves room for beside the `active` runs.
+pub fn due_intervals(
+    spec: &ScheduleSpec,
+    complete: Vec<Interval>,
+    latest_run: Option<DateTime<Utc>>,
+    active: usize,
+) -> Vec<Interval> {
+    let mut due: Vec<Interval> = complete
+        .into_iter()
+        .filter(|i| latest_run.is_none_or(|l| i.start > l))
+        .collect();
+    if !spec.catchup {
+        due = due.pop().into_iter().collect();
+    }
+    let room = (spec.max_active_runs as usize).saturating_sub(active);
+    due.truncate(room);
+    due
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +158,66 @@ mod tests {
         DateTime::parse_from_rfc3339(s)
             .expect("rfc3339")
             .with_timezone(&Utc)
+    }
+
+    fn daily(catchup: bool, max_active_runs: u32) -> (ScheduleSpec, Vec<Interval>) {
+        let spec = ScheduleSpec {
+            cron: "@daily".into(),
+            timezone: "UTC".into(),
+            start_date: utc("2026-01-01T00:00:00Z"),
+            catchup,
+            max_active_runs,
+        };
+        let complete = Schedule::of(&spec)
+            .expect("schedule")
+            .complete_since(spec.start_date, utc("2026-01-06T12:00:00Z"));
+        (spec, complete)
+    }
+
+    fn starts(intervals: &[Interval]) -> Vec<String> {
+        intervals.iter().map(|i| ds(i.start).0).collect()
+    }
+
+    #[test]
+    fn catchup_runs_every_missed_interval_oldest_first() {
+        let (spec, complete) = daily(true, 16);
+        let due = due_intervals(&spec, complete, None, 0);
+        assert_eq!(
+            starts(&due),
+            [
+                "2026-01-01",
+                "2026-01-02",
+                "2026-01-03",
+                "2026-01-04",
+                "2026-01-05"
+            ]
+        );
+    }
+
+    #[test]
+    fn without_catchup_only_the_latest_interval_runs() {
+        let (spec, complete) = daily(false, 16);
+        assert_eq!(
+            starts(&due_intervals(&spec, complete, None, 0)),
+            ["2026-01-05"]
+        );
+    }
+
+    #[test]
+    fn intervals_up_to_the_latest_run_are_not_run_again() {
+        let (spec, complete) = daily(true, 16);
+        let due = due_intervals(&spec, complete, Some(utc("2026-01-03T00:00:00Z")), 0);
+        assert_eq!(starts(&due), ["2026-01-04", "2026-01-05"]);
+    }
+
+    #[test]
+    fn max_active_runs_leaves_room_only_beside_active_runs() {
+        let (spec, complete) = daily(true, 3);
+        assert_eq!(
+            starts(&due_intervals(&spec, complete.clone(), None, 1)),
+            ["2026-01-01", "2026-01-02"]
+        );
+        assert!(due_intervals(&spec, complete, None, 3).is_empty());
     }
 
     #[test]

@@ -60,16 +60,9 @@ pub fn due_runs(sluice: &Sluice, now: DateTime<Utc>) -> Result<Vec<DueRun>, RunE
         let existing = interval_runs(sluice, &dag_id)?;
         let active = existing.iter().filter(|r| is_active(r.state)).count();
         let latest = existing.iter().map(|r| r.interval_start).max();
-        let mut candidates: Vec<Interval> = schedule
-            .complete_since(spec.start_date, now)
-            .into_iter()
-            .filter(|i| latest.is_none_or(|l| i.start > l))
-            .collect();
-        if !spec.catchup {
-            candidates = candidates.pop().into_iter().collect();
-        }
-        let room = (spec.max_active_runs as usize).saturating_sub(active);
-        due.extend(candidates.into_iter().take(room).map(|interval| DueRun {
+        let complete = schedule.complete_since(spec.start_date, now);
+        let intervals = crate::schedule::due_intervals(&spec, complete, latest, active);
+        due.extend(intervals.into_iter().map(|interval| DueRun {
             version: version.clone(),
             interval,
         }));

@@ -352,7 +352,7 @@ fn open(home: Option<PathBuf>) -> Result<Sluice> {
 /// confined, and refuses when they cannot be (no Landlock, no opt-out).
 fn open_for_tasks(home: Option<PathBuf>, allow_unconfined: bool) -> Result<Sluice> {
     let mut sluice = open(home)?;
-    sluice.sandbox = sluice.sandbox.allow_unconfined(allow_unconfined);
+    sluice.allow_unconfined(allow_unconfined);
     eprintln!("{}", sluice.sandbox.describe());
     sluice.sandbox.check()?;
     Ok(sluice)

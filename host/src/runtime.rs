@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::capabilities::SqlPool;
 use crate::confine::Sandbox;
 use crate::engine::{Engine, EngineError};
+use crate::executor::{Executor, LocalExecutor};
 use crate::home::Home;
 use crate::store::{Store, StoreError};
 
@@ -37,10 +38,13 @@ pub struct Sluice {
     /// The wasmtime engine.
     pub engine: Arc<Engine>,
     /// How the host threads working for tasks are confined (see [`crate::confine`]);
-    /// a front end applies the operator's `--allow-unconfined` to it.
+    /// a front end applies the operator's `--allow-unconfined` with
+    /// [`Sluice::allow_unconfined`].
     pub sandbox: Sandbox,
     /// Fresh DuckDB databases for the next task instances.
     pub sql_pool: Arc<SqlPool>,
+    /// Where tries run.
+    pub executor: Arc<dyn Executor>,
 }
 
 impl Sluice {
@@ -52,12 +56,45 @@ impl Sluice {
         })?;
         let store = Arc::new(Store::open(&home.database())?);
         let engine = Arc::new(Engine::new(&home)?);
+        let sandbox = Sandbox::detect();
+        let sql_pool = Arc::new(SqlPool::new(2));
+        let executor = local_executor(&home, &store, &engine, &sql_pool, &sandbox);
         Ok(Self {
-            sandbox: Sandbox::detect(),
-            sql_pool: Arc::new(SqlPool::new(2)),
+            sandbox,
+            sql_pool,
+            executor,
             home,
             store,
             engine,
         })
     }
+
+    /// Lets tasks run without kernel confinement where the kernel has none
+    /// (the operator's `--allow-unconfined`).
+    pub fn allow_unconfined(&mut self, allow: bool) {
+        self.sandbox = self.sandbox.clone().allow_unconfined(allow);
+        self.executor = local_executor(
+            &self.home,
+            &self.store,
+            &self.engine,
+            &self.sql_pool,
+            &self.sandbox,
+        );
+    }
+}
+
+fn local_executor(
+    home: &Home,
+    store: &Arc<Store>,
+    engine: &Arc<Engine>,
+    sql_pool: &Arc<SqlPool>,
+    sandbox: &Sandbox,
+) -> Arc<dyn Executor> {
+    Arc::new(LocalExecutor::new(
+        home.clone(),
+        store.clone(),
+        engine.clone(),
+        sql_pool.clone(),
+        sandbox.clone(),
+    ))
 }

@@ -3,9 +3,10 @@
 //! failed tries are retried after their delay; downstream of a failure becomes
 //! `upstream_failed`. The scheduler is the only writer of run records.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -13,16 +14,16 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 
-use crate::bindings::TaskPre;
-use crate::capabilities::TaskHost;
-use crate::dag::{DagSpec, TaskSpec};
+use crate::dag::DagSpec;
 use crate::events::{RunEvent, TaskKey};
-use crate::executor::{Closing, TryOutcome, TryRequest, run_try};
+use crate::executor::{Executor, TryOutcome, TryRequest};
 use crate::runtime::Sluice;
 use crate::schedule::Interval;
 use crate::staging;
 use crate::state::{RunState, TaskState};
 use crate::store::{NewLog, RunRecord, StoreError, VersionRecord};
+pub use sluice_core::run::ClearScope;
+use sluice_core::run::{ClearError, Effect, Event, RunMachine, Slot, plan_clear};
 
 /// Log lines buffered before a metadatabase write.
 const LOG_BATCH: usize = 256;
@@ -43,6 +44,22 @@ pub enum RunError {
     /// What was asked cannot be done (unknown task, run still running, ...).
     #[error("{0}")]
     Invalid(String),
+    /// The run's stored params are not a JSON object.
+    #[error("run `{run_id}`: its stored params do not parse: {source}")]
+    Params {
+        /// Run id.
+        run_id: String,
+        /// The error.
+        source: serde_json::Error,
+    },
+    /// A clear cannot be done.
+    #[error("{source} (current version {version})")]
+    Clear {
+        /// The current version (short digest).
+        version: String,
+        /// Why.
+        source: ClearError,
+    },
     /// The staging directory could not be created.
     #[error("cannot create staging directory {path}: {source}")]
     Staging {
@@ -223,24 +240,19 @@ pub async fn resume_run(
     let record = sluice.store.run(run_id)?;
     let version = sluice.store.version(&record.dag_id, &record.version)?;
     crate::trust::check(&sluice.store, &record.dag_id, &record.version)?;
-    let params: Map<String, Value> = serde_json::from_str(&record.params).unwrap_or_default();
+    let params: Map<String, Value> =
+        serde_json::from_str(&record.params).map_err(|source| RunError::Params {
+            run_id: run_id.to_owned(),
+            source,
+        })?;
     let mut run = RunLoop::load(sluice, &version.spec, record, params, policy, observer)?;
-    run.recover_interrupted()?;
-    if let Some(why) = run.staging_gone()? {
-        run.fail_pending(&why)?;
+    run.handle(Event::HostRestarted)?;
+    if let Some(reason) = run.staging_gone()? {
+        run.handle(Event::Abort { reason })?;
         return run.finish();
     }
     sluice.store.activate_volume(run_id)?;
     run.drive().await
-}
-
-/// Which task instances a clear resets.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClearScope {
-    /// Also everything downstream of the task.
-    pub downstream: bool,
-    /// Also everything upstream of the task.
-    pub upstream: bool,
 }
 
 /// Resets `task_id` (and its scope) in `run_id` for another try, re-binding the
@@ -262,48 +274,16 @@ pub fn clear(
     }
     let current = sluice.store.current_version(&run.dag_id)?;
     let spec = &current.spec;
-    if spec.task(task_id).is_none() {
-        return Err(RunError::Invalid(format!(
-            "task `{task_id}` is not in the current version {} of DAG `{}`",
-            &current.digest[..12],
-            run.dag_id
-        )));
-    }
-    let existing = sluice.store.tasks(run_id)?;
-    let missing: Vec<&str> = spec
-        .tasks
-        .iter()
-        .map(|t| t.id.as_str())
-        .filter(|id| !existing.iter().any(|e| e.task_id == *id))
+    let states: HashMap<String, TaskState> = sluice
+        .store
+        .tasks(run_id)?
+        .into_iter()
+        .map(|t| (t.task_id, t.state))
         .collect();
-    if !missing.is_empty() {
-        return Err(RunError::Invalid(format!(
-            "the current version of `{}` has tasks this run never had ({}); start a new run",
-            run.dag_id,
-            missing.join(", ")
-        )));
-    }
-    let mut selected: Vec<String> = vec![task_id.to_owned()];
-    if scope.upstream {
-        selected.extend(related(spec, task_id, Direction::Upstream));
-    }
-    if scope.downstream {
-        selected.extend(related(spec, task_id, Direction::Downstream));
-    } else {
-        let blocked = related(spec, task_id, Direction::Downstream);
-        selected.extend(blocked.into_iter().filter(|t| {
-            existing
-                .iter()
-                .any(|e| &e.task_id == t && e.state == TaskState::UpstreamFailed)
-        }));
-    }
-    let mut ordered: Vec<String> = spec
-        .tasks
-        .iter()
-        .map(|t| t.id.clone())
-        .filter(|t| selected.contains(t))
-        .collect();
-    ordered.dedup();
+    let ordered = plan_clear(spec, &states, task_id, scope).map_err(|source| RunError::Clear {
+        version: current.digest[..12].to_owned(),
+        source,
+    })?;
     if !dry_run {
         let tries: Vec<(String, u32)> = ordered
             .iter()
@@ -315,74 +295,32 @@ pub fn clear(
     Ok(ordered)
 }
 
-#[derive(Clone, Copy)]
-enum Direction {
-    Upstream,
-    Downstream,
-}
-
-/// Tasks transitively upstream or downstream of `task_id`.
-fn related(spec: &DagSpec, task_id: &str, direction: Direction) -> Vec<String> {
-    let mut found: Vec<String> = Vec::new();
-    let mut frontier = vec![task_id.to_owned()];
-    while let Some(current) = frontier.pop() {
-        let next: Vec<String> = match direction {
-            Direction::Upstream => spec
-                .task(&current)
-                .map(|t| t.after.clone())
-                .unwrap_or_default(),
-            Direction::Downstream => spec
-                .tasks
-                .iter()
-                .filter(|t| t.after.contains(&current))
-                .map(|t| t.id.clone())
-                .collect(),
-        };
-        for t in next {
-            if !found.contains(&t) {
-                found.push(t.clone());
-                frontier.push(t);
-            }
-        }
-    }
-    found
-}
-
-struct TaskSlot {
-    state: TaskState,
-    try_number: u32,
-    /// Tries allowed, as stored (a clear extends it).
-    max_tries: u32,
-    output: Option<Value>,
-    error: Option<String>,
-}
-
+/// What the loop waits for besides events.
 enum Completion {
+    /// The executor finished a try.
     TryDone {
         task_id: String,
         try_number: u32,
-        started: DateTime<Utc>,
-        elapsed: std::time::Duration,
         outcome: TryOutcome,
     },
-    RetryDue {
-        task_id: String,
-    },
+    /// A retry's delay is over.
+    RetryDue { task_id: String },
 }
 
+/// Drives one run: feeds the [`RunMachine`] what happens and carries out its
+/// effects (metadatabase writes, tries handed to the executor, timers).
 struct RunLoop<'a> {
     sluice: &'a Sluice,
-    spec: &'a DagSpec,
+    executor: Arc<dyn Executor>,
     run: RunRecord,
     run_params: Map<String, Value>,
     staging: StagingPolicy,
-    slots: HashMap<String, TaskSlot>,
+    machine: RunMachine,
     running: JoinSet<Completion>,
-    active: usize,
+    /// When each try this loop started began (wall clock, monotonic).
+    started: HashMap<(String, u32), (DateTime<Utc>, Instant)>,
     events_tx: UnboundedSender<RunEvent>,
     events_rx: UnboundedReceiver<RunEvent>,
-    closing: Closing,
-    vault: Option<Result<crate::vault::Vault, String>>,
     observer: Option<UnboundedSender<RunEvent>>,
     logs: Vec<NewLog>,
 }
@@ -391,107 +329,47 @@ impl<'a> RunLoop<'a> {
     /// A loop over `run`, with task states as stored.
     fn load(
         sluice: &'a Sluice,
-        spec: &'a DagSpec,
+        spec: &DagSpec,
         run: RunRecord,
         run_params: Map<String, Value>,
         staging: StagingPolicy,
         observer: Option<UnboundedSender<RunEvent>>,
     ) -> Result<Self, RunError> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let slots = sluice
+        let slots: Vec<(String, Slot)> = sluice
             .store
             .tasks(&run.run_id)?
             .into_iter()
             .map(|t| {
+                // Outputs are JSON when the task returned JSON, else kept as text.
                 let output = t
                     .output
                     .as_deref()
                     .map(|o| serde_json::from_str(o).unwrap_or(Value::String(o.to_owned())));
-                (
-                    t.task_id,
-                    TaskSlot {
-                        state: t.state,
-                        try_number: t.try_number,
-                        max_tries: t.max_tries,
-                        output,
-                        error: t.error,
-                    },
-                )
+                let slot = Slot {
+                    state: t.state,
+                    try_number: t.try_number,
+                    max_tries: t.max_tries,
+                    output,
+                    error: t.error,
+                };
+                (t.task_id, slot)
             })
             .collect();
         Ok(Self {
             sluice,
-            spec,
+            executor: sluice.executor.clone(),
             run,
             run_params,
             staging,
-            slots,
+            machine: RunMachine::new(spec.clone(), slots),
             running: JoinSet::new(),
-            active: 0,
+            started: HashMap::new(),
             events_tx,
             events_rx,
-            closing: Closing::default(),
-            vault: None,
             observer,
             logs: Vec::new(),
         })
-    }
-
-    /// Tries left `running` (or waiting) by a host process that died: a running
-    /// try counts as failed and is retried if tries remain.
-    fn recover_interrupted(&mut self) -> Result<(), RunError> {
-        let now = Utc::now();
-        for task in &self.spec.tasks {
-            let Some(slot) = self.slots.get(&task.id) else {
-                continue;
-            };
-            let (state, try_number, max_tries) = (slot.state, slot.try_number, slot.max_tries);
-            match state {
-                TaskState::Running => {
-                    let error = format!("the host process stopped during try {try_number}");
-                    let retry = try_number < max_tries;
-                    let next = if retry {
-                        TaskState::UpForRetry
-                    } else {
-                        TaskState::Failed
-                    };
-                    let started = self
-                        .sluice
-                        .store
-                        .tries(&self.run.run_id, &task.id)?
-                        .last()
-                        .map_or(now, |t| t.started_at);
-                    let elapsed = (now - started).to_std().unwrap_or_default();
-                    self.sluice.store.end_try(
-                        &self.run.run_id,
-                        &task.id,
-                        try_number,
-                        next,
-                        now,
-                        elapsed,
-                        None,
-                        Some(&error),
-                    )?;
-                    self.set_state(
-                        &task.id,
-                        if retry {
-                            TaskState::Scheduled
-                        } else {
-                            TaskState::Failed
-                        },
-                        Some(error),
-                    )?;
-                    if !retry {
-                        self.fail_downstream(&task.id)?;
-                    }
-                }
-                TaskState::Queued | TaskState::UpForRetry => {
-                    self.set_state(&task.id, TaskState::Scheduled, None)?
-                }
-                _ => {}
-            }
-        }
-        Ok(())
     }
 
     /// Why the run's staging directory can no longer be used, if it cannot.
@@ -514,34 +392,25 @@ impl<'a> RunLoop<'a> {
         Ok(None)
     }
 
-    /// Fails every task that would still run, with `why`.
-    fn fail_pending(&mut self, why: &str) -> Result<(), RunError> {
-        for task in &self.spec.tasks {
-            if self
-                .slots
-                .get(&task.id)
-                .is_some_and(|s| !s.state.is_finished())
-            {
-                self.set_state(&task.id, TaskState::Failed, Some(why.to_owned()))?;
-            }
-        }
-        Ok(())
-    }
-
     async fn drive(&mut self) -> Result<RunSummary, RunError> {
         self.sluice
             .store
             .set_run_state(&self.run.run_id, RunState::Running, None)?;
-        let components = self.prepare_components();
-        if let Err(error) = &components {
-            for task in &self.spec.tasks {
-                self.set_state(&task.id, TaskState::Failed, Some(error.clone()))?;
-            }
+        let components: Vec<(String, String)> = self
+            .machine
+            .spec()
+            .tasks
+            .iter()
+            .map(|t| (t.id.clone(), t.component.clone()))
+            .collect();
+        if let Err(e) = self.executor.prepare(&components) {
+            self.handle(Event::Abort {
+                reason: e.to_string(),
+            })?;
         }
-        let components = components.unwrap_or_default();
-
         loop {
-            self.start_ready(&components)?;
+            let effects = self.machine.start_ready();
+            self.apply(effects)?;
             if self.running.is_empty() {
                 break;
             }
@@ -549,7 +418,13 @@ impl<'a> RunLoop<'a> {
                 Some(joined) = self.running.join_next() => {
                     self.drain_events()?;
                     match joined {
-                        Ok(completion) => self.complete(completion)?,
+                        Ok(Completion::TryDone { task_id, try_number, outcome }) => {
+                            self.flush_logs()?;
+                            self.handle(Event::TryFinished { task_id, try_number, outcome })?;
+                        }
+                        Ok(Completion::RetryDue { task_id }) => {
+                            self.handle(Event::RetryDue { task_id })?;
+                        }
                         Err(e) => tracing::error!("a task supervisor failed: {e}"),
                     }
                 }
@@ -561,315 +436,154 @@ impl<'a> RunLoop<'a> {
         self.finish()
     }
 
-    /// Loads every component of the DAG, so a broken blob fails the run before any task starts.
-    fn prepare_components(&self) -> Result<HashMap<String, TaskPre<TaskHost>>, String> {
-        let mut out = HashMap::new();
-        for task in &self.spec.tasks {
-            let blob = self.sluice.home.blob(&task.component);
-            let prepared = self
-                .sluice
-                .engine
-                .prepare(&task.component, &blob)
-                .map_err(|e| {
-                    format!(
-                        "task `{}`: cannot load component {}: {e}",
-                        task.id, task.component
-                    )
-                })?;
-            out.insert(task.id.clone(), prepared.pre);
-        }
-        Ok(out)
+    /// Feeds `event` to the machine and carries out what it says.
+    fn handle(&mut self, event: Event) -> Result<(), RunError> {
+        let effects = self.machine.handle(event);
+        self.apply(effects)
     }
 
-    fn start_ready(
-        &mut self,
-        components: &HashMap<String, TaskPre<TaskHost>>,
-    ) -> Result<(), RunError> {
-        for task in &self.spec.tasks {
-            let Some(slot) = self.slots.get(&task.id) else {
-                continue;
-            };
-            if slot.state != TaskState::Scheduled && slot.state != TaskState::Queued {
-                continue;
-            }
-            let upstream: Vec<TaskState> = task
-                .after
-                .iter()
-                .filter_map(|d| self.slots.get(d))
-                .map(|s| s.state)
-                .collect();
-            if !upstream.iter().all(|s| *s == TaskState::Success) {
-                continue;
-            }
-            if self.active >= self.spec.max_active_tasks as usize {
-                if slot.state == TaskState::Scheduled {
-                    self.set_state(&task.id, TaskState::Queued, None)?;
+    fn apply(&mut self, effects: Vec<Effect>) -> Result<(), RunError> {
+        for effect in effects {
+            match effect {
+                Effect::SetState {
+                    task_id,
+                    state,
+                    error,
+                } => {
+                    self.sluice.store.set_task_state(
+                        &self.run.run_id,
+                        &task_id,
+                        state,
+                        error.as_deref(),
+                    )?;
+                    let try_number = self.machine.slot(&task_id).map_or(0, |s| s.try_number);
+                    self.notify(RunEvent::TaskState {
+                        task_id,
+                        state,
+                        try_number,
+                        error,
+                    });
                 }
-                continue;
+                Effect::StartTry {
+                    task_id,
+                    try_number,
+                } => self.start_try(task_id, try_number)?,
+                Effect::EndTry {
+                    task_id,
+                    try_number,
+                    state,
+                    output,
+                    error,
+                } => {
+                    let (ended, elapsed) = self.try_times(&task_id, try_number)?;
+                    self.sluice.store.end_try(
+                        &self.run.run_id,
+                        &task_id,
+                        try_number,
+                        state,
+                        ended,
+                        elapsed,
+                        output.as_deref(),
+                        error.as_deref(),
+                    )?;
+                    self.notify(RunEvent::TaskState {
+                        task_id,
+                        state,
+                        try_number,
+                        error,
+                    });
+                }
+                Effect::ScheduleRetry { task_id, delay } => {
+                    self.running.spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        Completion::RetryDue { task_id }
+                    });
+                }
             }
-            let Some(pre) = components.get(&task.id) else {
-                continue;
-            };
-            self.start_try(task, pre.clone())?;
         }
         Ok(())
     }
 
-    fn start_try(&mut self, task: &TaskSpec, pre: TaskPre<TaskHost>) -> Result<(), RunError> {
-        let try_number = self.slots.get(&task.id).map_or(0, |s| s.try_number) + 1;
+    /// When a try ended and how long it ran: measured for tries this loop
+    /// started, from the stored start for one a dead host left running.
+    fn try_times(
+        &mut self,
+        task_id: &str,
+        try_number: u32,
+    ) -> Result<(DateTime<Utc>, std::time::Duration), RunError> {
+        if let Some((started, clock)) = self.started.remove(&(task_id.to_owned(), try_number)) {
+            let elapsed = clock.elapsed();
+            let ended = started + chrono::Duration::from_std(elapsed).unwrap_or_default();
+            return Ok((ended, elapsed));
+        }
+        let now = Utc::now();
+        let started = self
+            .sluice
+            .store
+            .tries(&self.run.run_id, task_id)?
+            .into_iter()
+            .find(|t| t.try_number == try_number)
+            .map_or(now, |t| t.started_at);
+        // A clock that went back since counts as no time.
+        Ok((now, (now - started).to_std().unwrap_or_default()))
+    }
+
+    fn start_try(&mut self, task_id: String, try_number: u32) -> Result<(), RunError> {
+        let spec = self.machine.spec();
+        let Some(task) = spec.task(&task_id) else {
+            return Err(RunError::Invalid(format!(
+                "task `{task_id}` is not in DAG `{}`",
+                spec.id
+            )));
+        };
         let started = Utc::now();
         self.sluice.store.start_try(
             &self.run.run_id,
-            &task.id,
+            &task_id,
             try_number,
             &self.run.version,
             &task.component,
-            &self.sluice.sandbox.label(),
+            &self.executor.sandbox_label(),
             started,
         )?;
-        if let Some(slot) = self.slots.get_mut(&task.id) {
-            slot.state = TaskState::Running;
-            slot.try_number = try_number;
-        }
-        self.notify(RunEvent::TaskState {
-            task_id: task.id.clone(),
-            state: TaskState::Running,
-            try_number,
-            error: None,
-        });
-
-        let connections = match self.resolve_connections(task) {
-            Ok(connections) => connections,
-            Err(error) => {
-                // A grant that cannot be honoured fails the try at once; retrying cannot fix it.
-                let task_id = task.id.clone();
-                self.active += 1;
-                self.running.spawn(async move {
-                    let outcome = TryOutcome::Failed {
-                        error,
-                        retryable: false,
-                    };
-                    Completion::TryDone {
-                        task_id,
-                        try_number,
-                        started,
-                        elapsed: Default::default(),
-                        outcome,
-                    }
-                });
-                return Ok(());
-            }
-        };
-        let mut params = self.spec.params.clone();
+        let mut params = spec.params.clone();
         params.extend(task.params.clone());
         params.extend(self.run_params.clone());
-        let upstream = task
-            .after
-            .iter()
-            .filter_map(|d| Some((d.clone(), self.slots.get(d)?.output.clone()?)))
-            .collect();
         let request = TryRequest {
             key: TaskKey {
                 run_id: self.run.run_id.clone(),
-                task_id: task.id.clone(),
+                task_id: task_id.clone(),
                 try_number,
             },
-            dag_id: self.spec.id.clone(),
+            dag_id: spec.id.clone(),
+            component: task.component.clone(),
             logical_date: self.run.logical_date,
             interval: Interval {
                 start: self.run.interval_start,
                 end: self.run.interval_end,
             },
             params: Value::Object(params),
-            upstream,
+            upstream: self.machine.upstream_outputs(&task_id),
             staging_dir: PathBuf::from(&self.run.staging_dir),
             policy: task.policy,
-            connections,
+            connections: task.connections.clone(),
+            privileged_connections: task.privileged_connections.clone(),
         };
-        let engine = self.sluice.engine.clone();
-        let sql_pool = self.sluice.sql_pool.clone();
-        let sandbox = self.sluice.sandbox.clone();
-        let closing = self.closing.clone();
-        let events = self.events_tx.clone();
-        let task_id = task.id.clone();
-        self.active += 1;
-        self.running.spawn(async move {
-            let clock = Instant::now();
-            let outcome = run_try(engine, sql_pool, sandbox, pre, request, events, closing).await;
-            Completion::TryDone {
-                task_id,
-                try_number,
-                started,
-                elapsed: clock.elapsed(),
-                outcome,
-            }
-        });
-        Ok(())
-    }
-
-    fn complete(&mut self, completion: Completion) -> Result<(), RunError> {
-        match completion {
-            Completion::RetryDue { task_id } => {
-                self.set_state(&task_id, TaskState::Scheduled, None)?;
-            }
-            Completion::TryDone {
-                task_id,
-                try_number,
-                started,
-                elapsed,
-                outcome,
-            } => {
-                self.active = self.active.saturating_sub(1);
-                self.flush_logs()?;
-                let ended = started + chrono::Duration::from_std(elapsed).unwrap_or_default();
-                let Some(task) = self.spec.task(&task_id) else {
-                    return Ok(());
-                };
-                match outcome {
-                    TryOutcome::Success { output } => {
-                        let value =
-                            serde_json::from_str(&output).unwrap_or(Value::String(output.clone()));
-                        self.sluice.store.end_try(
-                            &self.run.run_id,
-                            &task_id,
-                            try_number,
-                            TaskState::Success,
-                            ended,
-                            elapsed,
-                            Some(&output),
-                            None,
-                        )?;
-                        if let Some(slot) = self.slots.get_mut(&task_id) {
-                            slot.state = TaskState::Success;
-                            slot.output = Some(value);
-                        }
-                        self.notify(RunEvent::TaskState {
-                            task_id,
-                            state: TaskState::Success,
-                            try_number,
-                            error: None,
-                        });
-                    }
-                    TryOutcome::Failed { error, retryable } => {
-                        // The stored allowance, which a clear extends past the policy's.
-                        let allowed = self
-                            .slots
-                            .get(&task_id)
-                            .map_or(task.policy.max_tries(), |s| s.max_tries);
-                        let retry = retryable && try_number < allowed;
-                        let state = if retry {
-                            TaskState::UpForRetry
-                        } else {
-                            TaskState::Failed
-                        };
-                        self.sluice.store.end_try(
-                            &self.run.run_id,
-                            &task_id,
-                            try_number,
-                            state,
-                            ended,
-                            elapsed,
-                            None,
-                            Some(&error),
-                        )?;
-                        if let Some(slot) = self.slots.get_mut(&task_id) {
-                            slot.state = state;
-                            slot.error = Some(error.clone());
-                        }
-                        self.notify(RunEvent::TaskState {
-                            task_id: task_id.clone(),
-                            state,
-                            try_number,
-                            error: Some(error),
-                        });
-                        if retry {
-                            let delay = task.policy.delay_before(try_number + 1);
-                            self.running.spawn(async move {
-                                tokio::time::sleep(delay).await;
-                                Completion::RetryDue { task_id }
-                            });
-                        } else {
-                            self.fail_downstream(&task_id)?;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The connections granted to `task`, decrypted for the host.
-    fn resolve_connections(
-        &mut self,
-        task: &TaskSpec,
-    ) -> Result<Vec<crate::connections::Connection>, String> {
-        if task.connections.is_empty() {
-            return Ok(Vec::new());
-        }
-        let vault = self.vault.get_or_insert_with(|| {
-            crate::vault::Vault::open(&self.sluice.store, self.sluice.home.root())
-                .map_err(|e| e.to_string())
-        });
-        let vault = vault
-            .as_ref()
-            .map_err(|e| format!("cannot open the connection vault: {e}"))?;
-        task.connections
-            .iter()
-            .map(|id| {
-                let mut connection = crate::connections::get(&self.sluice.store, vault, id)
-                    .map_err(|e| e.to_string())?;
-                connection.allow_privileged = task.privileged_connections.contains(id);
-                Ok(connection)
-            })
-            .collect()
-    }
-
-    /// Marks every task downstream of `failed` (transitively) `upstream_failed`.
-    fn fail_downstream(&mut self, failed: &str) -> Result<(), RunError> {
-        let mut doomed: HashSet<String> = HashSet::from([failed.to_owned()]);
-        for task in &self.spec.tasks {
-            if task.after.iter().any(|d| doomed.contains(d)) {
-                doomed.insert(task.id.clone());
-                let pending = self
-                    .slots
-                    .get(&task.id)
-                    .is_some_and(|s| !s.state.is_finished() && s.state != TaskState::Running);
-                if pending {
-                    self.set_state(
-                        &task.id,
-                        TaskState::UpstreamFailed,
-                        Some(format!("upstream task `{failed}` failed")),
-                    )?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn set_state(
-        &mut self,
-        task_id: &str,
-        state: TaskState,
-        error: Option<String>,
-    ) -> Result<(), RunError> {
-        self.sluice
-            .store
-            .set_task_state(&self.run.run_id, task_id, state, error.as_deref())?;
-        let try_number = match self.slots.get_mut(task_id) {
-            Some(slot) => {
-                slot.state = state;
-                if error.is_some() {
-                    slot.error.clone_from(&error);
-                }
-                slot.try_number
-            }
-            None => 0,
-        };
+        self.started
+            .insert((task_id.clone(), try_number), (started, Instant::now()));
         self.notify(RunEvent::TaskState {
-            task_id: task_id.to_owned(),
-            state,
+            task_id: task_id.clone(),
+            state: TaskState::Running,
             try_number,
-            error,
+            error: None,
+        });
+        let try_run = self.executor.run(request, self.events_tx.clone());
+        self.running.spawn(async move {
+            Completion::TryDone {
+                task_id,
+                try_number,
+                outcome: try_run.await,
+            }
         });
         Ok(())
     }
@@ -913,45 +627,18 @@ impl<'a> RunLoop<'a> {
 
     fn notify(&self, event: RunEvent) {
         if let Some(observer) = &self.observer {
+            // A watcher that went away does not stop the run.
             let _ = observer.send(event);
         }
     }
 
     fn finish(&mut self) -> Result<RunSummary, RunError> {
-        let failed: Vec<(&String, &TaskSlot)> = self
-            .spec
-            .tasks
-            .iter()
-            .filter_map(|t| self.slots.get_key_value(&t.id))
-            .filter(|(_, s)| s.state == TaskState::Failed)
-            .collect();
-        let (state, error) = if failed.is_empty() {
-            (RunState::Success, None)
-        } else {
-            let reasons: Vec<String> = failed
-                .iter()
-                .map(|(id, s)| {
-                    format!(
-                        "task `{id}` failed: {}",
-                        s.error.as_deref().unwrap_or("unknown error")
-                    )
-                })
-                .collect();
-            (RunState::Failed, Some(reasons.join("; ")))
-        };
+        let (state, error) = self.machine.outcome();
         self.sluice
             .store
             .set_run_state(&self.run.run_id, state, error.as_deref())?;
         // Every database must be closed before its files may be deleted.
-        let closing = std::mem::take(
-            &mut *self
-                .closing
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-        for thread in closing {
-            let _ = thread.join();
-        }
+        self.executor.release(&self.run.run_id);
         if self.staging_gone()?.is_none() {
             staging::release(
                 &self.sluice.store,

@@ -1,29 +1,30 @@
-//! Runs one try of a task instance: opens its DuckDB session, builds its
-//! sandbox, calls `run`, and enforces the deadline (epoch interruption for guest
-//! code, DuckDB interruption for SQL). The local executor runs tries as tokio
-//! blocking tasks in this process.
+//! The local executor: runs each try in this process, as a tokio blocking
+//! task. It opens the try's DuckDB session, resolves its connections from the
+//! vault, builds its sandbox, calls `run`, and enforces the deadline (epoch
+//! interruption for guest code, DuckDB interruption for SQL).
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::{Executor, ExecutorError, TryFuture, TryOutcome, TryRequest};
 use crate::bindings::TaskPre;
 use crate::bindings::sluice::task::types::ErrorKind;
 use crate::capabilities::limits::{MemoryExceeded, Stopped};
 use crate::capabilities::sql::SqlConfig;
 use crate::capabilities::wasi::{CapturedOutput, sandbox_ctx};
 use crate::capabilities::{
-    Deadline, Grants, LogSink, MemoryLimiter, SharedHandles, SqlHandles, SqlPool, SqlSession,
-    TaskContext, TaskHost,
+    Deadline, Grants, LogSink, MemoryLimiter, SharedHandles, SqlPool, SqlSession, TaskContext,
+    TaskHost,
 };
 use crate::confine::Sandbox;
-use crate::dag::TaskPolicy;
+use crate::connections::Connection;
 use crate::engine::Engine;
-use crate::events::{RunEvent, TaskKey};
+use crate::events::RunEvent;
+use crate::home::Home;
+use crate::store::Store;
 
 /// Largest output a task may return.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -31,68 +32,159 @@ pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// How often a running task's SQL progress is sampled for the live display.
 const PROGRESS_POLL: Duration = Duration::from_millis(250);
 
-/// Everything needed to run one try.
-#[derive(Debug, Clone)]
-pub struct TryRequest {
-    /// Which try.
-    pub key: TaskKey,
-    /// DAG id.
-    pub dag_id: String,
-    /// The run's logical date.
-    pub logical_date: DateTime<Utc>,
-    /// The run's data interval.
-    pub interval: crate::schedule::Interval,
-    /// Merged params (JSON object).
-    pub params: Value,
-    /// Outputs of upstream tasks, by task id.
-    pub upstream: serde_json::Map<String, Value>,
-    /// The run's staging directory (canonical).
-    pub staging_dir: PathBuf,
-    /// Limits.
-    pub policy: TaskPolicy,
-    /// Connections granted to the task, secrets included (host memory only).
-    pub connections: Vec<crate::connections::Connection>,
-}
+/// Threads closing the DuckDB databases of finished tries, by run id.
+type Closing = Arc<Mutex<HashMap<String, Vec<std::thread::JoinHandle<()>>>>>;
 
-/// Threads closing the DuckDB databases of finished tries. Join them before
-/// deleting the run's staging directory; nothing else waits for them.
-pub type Closing = Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>;
-
-/// How a try ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TryOutcome {
-    /// `run` returned this JSON output.
-    Success {
-        /// The output.
-        output: String,
-    },
-    /// The try failed.
-    Failed {
-        /// Why, in one line.
-        error: String,
-        /// Whether another try may help.
-        retryable: bool,
-    },
-}
-
-/// Runs one try to its end. Never panics on guest behaviour.
-pub async fn run_try(
+/// Runs tries with wasmtime and DuckDB in this process.
+pub struct LocalExecutor {
+    home: Home,
+    store: Arc<Store>,
     engine: Arc<Engine>,
     sql_pool: Arc<SqlPool>,
     sandbox: Sandbox,
+    /// Components loaded for runs, by digest.
+    prepared: Mutex<HashMap<String, TaskPre<TaskHost>>>,
+    closing: Closing,
+}
+
+impl LocalExecutor {
+    /// An executor over a Sluice home's blobs, vault and engine, confining the
+    /// host threads of each try as `sandbox` says.
+    pub fn new(
+        home: Home,
+        store: Arc<Store>,
+        engine: Arc<Engine>,
+        sql_pool: Arc<SqlPool>,
+        sandbox: Sandbox,
+    ) -> Self {
+        Self {
+            home,
+            store,
+            engine,
+            sql_pool,
+            sandbox,
+            prepared: Mutex::default(),
+            closing: Closing::default(),
+        }
+    }
+
+    fn load(&self, component: &str) -> Result<TaskPre<TaskHost>, crate::engine::EngineError> {
+        if let Some(pre) = lock(&self.prepared).get(component) {
+            return Ok(pre.clone());
+        }
+        let prepared = self.engine.prepare(component, &self.home.blob(component))?;
+        lock(&self.prepared).insert(component.to_owned(), prepared.pre.clone());
+        Ok(prepared.pre)
+    }
+
+    /// The connections granted to the try, decrypted: read at the start of the
+    /// try, inside the executor, so the run loop never holds a secret.
+    fn resolve_connections(&self, request: &TryRequest) -> Result<Vec<Connection>, String> {
+        if request.connections.is_empty() {
+            return Ok(Vec::new());
+        }
+        let vault = crate::vault::Vault::open(&self.store, self.home.root())
+            .map_err(|e| format!("cannot open the connection vault: {e}"))?;
+        request
+            .connections
+            .iter()
+            .map(|id| {
+                let mut connection =
+                    crate::connections::get(&self.store, &vault, id).map_err(|e| e.to_string())?;
+                connection.allow_privileged = request.privileged_connections.contains(id);
+                Ok(connection)
+            })
+            .collect()
+    }
+}
+
+/// A lock that survives a panicked holder (what it guards stays consistent:
+/// whole entries are inserted or taken).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Executor for LocalExecutor {
+    fn sandbox_label(&self) -> String {
+        self.sandbox.label()
+    }
+
+    fn prepare(&self, components: &[(String, String)]) -> Result<(), ExecutorError> {
+        for (task_id, component) in components {
+            self.load(component)
+                .map_err(|source| ExecutorError::Component {
+                    task_id: task_id.clone(),
+                    component: component.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn run(&self, request: TryRequest, events: UnboundedSender<RunEvent>) -> TryFuture {
+        let env = TryEnv {
+            engine: self.engine.clone(),
+            sql_pool: self.sql_pool.clone(),
+            sandbox: self.sandbox.clone(),
+            closing: self.closing.clone(),
+        };
+        // Each of these fails the try at once; retrying cannot fix it. No task
+        // runs where its host threads cannot be confined, unless the operator
+        // said so (`Sandbox::allow_unconfined`).
+        let ready = self
+            .sandbox
+            .check()
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                self.load(&request.component)
+                    .map_err(|e| format!("cannot load component {}: {e}", request.component))
+            })
+            .and_then(|pre| Ok((pre, self.resolve_connections(&request)?)));
+        Box::pin(async move {
+            match ready {
+                Ok((pre, connections)) => run_try(env, pre, request, connections, events).await,
+                Err(error) => TryOutcome::Failed {
+                    error,
+                    retryable: false,
+                },
+            }
+        })
+    }
+
+    fn release(&self, run_id: &str) {
+        let threads = lock(&self.closing).remove(run_id).unwrap_or_default();
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a thread closing a DuckDB database of run {run_id} panicked");
+            }
+        }
+    }
+}
+
+/// What a try shares with the executor.
+struct TryEnv {
+    engine: Arc<Engine>,
+    sql_pool: Arc<SqlPool>,
+    sandbox: Sandbox,
+    closing: Closing,
+}
+
+/// Runs one try to its end. Never panics on guest behaviour.
+async fn run_try(
+    env: TryEnv,
     pre: TaskPre<TaskHost>,
     request: TryRequest,
+    connections: Vec<Connection>,
     events: UnboundedSender<RunEvent>,
-    closing: Closing,
 ) -> TryOutcome {
-    // No task runs where its host threads cannot be confined, unless the
-    // operator said so (`Sandbox::allow_unconfined`).
-    if let Err(e) = sandbox.check() {
-        return TryOutcome::Failed {
-            error: e.to_string(),
-            retryable: false,
-        };
-    }
+    let TryEnv {
+        engine,
+        sql_pool,
+        sandbox,
+        closing,
+    } = env;
     let deadline = Arc::new(Deadline::after(request.policy.timeout));
     let sql = SqlSession::new(
         sql_pool,
@@ -118,7 +210,9 @@ pub async fn run_try(
             runtime,
             sandbox,
         };
-        tokio::task::spawn_blocking(move || run_blocking(&engine, &pre, sql, request, watch))
+        tokio::task::spawn_blocking(move || {
+            run_blocking(&engine, &pre, sql, request, connections, watch)
+        })
     };
     tokio::pin!(worker);
 
@@ -161,12 +255,6 @@ pub async fn run_try(
     }
 }
 
-fn lock(handles: &SharedHandles) -> std::sync::MutexGuard<'_, Option<SqlHandles>> {
-    handles
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn interrupt(handles: &SharedHandles) {
     if let Some(h) = lock(handles).as_ref() {
         h.interrupt.interrupt();
@@ -187,6 +275,7 @@ fn run_blocking(
     pre: &TaskPre<TaskHost>,
     sql: SqlSession,
     request: TryRequest,
+    connections: Vec<Connection>,
     watch: Watch,
 ) -> TryOutcome {
     let Watch {
@@ -196,7 +285,7 @@ fn run_blocking(
         runtime,
         sandbox,
     } = watch;
-    let grants = Grants::new(request.connections.clone(), runtime, sandbox);
+    let grants = Grants::new(connections, runtime, sandbox);
     let redactor = grants.redactor.clone();
     let log = LogSink::new(request.key.clone(), events).redacting(redactor.clone());
     let failed = |error: String| TryOutcome::Failed {
@@ -251,9 +340,9 @@ fn run_blocking(
     let host = store.into_data();
     let mut log = host.log;
     if let Some(thread) = host.sql.close() {
-        closing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&closing)
+            .entry(request.key.run_id.clone())
+            .or_default()
             .push(thread);
     }
     let panic_message = drain_output(&captured, &mut log);

@@ -1,0 +1,90 @@
+//! The executor seam: the run loop hands each try to an [`Executor`] and gets
+//! back its events (log lines, progress) and its [`TryOutcome`].
+//!
+//! A [`TryRequest`] names what the try needs (ids, the component digest, the
+//! connection ids granted, the staging location) and carries no secret: an
+//! executor resolves connections itself, at the moment of use. [`LocalExecutor`]
+//! runs tries with wasmtime and DuckDB in this process; it is the only code that
+//! touches either.
+
+mod local;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::dag::TaskPolicy;
+use crate::events::{RunEvent, TaskKey};
+use crate::schedule::Interval;
+
+pub use local::{LocalExecutor, MAX_OUTPUT_BYTES};
+pub use sluice_core::run::TryOutcome;
+
+/// One try, by name.
+#[derive(Debug, Clone)]
+pub struct TryRequest {
+    /// Which try.
+    pub key: TaskKey,
+    /// DAG id.
+    pub dag_id: String,
+    /// The task's component (sha256 of its bytes, as deployed).
+    pub component: String,
+    /// The run's logical date.
+    pub logical_date: DateTime<Utc>,
+    /// The run's data interval.
+    pub interval: Interval,
+    /// Merged params (JSON object).
+    pub params: Value,
+    /// Outputs of upstream tasks, by task id.
+    pub upstream: Map<String, Value>,
+    /// The run's staging directory (canonical).
+    pub staging_dir: PathBuf,
+    /// Limits.
+    pub policy: TaskPolicy,
+    /// Ids of the connections granted to the task.
+    pub connections: Vec<String>,
+    /// Those of `connections` the task may open although their role is privileged.
+    pub privileged_connections: Vec<String>,
+}
+
+/// A try under way; resolves to how it ended.
+pub type TryFuture = Pin<Box<dyn Future<Output = TryOutcome> + Send + 'static>>;
+
+/// Why an executor cannot run a run's tasks.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// A task's component cannot be loaded.
+    #[error("task `{task_id}`: cannot load component {component}: {source}")]
+    Component {
+        /// Task id.
+        task_id: String,
+        /// Component digest.
+        component: String,
+        /// Why.
+        #[source]
+        source: crate::engine::EngineError,
+    },
+}
+
+/// Runs tries. Implementations: [`LocalExecutor`] (this process).
+pub trait Executor: Send + Sync {
+    /// How this executor confines tries, as recorded with each try
+    /// (e.g. `landlock-v7`).
+    fn sandbox_label(&self) -> String;
+
+    /// Loads the components of a run's tasks (`(task id, digest)`), so a broken
+    /// one fails the run before any task starts.
+    fn prepare(&self, components: &[(String, String)]) -> Result<(), ExecutorError>;
+
+    /// Starts a try. Its log lines and progress go to `events`; the future
+    /// resolves when it has ended. It never panics on what the task does.
+    fn run(&self, request: TryRequest, events: UnboundedSender<RunEvent>) -> TryFuture;
+
+    /// Waits until nothing left by the run's tries holds files in its staging
+    /// directory; called before the directory may be deleted.
+    fn release(&self, run_id: &str);
+}
