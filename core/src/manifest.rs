@@ -247,7 +247,7 @@ impl Manifest {
                 ));
             };
             let policy = table_ref.policy_over(defaults);
-            validate_policy(&policy).map_err(|m| at(span.clone(), Some(id), m))?;
+            validate_policy(&policy).map_err(|m| at(span.clone(), Some(id), m.to_owned()))?;
             let mut after = Vec::new();
             for dep in &table_ref.after {
                 let dep_id = dep.get_ref();
@@ -334,9 +334,9 @@ impl Manifest {
                         .dag
                         .timezone
                         .as_ref()
-                        .filter(|_| m.starts_with("unknown time zone"))
+                        .filter(|_| matches!(m, crate::schedule::ScheduleError::UnknownTimeZone(_)))
                         .map_or(cron.span(), |t| t.span());
-                    at(Some(span), None, m)
+                    at(Some(span), None, m.to_string())
                 })?;
                 let Some(start) = &raw.dag.start_date else {
                     return Err(at(
@@ -351,7 +351,7 @@ impl Manifest {
                     other => other.to_string(),
                 };
                 let start_date = crate::schedule::parse_start_date(&text, &timezone)
-                    .map_err(|m| at(Some(start.span()), None, m))?;
+                    .map_err(|m| at(Some(start.span()), None, m.to_string()))?;
                 Some(crate::schedule::ScheduleSpec {
                     cron: cron.get_ref().clone(),
                     timezone,
@@ -390,15 +390,16 @@ impl Manifest {
     }
 }
 
-fn validate_policy(policy: &TaskPolicy) -> Result<(), String> {
+/// The first rule `policy` breaks, if any.
+fn validate_policy(policy: &TaskPolicy) -> Result<(), &'static str> {
     if policy.timeout.is_zero() {
-        return Err("`timeout` must be more than zero".into());
+        return Err("`timeout` must be more than zero");
     }
     if policy.memory < (1 << 20) {
-        return Err("`memory` must be at least 1MiB".into());
+        return Err("`memory` must be at least 1MiB");
     }
     if policy.threads == 0 {
-        return Err("`threads` must be at least 1".into());
+        return Err("`threads` must be at least 1");
     }
     Ok(())
 }

@@ -9,6 +9,37 @@ use chrono_tz::Tz;
 use croner::Cron;
 use serde::{Deserialize, Serialize};
 
+/// Why a schedule or start date is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// Not an IANA time zone.
+    #[error("unknown time zone `{0}`")]
+    UnknownTimeZone(String),
+    /// Not a cron expression.
+    #[error("invalid schedule `{cron}`: {source}")]
+    InvalidCron {
+        /// The expression.
+        cron: String,
+        /// croner's reason.
+        source: croner::errors::CronError,
+    },
+    /// A start date in no accepted form.
+    #[error("invalid start_date `{0}`: write 2026-01-31, 2026-01-31T06:00:00 or RFC 3339")]
+    StartDateForm(String),
+    /// A local start date skipped by a DST change.
+    #[error("start_date `{text}` does not exist in {timezone}")]
+    StartDateMissing {
+        /// The date as written.
+        text: String,
+        /// The time zone.
+        timezone: String,
+    },
+}
+
+fn time_zone(timezone: &str) -> Result<Tz, ScheduleError> {
+    Tz::from_str(timezone).map_err(|_| ScheduleError::UnknownTimeZone(timezone.to_owned()))
+}
+
 /// A DAG's schedule as stored in its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleSpec {
@@ -42,14 +73,17 @@ pub struct Schedule {
 
 impl Schedule {
     /// Parses `cron` in time zone `timezone`.
-    pub fn parse(cron: &str, timezone: &str) -> Result<Self, String> {
-        let tz = Tz::from_str(timezone).map_err(|_| format!("unknown time zone `{timezone}`"))?;
-        let cron = Cron::from_str(cron).map_err(|e| format!("invalid schedule `{cron}`: {e}"))?;
+    pub fn parse(cron: &str, timezone: &str) -> Result<Self, ScheduleError> {
+        let tz = time_zone(timezone)?;
+        let cron = Cron::from_str(cron).map_err(|source| ScheduleError::InvalidCron {
+            cron: cron.to_owned(),
+            source,
+        })?;
         Ok(Self { cron, tz })
     }
 
     /// The schedule of `spec`.
-    pub fn of(spec: &ScheduleSpec) -> Result<Self, String> {
+    pub fn of(spec: &ScheduleSpec) -> Result<Self, ScheduleError> {
         Self::parse(&spec.cron, &spec.timezone)
     }
 
@@ -97,26 +131,24 @@ impl Schedule {
 
 /// Parses a start date: `2026-01-31` (midnight in `tz`), `2026-01-31T06:00:00`
 /// (in `tz`) or RFC 3339 with an offset.
-pub fn parse_start_date(text: &str, timezone: &str) -> Result<DateTime<Utc>, String> {
-    let tz = Tz::from_str(timezone).map_err(|_| format!("unknown time zone `{timezone}`"))?;
+pub fn parse_start_date(text: &str, timezone: &str) -> Result<DateTime<Utc>, ScheduleError> {
+    let tz = time_zone(timezone)?;
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
     let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
         .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S"))
         .or_else(|_| {
-            NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
+            NaiveDate::parse_from_str(text, "%Y-%m-%d").map(|d| d.and_time(chrono::NaiveTime::MIN))
         })
-        .map_err(|_| {
-            format!(
-                "invalid start_date `{text}`: write 2026-01-31, 2026-01-31T06:00:00 or RFC 3339"
-            )
-        })?;
+        .map_err(|_| ScheduleError::StartDateForm(text.to_owned()))?;
     tz.from_local_datetime(&naive)
         .earliest()
         .map(|t| t.with_timezone(&Utc))
-        .ok_or_else(|| format!("start_date `{text}` does not exist in {timezone}"))
+        .ok_or_else(|| ScheduleError::StartDateMissing {
+            text: text.to_owned(),
+            timezone: timezone.to_owned(),
+        })
 }
 
 /// `ds` (`2026-01-31`) and `ds_nodash` (`20260131`) of a logical date, in UTC:
@@ -272,12 +304,12 @@ mod tests {
     #[test]
     fn start_dates_and_errors() {
         assert_eq!(
-            parse_start_date("2026-03-01", "Europe/Paris"),
-            Ok(utc("2026-02-28T23:00:00Z"))
+            parse_start_date("2026-03-01", "Europe/Paris").expect("a date"),
+            utc("2026-02-28T23:00:00Z")
         );
         assert_eq!(
-            parse_start_date("2026-03-01T00:00:00Z", "Europe/Paris"),
-            Ok(utc("2026-03-01T00:00:00Z"))
+            parse_start_date("2026-03-01T00:00:00Z", "Europe/Paris").expect("a date"),
+            utc("2026-03-01T00:00:00Z")
         );
         assert!(parse_start_date("yesterday", "UTC").is_err());
         assert!(Schedule::parse("61 * * * *", "UTC").is_err());

@@ -331,7 +331,7 @@ pub fn add(
     }
     let config = serde_json::to_string(&connection.config)
         .map_err(|e| invalid(&connection.id, e.to_string()))?;
-    let sealed = vault.seal(connection.secret.as_bytes(), connection.id.as_bytes());
+    let sealed = vault.seal(connection.secret.as_bytes(), connection.id.as_bytes())?;
     if !store.put_connection(
         &connection.id,
         connection.config.kind(),

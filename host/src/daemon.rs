@@ -56,7 +56,7 @@ pub fn due_runs(sluice: &Sluice, now: DateTime<Utc>) -> Result<Vec<DueRun>, RunE
         let Some(spec) = version.spec.schedule.clone() else {
             continue;
         };
-        let schedule = Schedule::of(&spec).map_err(RunError::Invalid)?;
+        let schedule = Schedule::of(&spec)?;
         let existing = interval_runs(sluice, &dag_id)?;
         let active = existing.iter().filter(|r| is_active(r.state)).count();
         let latest = existing.iter().map(|r| r.interval_start).max();
@@ -76,7 +76,7 @@ fn next_wakeup(sluice: &Sluice, now: DateTime<Utc>) -> Result<Option<DateTime<Ut
     for dag_id in sluice.store.dag_ids()? {
         let version = sluice.store.current_version(&dag_id)?;
         if let Some(spec) = &version.spec.schedule {
-            let schedule = Schedule::of(spec).map_err(RunError::Invalid)?;
+            let schedule = Schedule::of(spec)?;
             if let Some(due) = schedule.next_due(now.max(spec.start_date)) {
                 next = Some(next.map_or(due, |n| n.min(due)));
             }
@@ -169,7 +169,7 @@ pub async fn backfill(
         version.spec.schedule.clone().ok_or_else(|| {
             RunError::Invalid(format!("DAG `{dag_id}` has no schedule to backfill"))
         })?;
-    let schedule = Schedule::of(&spec).map_err(RunError::Invalid)?;
+    let schedule = Schedule::of(&spec)?;
     let covered: HashMap<DateTime<Utc>, RunState> = interval_runs(&sluice, dag_id)?
         .into_iter()
         .filter(|r| r.state == RunState::Success || is_active(r.state))

@@ -66,16 +66,48 @@ pub enum EngineError {
         source: std::io::Error,
     },
     /// wasmtime itself failed.
-    #[error("wasmtime: {0}")]
-    Wasmtime(String),
-    /// The compile cache's key file cannot be read, created or used.
-    #[error("compile cache key {path}: {message}")]
+    #[error("wasmtime: cannot {what}: {source}")]
+    Wasmtime {
+        /// What the host was doing.
+        what: &'static str,
+        /// wasmtime's error, with its chain.
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// The compile cache's key file cannot be read or created.
+    #[error("compile cache key {path}: {source}")]
     CacheKey {
         /// The key file.
         path: String,
-        /// What is wrong with it.
-        message: String,
+        /// The error.
+        source: std::io::Error,
     },
+    /// The compile cache's key file does not hold a key.
+    #[error("compile cache key {path}: malformed: expected 64 hex digits")]
+    CacheKeyMalformed {
+        /// The key file.
+        path: String,
+    },
+}
+
+impl EngineError {
+    /// An error of wasmtime while the host was doing `what`.
+    fn wasmtime(what: &'static str) -> impl FnOnce(wasmtime::Error) -> Self {
+        move |e| Self::Wasmtime {
+            what,
+            source: e.into(),
+        }
+    }
+}
+
+/// Why a compile cache entry is not used.
+#[derive(Debug, thiserror::Error)]
+enum Rejected {
+    #[error("it does not start with a Sluice cache header")]
+    NoHeader,
+    #[error("its integrity tag is truncated")]
+    TruncatedTag,
+    #[error("its integrity tag does not verify under the host's cache key")]
+    BadTag,
 }
 
 /// A component ready to instantiate.
@@ -118,25 +150,23 @@ impl std::fmt::Debug for CacheKey {
 impl CacheKey {
     /// Reads the key at `path`, creating it (exclusively, mode 0600) if absent.
     pub fn load_or_create(path: &Path) -> Result<Self, EngineError> {
-        let failed = |message: String| EngineError::CacheKey {
+        let failed = |source: std::io::Error| EngineError::CacheKey {
             path: path.display().to_string(),
-            message,
+            source,
         };
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text).map_err(failed),
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Self::create(path).map_err(|e| failed(e.to_string()))?;
-                let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
-                Self::parse(&text).map_err(failed)
+                Self::create(path).map_err(failed)?;
+                std::fs::read_to_string(path).map_err(failed)?
             }
-            Err(e) => Err(failed(e.to_string())),
-        }
-    }
-
-    fn parse(text: &str) -> Result<Self, String> {
-        crate::home::decode_key(text)
+            Err(e) => return Err(failed(e)),
+        };
+        crate::home::decode_key(&text)
             .map(Self)
-            .ok_or_else(|| "malformed: expected 64 hex digits".to_owned())
+            .ok_or_else(|| EngineError::CacheKeyMalformed {
+                path: path.display().to_string(),
+            })
     }
 
     /// Writes a fresh key beside `path` and links it into place, so that of two
@@ -190,19 +220,17 @@ impl CacheKey {
     }
 
     /// The code in `entry` if its tag verifies for `digest`, else why not.
-    fn open<'a>(&self, digest: &str, compat: &str, entry: &'a [u8]) -> Result<&'a [u8], String> {
+    fn open<'a>(&self, digest: &str, compat: &str, entry: &'a [u8]) -> Result<&'a [u8], Rejected> {
         let Some(rest) = entry.strip_prefix(ENTRY_MAGIC.as_slice()) else {
-            return Err("it does not start with a Sluice cache header".into());
+            return Err(Rejected::NoHeader);
         };
         if rest.len() < TAG_LEN {
-            return Err("its integrity tag is truncated".into());
+            return Err(Rejected::TruncatedTag);
         }
         let (tag, code) = rest.split_at(TAG_LEN);
         let mut mac = self.mac(digest, compat);
         mac.update(code);
-        mac.verify_slice(tag).map_err(|_| {
-            "its integrity tag does not verify under the host's cache key".to_owned()
-        })?;
+        mac.verify_slice(tag).map_err(|_| Rejected::BadTag)?;
         Ok(code)
     }
 }
@@ -228,14 +256,14 @@ impl Engine {
         config.epoch_interruption(true);
         config.max_wasm_stack(1 << 20);
         let engine =
-            wasmtime::Engine::new(&config).map_err(|e| EngineError::Wasmtime(e.to_string()))?;
+            wasmtime::Engine::new(&config).map_err(EngineError::wasmtime("create the engine"))?;
         let mut linker = Linker::<TaskHost>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| EngineError::Wasmtime(e.to_string()))?;
+            .map_err(EngineError::wasmtime("link WASI"))?;
         crate::capabilities::wasi::refuse_links(&mut linker)
-            .map_err(|e| EngineError::Wasmtime(e.to_string()))?;
+            .map_err(EngineError::wasmtime("link the refusal of links"))?;
         Task::add_to_linker::<TaskHost, HasSelf<TaskHost>>(&mut linker, |host| host)
-            .map_err(|e| EngineError::Wasmtime(e.to_string()))?;
+            .map_err(EngineError::wasmtime("link Sluice's host calls"))?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
@@ -348,7 +376,7 @@ impl Engine {
             })?;
         let serialized = component
             .serialize()
-            .map_err(|e| EngineError::Wasmtime(e.to_string()))?;
+            .map_err(EngineError::wasmtime("serialize compiled code"))?;
         let entry = self.cache_key.seal(digest, &self.compat, &serialized);
         crate::home::write_atomically(cached, &entry).map_err(|source| EngineError::Io {
             path: cached.display().to_string(),

@@ -69,7 +69,7 @@ pub fn deploy(
     let mut compiled = Vec::new();
     for task in &mut spec.tasks {
         let source = find_plugin(&manifest.plugin_dir, &task.plugin)
-            .map_err(|message| manifest.task_error(&task.id, message))?;
+            .map_err(|e| manifest.task_error(&task.id, e.to_string()))?;
         let bytes = std::fs::read(&source).map_err(|e| {
             manifest.task_error(&task.id, format!("cannot read {}: {e}", source.display()))
         })?;
@@ -116,8 +116,21 @@ pub fn deploy(
     })
 }
 
+/// A plugin a manifest names that is not built.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "plugin `{name}` not found: no {} (available: {available}); `sluice build` builds plugins/",
+    path.display()
+)]
+struct PluginNotFound {
+    name: String,
+    path: PathBuf,
+    /// The plugins that are there, or `none`.
+    available: String,
+}
+
 /// `<dir>/<name>.wasm`, also trying `-` as `_` (cargo's file names).
-fn find_plugin(dir: &Path, name: &str) -> Result<PathBuf, String> {
+fn find_plugin(dir: &Path, name: &str) -> Result<PathBuf, PluginNotFound> {
     let candidates = [
         format!("{name}.wasm"),
         format!("{}.wasm", name.replace('-', "_")),
@@ -142,10 +155,11 @@ fn find_plugin(dir: &Path, name: &str) -> Result<PathBuf, String> {
     } else {
         available.join(", ")
     };
-    Err(format!(
-        "plugin `{name}` not found: no {} (available: {available}); `sluice build` builds plugins/",
-        dir.join(&candidates[0]).display()
-    ))
+    Err(PluginNotFound {
+        name: name.to_owned(),
+        path: dir.join(&candidates[0]),
+        available,
+    })
 }
 
 /// `git describe --always --dirty` of the manifest's directory, else `dev-<timestamp>`.

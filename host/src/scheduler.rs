@@ -44,6 +44,9 @@ pub enum RunError {
     /// What was asked cannot be done (unknown task, run still running, ...).
     #[error("{0}")]
     Invalid(String),
+    /// A stored schedule is not valid.
+    #[error(transparent)]
+    Schedule(#[from] crate::schedule::ScheduleError),
     /// The run's stored params are not a JSON object.
     #[error("run `{run_id}`: its stored params do not parse: {source}")]
     Params {

@@ -21,6 +21,9 @@ const CHECK_AAD: &[u8] = b"sluice:vault-check";
 /// Why the vault cannot be used. Nothing is changed when one is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
+    /// Encryption failed (the cipher refused the input), so nothing was stored.
+    #[error("cannot encrypt the secret of `{0}`; nothing was stored")]
+    Unsealable(String),
     /// The metadatabase failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -180,15 +183,14 @@ impl Vault {
 
     fn initialized(self, store: &Store, first_use: bool) -> Result<Self, VaultError> {
         if first_use {
-            store.set_vault_check(&self.seal(CHECK_PLAINTEXT, CHECK_AAD))?;
+            store.set_vault_check(&self.seal(CHECK_PLAINTEXT, CHECK_AAD)?)?;
         }
         Ok(self)
     }
 
     /// Encrypts `plaintext`, bound to `aad` (the connection id), with a fresh nonce.
-    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Sealed {
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Sealed, VaultError> {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        // Encryption with a valid key and a 24-byte nonce cannot fail.
         let ciphertext = self
             .cipher
             .encrypt(
@@ -198,11 +200,11 @@ impl Vault {
                     aad,
                 },
             )
-            .unwrap_or_default();
-        Sealed {
+            .map_err(|_| VaultError::Unsealable(String::from_utf8_lossy(aad).into_owned()))?;
+        Ok(Sealed {
             nonce: nonce.to_vec(),
             ciphertext,
-        }
+        })
     }
 
     fn open_sealed(&self, sealed: &Sealed, aad: &[u8]) -> Option<Vec<u8>> {
@@ -236,7 +238,7 @@ impl Vault {
         let mut resealed = Vec::new();
         for (id, sealed) in store.sealed_secrets()? {
             let plain = self.unseal(&sealed, &id)?;
-            resealed.push((id.clone(), next.seal(plain.as_bytes(), id.as_bytes())));
+            resealed.push((id.clone(), next.seal(plain.as_bytes(), id.as_bytes())?));
         }
         let from_env = self.source_name == KEY_ENV;
         let file: PathBuf = home_dir.join(KEY_FILE);
@@ -245,7 +247,7 @@ impl Vault {
             // Written first: if the process dies after the commit, `open` finds it.
             write_key_file(&pending, &key)?;
         }
-        store.replace_sealed(&resealed, &next.seal(CHECK_PLAINTEXT, CHECK_AAD))?;
+        store.replace_sealed(&resealed, &next.seal(CHECK_PLAINTEXT, CHECK_AAD)?)?;
         if !from_env {
             std::fs::rename(&pending, &file).map_err(|source| VaultError::Io {
                 path: file.display().to_string(),

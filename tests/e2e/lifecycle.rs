@@ -491,3 +491,41 @@ params = { mode = "echo" }
     );
     assert_recovered(&home, &run_id);
 }
+
+/// A resumed run whose stored params do not parse is an error naming the run,
+/// not a run with empty params; nothing is run or changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_with_corrupt_stored_params_fails_and_changes_nothing() {
+    let home = TestHome::new();
+    let failed = home
+        .run(
+            "corrupt",
+            "[tasks.t]\nplugin = \"testkit\"\nparams = { mode = \"fail\" }\n",
+            json!({"x": 1}),
+        )
+        .await;
+    let db = rusqlite::Connection::open(home.sluice.home.database()).expect("metadatabase");
+    db.execute(
+        "UPDATE dag_runs SET params = '{not json' WHERE run_id = ?1",
+        [&failed.run_id],
+    )
+    .expect("corrupt the params");
+    clear(
+        &home.sluice,
+        &failed.run_id,
+        "t",
+        ClearScope::default(),
+        false,
+    )
+    .expect("clear");
+    let e = resume_run(&home.sluice, &failed.run_id, StagingPolicy::default(), None)
+        .await
+        .expect_err("corrupt params");
+    let message = e.to_string();
+    assert!(
+        message.contains(&failed.run_id) && message.contains("stored params do not parse"),
+        "{message}"
+    );
+    let task = home.task(&failed.run_id, "t");
+    assert_eq!((task.state.as_str(), task.try_number), ("scheduled", 1));
+}
