@@ -7,7 +7,6 @@
 //! only through the host calls in [`capabilities`] (its context, SQL in its own
 //! DuckDB session confined to the run's staging directory, logging).
 
-pub mod bench;
 mod bindings;
 pub mod capabilities;
 pub mod confine;
@@ -17,7 +16,7 @@ pub mod dag;
 pub mod engine;
 pub mod events;
 pub mod executor;
-#[cfg(fuzzing)]
+#[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod home;
 pub mod manifest;
