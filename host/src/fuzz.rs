@@ -1,6 +1,6 @@
 //! Entry points for the fuzz targets in `fuzz/`: the host-side code that parses
-//! what a user or a task controls. Compiled only with `--cfg fuzzing`, which
-//! `cargo fuzz` sets; nothing here exists in a normal build.
+//! what a user or a task controls. Compiled only with the `fuzz` feature, which
+//! `fuzz/Cargo.toml` enables; nothing here exists in a normal build.
 
 use std::path::{Path, PathBuf};
 

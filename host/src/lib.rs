@@ -7,7 +7,6 @@
 //! only through the host calls in [`capabilities`] (its context, SQL in its own
 //! DuckDB session confined to the run's staging directory, logging).
 
-pub mod bench;
 mod bindings;
 pub mod capabilities;
 pub mod confine;
@@ -15,7 +14,7 @@ pub mod connections;
 pub mod daemon;
 pub mod engine;
 pub mod executor;
-#[cfg(fuzzing)]
+#[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod home;
 pub mod plugins;

@@ -97,39 +97,6 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
-    /// Measure the sandbox tax, start-up, host calls, scheduling and data out
-    /// (needs `sluice build` first; see BENCHMARKS.md).
-    Bench {
-        /// Tiny sizes: checks that every case works, measures nothing useful.
-        #[arg(long)]
-        smoke: bool,
-        /// Row counts for the sandbox-tax case.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "1000000,10000000,70000000"
-        )]
-        rows: Vec<u64>,
-        /// The repository holding examples/ and plugins/dist.
-        #[arg(long, default_value = ".")]
-        repo: PathBuf,
-        /// Also measure Postgres load and extract against `psql \copy` on this
-        /// server (an Airflow-style URI; tables `sluice_bench` are created and dropped).
-        #[arg(long)]
-        postgres: Option<String>,
-    },
-    /// The sandbox-tax baseline: the ETL's SQL run directly by DuckDB.
-    #[command(hide = true)]
-    BenchBaseline {
-        #[arg(long)]
-        rows: u64,
-        #[arg(long)]
-        threads: u32,
-        #[arg(long)]
-        memory: u64,
-        #[arg(long)]
-        dir: PathBuf,
-    },
     /// Reset a task instance (and optionally its downstream or upstream) and
     /// re-run it in the same run, reusing what is staged; the run re-binds to
     /// the DAG's current version.
@@ -675,34 +642,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let sluice = open(cli.home)?;
             show_run(&sluice, &run_id)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            smoke,
-            rows,
-            repo,
-            postgres,
-        } => {
-            let options = sluice::bench::BenchOptions {
-                etl_rows: if smoke { vec![10_000] } else { rows },
-                smoke,
-                repo: repo
-                    .canonicalize()
-                    .with_context(|| format!("no repository at {}", repo.display()))?,
-                sluice_exe: std::env::current_exe().context("cannot find the sluice executable")?,
-                postgres,
-            };
-            sluice::bench::run(&options).map_err(|e| anyhow::anyhow!("bench failed: {e}"))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::BenchBaseline {
-            rows,
-            threads,
-            memory,
-            dir,
-        } => {
-            sluice::bench::baseline_etl(&dir, rows, threads, memory)
-                .map_err(|e| anyhow::anyhow!("baseline failed: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs {

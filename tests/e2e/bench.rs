@@ -1,16 +1,23 @@
-//! `sluice bench --smoke` keeps every benchmark case compiling and working.
+//! `sluice-bench --smoke` keeps every benchmark case compiling and working.
 //! It asserts that each case reported its figures, never how fast they were.
 
-use crate::support::{TestHome, plugins_dist, repo_root, text};
+use std::process::Command;
+
+use crate::support::{CHILD_DEADLINE, output_within, plugins_dist, repo_root, text};
 
 #[test]
 fn every_benchmark_case_runs_in_smoke_mode() {
     plugins_dist();
-    let home = TestHome::new();
     let repo = repo_root().canonicalize().expect("repo");
     let pg = crate::pg::server().uri();
-    let repo = repo.to_str().expect("utf-8");
-    let out = home.cli(&["bench", "--smoke", "--repo", repo, "--postgres", &pg]);
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
+            .args(["--smoke", "--postgres", &pg])
+            .arg("--repo")
+            .arg(&repo)
+            .args(["--sluice", env!("CARGO_BIN_EXE_sluice")]),
+        CHILD_DEADLINE,
+    );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "bench failed\n{stdout}\n{stderr}");
     for heading in [

@@ -1,7 +1,7 @@
 //! The connection vault: secrets encrypted at rest, never printed, rotation,
 //! and clear refusals for a wrong or missing master key that change nothing.
 
-use crate::support::{TestHome, text};
+use crate::support::{CHILD_DEADLINE, TestHome, output_within, text};
 
 const SECRET: &str = "Pw-7f3c91d2e8-Unique";
 
@@ -14,7 +14,7 @@ fn cli_env(home: &TestHome, args: &[&str], env: &[(&str, &str)]) -> std::process
     for (k, v) in env {
         command.env(k, v);
     }
-    command.output().expect("run sluice")
+    output_within(&mut command, CHILD_DEADLINE)
 }
 
 fn all_text(out: &std::process::Output) -> String {

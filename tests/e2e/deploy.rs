@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{TestHome, text};
+use crate::support::{CHILD_DEADLINE, TestHome, output_within, text};
 
 const BODY: &str = "[tasks.a]\nplugin = \"testkit\"\nparams = { mode = \"echo\" }\n";
 
@@ -158,12 +158,13 @@ fn a_planted_compile_cache_entry_is_never_loaded() {
         std::fs::write(&victim_entry, &planted).expect("plant");
 
         // A fresh process runs the DAG: the victim must behave as testkit.
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "planted", "--no-progress"])
-            .env("SLUICE_HOME", home.home_path())
-            .env("SLUICE_LOG", "warn")
-            .output()
-            .expect("run sluice");
+        let out = output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(["run", "planted", "--no-progress"])
+                .env("SLUICE_HOME", home.home_path())
+                .env("SLUICE_LOG", "warn"),
+            CHILD_DEADLINE,
+        );
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{what}: {stdout}\n{stderr}");
         let run = home

@@ -9,7 +9,7 @@ use serde_json::json;
 use sluice::scheduler::{ClearScope, StagingPolicy, clear, resume_run};
 use sluice::staging::sweep;
 
-use crate::support::{TestHome, text};
+use crate::support::{CHILD_DEADLINE, Spawned, TestHome, output_within, text, wait_for};
 
 const TTL: Duration = Duration::from_secs(3600);
 
@@ -148,12 +148,13 @@ async fn gc_skips_what_it_did_not_make_and_still_reclaims_expired_runs() {
     let odd = root.join("not a run");
     std::fs::create_dir_all(&odd).expect("odd");
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["gc", "--staging-ttl", "0s"])
-        .env("SLUICE_HOME", home.home_path())
-        .env("SLUICE_LOG", "warn")
-        .output()
-        .expect("run sluice gc");
+    let out = output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["gc", "--staging-ttl", "0s"])
+            .env("SLUICE_HOME", home.home_path())
+            .env("SLUICE_LOG", "warn"),
+        CHILD_DEADLINE,
+    );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
@@ -381,13 +382,13 @@ async fn retry_delays_grow_with_exponential_backoff() {
 /// Starts `sluice run` on `manifest` and SIGKILLs it once `slow` is running;
 /// returns the run id, left `running`.
 fn start_and_kill(home: &TestHome, manifest: &std::path::Path) -> String {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", manifest.to_str().expect("utf-8"), "--no-progress"])
-        .env("SLUICE_HOME", home.home_path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start sluice");
+    let mut child = Spawned::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", manifest.to_str().expect("utf-8"), "--no-progress"])
+            .env("SLUICE_HOME", home.home_path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
     let known: Vec<String> = home
         .sluice
         .store
@@ -396,34 +397,33 @@ fn start_and_kill(home: &TestHome, manifest: &std::path::Path) -> String {
         .into_iter()
         .map(|r| r.run_id)
         .collect();
-    let run_id = loop {
-        if let Some(status) = child.try_wait().expect("poll child") {
-            panic!("sluice exited before it could be killed: {status}");
-        }
-        let running = home
-            .sluice
-            .store
-            .runs(Some("crashy"), 1)
-            .expect("runs")
-            .into_iter()
-            .next()
-            .and_then(|r| {
-                let slow = home
-                    .sluice
-                    .store
-                    .tasks(&r.run_id)
-                    .ok()?
-                    .into_iter()
-                    .find(|t| t.task_id == "slow")?;
-                (!known.contains(&r.run_id) && slow.state.as_str() == "running").then_some(r.run_id)
-            });
-        if let Some(run_id) = running {
-            break run_id;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
+    let run_id = wait_for(
+        "a new run of `crashy` with `slow` running",
+        Duration::from_secs(60),
+        || {
+            if let Some(status) = child.exited() {
+                panic!("sluice exited before it could be killed: {status}");
+            }
+            home.sluice
+                .store
+                .runs(Some("crashy"), 1)
+                .expect("runs")
+                .into_iter()
+                .next()
+                .and_then(|r| {
+                    let slow = home
+                        .sluice
+                        .store
+                        .tasks(&r.run_id)
+                        .ok()?
+                        .into_iter()
+                        .find(|t| t.task_id == "slow")?;
+                    (!known.contains(&r.run_id) && slow.state.as_str() == "running")
+                        .then_some(r.run_id)
+                })
+        },
+    );
+    child.kill();
     assert_eq!(
         home.sluice.store.run(&run_id).expect("run").state.as_str(),
         "running",

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::TestHome;
+use crate::support::{RUN_DEADLINE, TestHome, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn independent_tasks_overlap_in_time() {
@@ -65,16 +65,29 @@ params = { mode = "sleep", ms = 300 }
         .version(&deployment.dag_id, &deployment.version)
         .expect("version");
     assert_eq!(version.spec.max_active_tasks, 1);
-    let run = sluice::scheduler::run_dag(&home.sluice, &version, Default::default(), None)
-        .await
-        .expect("run");
-    assert_eq!(run.state.as_str(), "success");
-    let a = home.task(&run.run_id, "a");
-    let b = home.task(&run.run_id, "b");
-    let disjoint = a.ended_at <= b.started_at || b.ended_at <= a.started_at;
+    let run = within(
+        RUN_DEADLINE,
+        "the run of `serial`",
+        sluice::scheduler::run_dag(&home.sluice, &version, Default::default(), None),
+    )
+    .await
+    .expect("run");
+    assert_eq!(run.state.as_str(), "success", "{:?}", run.error);
+    // Both tasks ran, so both have a start and an end: compare the times, not
+    // `Option`s (`None <= None` would hold for tasks that never ran).
+    let interval = |task: &str| {
+        let record = home.task(&run.run_id, task);
+        let start = record
+            .started_at
+            .unwrap_or_else(|| panic!("{task} has no start: {record:?}"));
+        let end = record
+            .ended_at
+            .unwrap_or_else(|| panic!("{task} has no end: {record:?}"));
+        (start, end)
+    };
+    let ((a_start, a_end), (b_start, b_end)) = (interval("a"), interval("b"));
     assert!(
-        disjoint,
-        "a {:?}..{:?}, b {:?}..{:?}",
-        a.started_at, a.ended_at, b.started_at, b.ended_at
+        a_end <= b_start || b_end <= a_start,
+        "the tasks overlap: a {a_start}..{a_end}, b {b_start}..{b_end}"
     );
 }

@@ -13,7 +13,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+use crate::support::{CHILD_DEADLINE, Spawned, output_within};
+
+/// The server programs the fixture runs, all from one directory.
+const PROGRAMS: [&str; 4] = ["initdb", "postgres", "pg_isready", "psql"];
 /// The password of [`TASK_ROLE`]: what the tests search for in everything stored.
 pub const PASSWORD: &str = "pg-Secret-4c1d9e77";
 /// The least-privilege role the tests' connections use.
@@ -49,18 +52,19 @@ impl PgServer {
 
     /// Runs SQL through `psql` (trusted local socket), returning its output.
     pub fn psql(&self, sql: &str) -> String {
-        let out = as_postgres(&format!("{BIN}/psql"))
-            .args([
-                "-h",
-                &self.dir.display().to_string(),
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-d", "postgres", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .expect("run psql");
+        let out = output_within(
+            as_postgres(&bin("psql"))
+                .args([
+                    "-h",
+                    &self.dir.display().to_string(),
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
+                .args(["-d", "postgres", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+            CHILD_DEADLINE,
+        );
         assert!(
             out.status.success(),
             "psql failed: {}",
@@ -141,23 +145,134 @@ fn free_port() -> u16 {
 
 fn give_to_postgres(path: &Path) {
     if is_root() {
-        let status = Command::new("chown")
-            .args(["-R", "postgres"])
-            .arg(path)
-            .status()
-            .expect("chown");
-        assert!(status.success());
+        let out = output_within(
+            Command::new("chown").args(["-R", "postgres"]).arg(path),
+            CHILD_DEADLINE,
+        );
+        assert!(
+            out.status.success(),
+            "chown: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+}
+
+/// The path of the server program `program`.
+fn bin(program: &str) -> String {
+    bin_dir().join(program).display().to_string()
+}
+
+/// The directory holding the PostgreSQL server programs: `pg_config --bindir`,
+/// else the usual install places, newest version first, else where `initdb` on
+/// `PATH` really lives. Panics naming every place it looked if none has them all.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let mut looked = Vec::new();
+        for (source, dir) in bin_dir_candidates() {
+            let dir = match dir {
+                Ok(dir) => dir,
+                Err(nothing) => {
+                    looked.push(format!("{source}: {nothing}"));
+                    continue;
+                }
+            };
+            let missing: Vec<&str> = PROGRAMS
+                .into_iter()
+                .filter(|p| !dir.join(p).is_file())
+                .collect();
+            if missing.is_empty() {
+                return dir;
+            }
+            looked.push(format!(
+                "{} ({source}): no {}",
+                dir.display(),
+                missing.join(", ")
+            ));
+        }
+        panic!(
+            "no PostgreSQL server binaries ({}) found. Looked in:\n  {}\n\
+             Install a server, e.g. `apt-get install postgresql` (.ci/run does)",
+            PROGRAMS.join(", "),
+            looked.join("\n  ")
+        )
+    })
+}
+
+/// Directories that may hold the server programs, most wanted first, each with
+/// how it was found (or why a place gave none).
+fn bin_dir_candidates() -> Vec<(&'static str, Result<PathBuf, String>)> {
+    let mut dirs = Vec::new();
+    let pg_config = Spawned::try_new(
+        Command::new("pg_config")
+            .arg("--bindir")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null()),
+    );
+    match pg_config {
+        Ok(pg_config) => {
+            let out = pg_config.output_within(Duration::from_secs(30));
+            let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if out.status.success() && !dir.is_empty() {
+                dirs.push(("pg_config --bindir", Ok(PathBuf::from(dir))));
+            } else {
+                dirs.push(("pg_config --bindir", Err(format!("{}", out.status))));
+            }
+        }
+        // Not installed is not an error: the other places are searched.
+        Err(e) => dirs.push((
+            "pg_config --bindir",
+            Err(format!("cannot run pg_config ({e})")),
+        )),
+    }
+    // Debian and Ubuntu (/usr/lib/postgresql/<version>/bin), the PGDG packages
+    // for RHEL (/usr/pgsql-<version>/bin): newest version first.
+    for (parent, prefix, source) in [
+        ("/usr/lib/postgresql", "", "/usr/lib/postgresql/*/bin"),
+        ("/usr", "pgsql-", "/usr/pgsql-*/bin"),
+    ] {
+        let mut versions: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let version = name
+                    .strip_prefix(prefix)?
+                    .split('.')
+                    .map(|n| n.parse::<u32>().ok())
+                    .collect::<Option<Vec<u32>>>()?;
+                Some((version, entry.path().join("bin")))
+            })
+            .collect();
+        if versions.is_empty() {
+            dirs.push((source, Err("none".to_owned())));
+        }
+        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        dirs.extend(versions.into_iter().map(|(_, dir)| (source, Ok(dir))));
+    }
+    dirs.push(("source builds", Ok(PathBuf::from("/usr/local/pgsql/bin"))));
+    // `initdb` on PATH, through any symlink to the directory it comes from.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let before = dirs.len();
+    for dir in std::env::split_paths(&path) {
+        if let Ok(initdb) = dir.join("initdb").canonicalize()
+            && let Some(real) = initdb.parent()
+        {
+            dirs.push(("initdb on PATH", Ok(real.to_path_buf())));
+        }
+    }
+    if dirs.len() == before {
+        dirs.push(("initdb on PATH", Err("none".to_owned())));
+    }
+    dirs
 }
 
 /// The shared server, started on first use.
 pub fn server() -> &'static PgServer {
     static SERVER: OnceLock<PgServer> = OnceLock::new();
     SERVER.get_or_init(|| {
-        assert!(
-            Path::new(BIN).join("initdb").exists(),
-            "PostgreSQL 15 server binaries not found in {BIN}: install postgresql-15 (.ci/run does)"
-        );
         remove_stale_clusters();
         let dir = std::env::temp_dir().join(format!("sluice-pg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -166,7 +281,8 @@ pub fn server() -> &'static PgServer {
         std::fs::write(dir.join("pwfile"), SUPERUSER_PASSWORD).expect("pwfile");
         give_to_postgres(&dir);
         let data = dir.join("data");
-        let out = as_postgres(&format!("{BIN}/initdb"))
+        let out = output_within(
+            as_postgres(&bin("initdb"))
             .arg("-D")
             .arg(&data)
             .args([
@@ -177,9 +293,9 @@ pub fn server() -> &'static PgServer {
                 "--auth-local=trust",
                 "--auth-host=scram-sha-256",
             ])
-            .arg(format!("--pwfile={}", dir.join("pwfile").display()))
-            .output()
-            .expect("run initdb");
+            .arg(format!("--pwfile={}", dir.join("pwfile").display())),
+            CHILD_DEADLINE,
+        );
         assert!(
             out.status.success(),
             "initdb failed: {}",
@@ -189,7 +305,7 @@ pub fn server() -> &'static PgServer {
         let port = free_port();
         let log = std::fs::File::create(dir.join("server.log")).expect("log");
         give_to_postgres(&dir.join("server.log"));
-        let child = as_postgres(&format!("{BIN}/postgres"))
+        let child = as_postgres(&bin("postgres"))
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-k", &dir.display().to_string()])
@@ -216,10 +332,12 @@ pub fn server() -> &'static PgServer {
             .expect("start postgres");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ready = Command::new(format!("{BIN}/pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-                .output()
-                .is_ok_and(|o| o.status.success());
+            let ready = output_within(
+                Command::new(bin("pg_isready")).args(["-h", "127.0.0.1", "-p", &port.to_string()]),
+                Duration::from_secs(30),
+            )
+            .status
+            .success();
             if ready {
                 break;
             }
@@ -260,11 +378,16 @@ pub fn server() -> &'static PgServer {
 /// `openssl`), in `dir`; returns the CA's PEM file.
 fn make_certificates(dir: &Path) -> PathBuf {
     let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl (install it: .ci/run does)");
+        let out = Spawned::try_new(
+            Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped()),
+        )
+        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): install it (.ci/run does)"))
+        .output_within(CHILD_DEADLINE);
         assert!(
             out.status.success(),
             "openssl {args:?}: {}",

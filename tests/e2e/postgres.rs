@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::pg::{self, PASSWORD};
-use crate::support::{TestHome, text};
+use crate::support::{CHILD_DEADLINE, TestHome, output_within, text};
 
 /// A home with connection `pg` to the test server.
 fn home_with_pg() -> (TestHome, &'static pg::PgServer) {
@@ -582,13 +582,14 @@ fn task_on(conn: &str, opt_in: bool, steps: Value) -> String {
 
 /// `sluice connections <args>` in `home`, with the environment `env`.
 fn connections_cli(home: &TestHome, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("connections")
-        .args(args)
-        .env("SLUICE_HOME", home.home_path())
-        .envs(env.iter().copied())
-        .output()
-        .expect("run sluice");
+    let out = output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("connections")
+            .args(args)
+            .env("SLUICE_HOME", home.home_path())
+            .envs(env.iter().copied()),
+        CHILD_DEADLINE,
+    );
     let (stdout, stderr) = text(&out);
     (out.status.success(), stdout, stderr)
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{TestHome, text};
+use crate::support::{CHILD_DEADLINE, TestHome, output_within, text};
 
 const BUCKET: &str = "sluice-test";
 const SECRET_KEY: &str = "s3-Secret-90ab12cd";
@@ -65,29 +65,30 @@ fn endpoint() -> &'static str {
 
 fn home_with_bucket() -> TestHome {
     let home = TestHome::new();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "connections",
-            "add",
-            "lake",
-            "--type",
-            "s3",
-            "--endpoint",
-            endpoint(),
-            "--bucket",
-            BUCKET,
-        ])
-        .args([
-            "--access-key-id",
-            "AKIDTEST",
-            "--path-style",
-            "--region",
-            "us-east-1",
-        ])
-        .env("SLUICE_HOME", home.home_path())
-        .env("SLUICE_S3_SECRET_KEY", SECRET_KEY)
-        .output()
-        .expect("sluice");
+    let out = output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "connections",
+                "add",
+                "lake",
+                "--type",
+                "s3",
+                "--endpoint",
+                endpoint(),
+                "--bucket",
+                BUCKET,
+            ])
+            .args([
+                "--access-key-id",
+                "AKIDTEST",
+                "--path-style",
+                "--region",
+                "us-east-1",
+            ])
+            .env("SLUICE_HOME", home.home_path())
+            .env("SLUICE_S3_SECRET_KEY", SECRET_KEY),
+        CHILD_DEADLINE,
+    );
     assert!(out.status.success(), "{:?}", text(&out));
     home
 }
@@ -199,12 +200,13 @@ fn the_snapshot_example_writes_one_parquet_per_table_per_day() {
     ));
     let home = TestHome::new();
     let add = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(args)
-            .env("SLUICE_HOME", home.home_path())
-            .env("SLUICE_S3_SECRET_KEY", SECRET_KEY)
-            .output()
-            .expect("sluice");
+        let out = output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(args)
+                .env("SLUICE_HOME", home.home_path())
+                .env("SLUICE_S3_SECRET_KEY", SECRET_KEY),
+            CHILD_DEADLINE,
+        );
         assert!(out.status.success(), "{:?}", text(&out));
     };
     add(&[

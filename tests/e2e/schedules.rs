@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{Days, Utc};
 
-use crate::support::{TestHome, text};
+use crate::support::{Spawned, TestHome, text, wait_for};
 
 fn daily(start_date: &str, catchup: bool, task: &str) -> String {
     format!(
@@ -131,45 +131,47 @@ fn ctrl_c_stops_the_scheduler_cleanly_and_the_cli_reads_meanwhile() {
         &daily(&yesterday, false, "mode = \"sleep\", ms = 2000"),
     );
     ok(&home.cli(&["deploy", path.to_str().expect("utf-8")]));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("scheduler")
-        .env("SLUICE_HOME", home.home_path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the scheduler");
+    let mut scheduler = Spawned::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("scheduler")
+            .env("SLUICE_HOME", home.home_path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
 
-    let run_id = loop {
-        if let Some(status) = child.try_wait().expect("poll") {
-            panic!("the scheduler exited early: {status}");
-        }
-        let running = home
-            .sluice
-            .store
-            .runs(Some("served"), 1)
-            .expect("runs")
-            .into_iter()
-            .next()
-            .filter(|r| {
-                home.sluice
-                    .store
-                    .tasks(&r.run_id)
-                    .is_ok_and(|ts| ts.iter().any(|t| t.state.as_str() == "running"))
-            });
-        if let Some(run) = running {
-            break run.run_id;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // The scheduler starts yesterday's run at once; allow a loaded machine a minute.
+    let run_id = wait_for(
+        "the scheduler to start a run of `served` with a running task",
+        Duration::from_secs(60),
+        || {
+            if let Some(status) = scheduler.exited() {
+                panic!("the scheduler exited early: {status}");
+            }
+            home.sluice
+                .store
+                .runs(Some("served"), 1)
+                .expect("runs")
+                .into_iter()
+                .next()
+                .filter(|r| {
+                    home.sluice
+                        .store
+                        .tasks(&r.run_id)
+                        .is_ok_and(|ts| ts.iter().any(|t| t.state.as_str() == "running"))
+                })
+                .map(|r| r.run_id)
+        },
+    );
     // The CLI reads while the scheduler writes.
     assert!(ok(&home.cli(&["runs", "list"])).contains(&run_id));
     assert!(ok(&home.cli(&["runs", "show", &run_id])).contains("running"));
     ok(&home.cli(&["logs", &run_id, "t"]));
 
     // SAFETY: sending a signal to our own child process.
-    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let sent = unsafe { libc::kill(scheduler.id() as libc::pid_t, libc::SIGINT) };
     assert_eq!(sent, 0);
-    let out = child.wait_with_output().expect("scheduler exit");
+    // It lets the running task (2 s) finish first.
+    let out = scheduler.output_within(Duration::from_secs(120));
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("stopping: no new runs"), "{stderr}");

@@ -1,9 +1,11 @@
 //! Shared fixtures: plugins built once per test binary, a fresh Sluice home per
 //! test, helpers to deploy and run DAGs in-process or through the CLI.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use sluice::Sluice;
@@ -99,9 +101,12 @@ impl TestHome {
             .store
             .version(&deployment.dag_id, &deployment.version)
             .expect("version");
-        run_dag(&self.sluice, &version, options, None)
-            .await
-            .expect("run carried out")
+        within(RUN_DEADLINE, &format!("the run of `{name}`"), async {
+            run_dag(&self.sluice, &version, options, None)
+                .await
+                .expect("run carried out")
+        })
+        .await
     }
 
     pub fn task(&self, run_id: &str, task_id: &str) -> TaskRecord {
@@ -138,27 +143,183 @@ impl TestHome {
         let mut bytes = Vec::new();
         let mut stack = vec![self.home_path()];
         while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).expect("read home").flatten() {
-                let path = entry.path();
+            // A file that cannot be read would make "the secret is not stored" pass
+            // without looking: every entry is read or the test fails.
+            let entries = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+            for entry in entries {
+                let path = entry
+                    .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+                    .path();
                 if path.is_dir() {
                     stack.push(path);
                 } else {
-                    bytes.extend(std::fs::read(&path).unwrap_or_default());
+                    let content = std::fs::read(&path)
+                        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+                    bytes.extend(content);
                 }
             }
         }
         bytes
     }
 
-    /// Runs the real `sluice` binary against this home.
+    /// Runs the real `sluice` binary against this home (at most [`CHILD_DEADLINE`]).
     pub fn cli(&self, args: &[&str]) -> Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(args)
-            .env("SLUICE_HOME", self.home_path())
-            .current_dir(repo_root())
-            .output()
-            .expect("run sluice")
+        output_within(
+            Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(args)
+                .env("SLUICE_HOME", self.home_path())
+                .current_dir(repo_root()),
+            CHILD_DEADLINE,
+        )
     }
+}
+
+/// How long one CLI call or other child process may take before a test gives up
+/// on it (a guard against a hang, far above what any call here needs).
+pub const CHILD_DEADLINE: Duration = Duration::from_secs(600);
+
+/// How long an in-process DAG run may take before a test gives up on it.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Awaits `future`, panicking with `what` if it has not finished within `limit`.
+pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
+/// Calls `probe` every 50 ms until it returns `Some`; panics naming `what` if
+/// that has not happened within `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process that is killed and reaped when dropped, so that a failing
+/// test does not leave it running.
+pub struct Spawned {
+    child: Option<Child>,
+    what: String,
+}
+
+impl Spawned {
+    /// Starts `command` (its stdio as the caller set it up).
+    pub fn new(command: &mut Command) -> Self {
+        Self::try_new(command).unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"))
+    }
+
+    /// Starts `command`, or says why it could not be started.
+    pub fn try_new(command: &mut Command) -> std::io::Result<Self> {
+        let what = format!("{command:?}");
+        Ok(Self {
+            child: Some(command.spawn()?),
+            what,
+        })
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child
+            .as_mut()
+            .expect("the child is held until consumed")
+    }
+
+    pub fn id(&mut self) -> u32 {
+        self.child().id()
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(mut self) {
+        let what = self.what.clone();
+        let mut child = self.child.take().expect("the child is held until consumed");
+        child
+            .kill()
+            .unwrap_or_else(|e| panic!("cannot kill {what}: {e}"));
+        child
+            .wait()
+            .unwrap_or_else(|e| panic!("cannot reap {what}: {e}"));
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let what = self.what.clone();
+        self.child()
+            .try_wait()
+            .unwrap_or_else(|e| panic!("cannot poll {what}: {e}"))
+    }
+
+    /// Waits for it to exit, collecting what it wrote to piped stdout and stderr;
+    /// kills it and panics if it has not exited within `limit`.
+    pub fn output_within(mut self, limit: Duration) -> Output {
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            pipe.map(|mut pipe| {
+                std::thread::spawn(move || {
+                    let mut bytes = Vec::new();
+                    pipe.read_to_end(&mut bytes).map(|_| bytes)
+                })
+            })
+        };
+        let stdout = drain(
+            self.child()
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = drain(
+            self.child()
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let what = self.what.clone();
+        // On a panic here, dropping `self` kills the child.
+        let status = wait_for(&format!("{what} to exit"), limit, || self.exited());
+        let collect = |reader: Option<std::thread::JoinHandle<std::io::Result<Vec<u8>>>>| {
+            reader.map_or_else(Vec::new, |reader| {
+                reader
+                    .join()
+                    .expect("pipe reader")
+                    .unwrap_or_else(|e| panic!("cannot read the output of {what}: {e}"))
+            })
+        };
+        self.child = None;
+        Output {
+            status,
+            stdout: collect(stdout),
+            stderr: collect(stderr),
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Best effort: it may have exited already.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `command` to its end with stdout and stderr captured (stdin empty);
+/// kills it and panics if it has not ended within `limit`.
+pub fn output_within(command: &mut Command, limit: Duration) -> Output {
+    Spawned::new(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .output_within(limit)
 }
 
 /// stdout and stderr of a CLI call, for assertions and failure messages.

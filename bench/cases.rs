@@ -1,4 +1,4 @@
-//! `sluice bench`: the figures behind "DuckDB's speed plus almost nothing, in a
+//! The benchmark cases of `sluice-bench`: the figures behind "DuckDB's speed plus almost nothing, in a
 //! sandbox", each printed next to a baseline measured in the same run.
 //!
 //! 1. Sandbox tax: the `etl_local` DAG through `sluice run` vs the same three
@@ -18,15 +18,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::Sluice;
-use crate::capabilities::sql::{SqlConfig, SqlSession};
-use crate::capabilities::wasi::sandbox_ctx;
-use crate::capabilities::{Deadline, LogSink, MemoryLimiter, TaskContext, TaskHost};
-use crate::confine::Sandbox;
-use crate::dag::TaskPolicy;
-use crate::events::TaskKey;
-use crate::manifest::Manifest;
-use crate::scheduler::{RunOptions, run_dag};
+use sluice::capabilities::sql::{SqlConfig, SqlSession};
+use sluice::capabilities::wasi::sandbox_ctx;
+use sluice::capabilities::{Deadline, LogSink, MemoryLimiter, TaskContext, TaskHost};
+use sluice::confine::Sandbox;
+use sluice::dag::TaskPolicy;
+use sluice::events::TaskKey;
+use sluice::manifest::Manifest;
+use sluice::scheduler::{RunOptions, run_dag};
+use sluice::{Sluice, capabilities, connections, engine, registry, vault};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ pub struct BenchOptions {
     pub repo: PathBuf,
     /// The `sluice` executable to time as a child process.
     pub sluice_exe: PathBuf,
+    /// This program, run again in its `baseline` mode for case 1's baseline.
+    pub bench_exe: PathBuf,
     /// A Postgres server (Airflow-style URI) for the load/extract case; `psql` must be on PATH.
     pub postgres: Option<String>,
 }
@@ -122,7 +124,7 @@ fn mib(bytes: u64) -> String {
 pub fn run(options: &BenchOptions) -> BenchResult<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "sluice bench{} — {cores} cores, DuckDB {}",
+        "sluice-bench{} — {cores} cores, DuckDB {}",
         if options.smoke { " (smoke)" } else { "" },
         duckdb_version()?
     );
@@ -162,9 +164,9 @@ async fn postgres_throughput(
     let select = format!(
         "SELECT i AS id, 'cat_' || (i % 50) AS category, ((i % 100000) / 100.0)::DECIMAL(10,2) AS amount FROM range({rows}) t(i)"
     );
-    let vault = crate::vault::Vault::open(&sluice.store, sluice.home.root())?;
-    let connection = crate::connections::from_uri("bench_pg", uri)?;
-    crate::connections::add(&sluice.store, &vault, &connection, true)?;
+    let vault = vault::Vault::open(&sluice.store, sluice.home.root())?;
+    let connection = connections::from_uri("bench_pg", uri)?;
+    connections::add(&sluice.store, &vault, &connection, true)?;
     psql(
         uri,
         "DROP TABLE IF EXISTS sluice_bench; CREATE TABLE sluice_bench (id bigint, category text, amount numeric(10,2))",
@@ -276,9 +278,9 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
         for _ in 0..reps {
             let dir = tempfile::tempdir()?;
             let cost = measure_child(
-                Command::new(exe)
+                Command::new(&options.bench_exe)
                     .args([
-                        "bench-baseline",
+                        "baseline",
                         "--rows",
                         &rows.to_string(),
                         "--threads",
@@ -338,12 +340,12 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
     )?;
     let manifest = Manifest::load(&manifest_path)?;
     let clock = Instant::now();
-    let first = crate::registry::deploy(&sluice.home, &sluice.store, &sluice.engine, &manifest)?;
+    let first = registry::deploy(&sluice.home, &sluice.store, &sluice.engine, &manifest)?;
     let cold = clock.elapsed();
     let clock = Instant::now();
-    let again = crate::registry::deploy(&sluice.home, &sluice.store, &sluice.engine, &manifest)?;
+    let again = registry::deploy(&sluice.home, &sluice.store, &sluice.engine, &manifest)?;
     let warm = clock.elapsed();
-    let fresh_engine = crate::engine::Engine::new(&sluice.home)?;
+    let fresh_engine = engine::Engine::new(&sluice.home)?;
     let digest = sluice.store.version("startup", &first.version)?.spec.tasks[0]
         .component
         .clone();
@@ -370,7 +372,7 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
     let iterations = if options.smoke { 5 } else { 200 };
     let (mut instantiate, mut sql_pooled, mut sql_on_demand, mut sql_unconfined) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let on_demand = std::sync::Arc::new(crate::capabilities::SqlPool::on_demand());
+    let on_demand = std::sync::Arc::new(capabilities::SqlPool::on_demand());
     let staging = work.join("startup-staging");
     std::fs::create_dir_all(&staging)?;
     let staging = staging.canonicalize()?;
@@ -424,7 +426,7 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
             LogSink::new(key, events.clone()),
             std::sync::Arc::new(Deadline::after(Duration::from_secs(60))),
             MemoryLimiter::new(64 << 20),
-            crate::capabilities::Grants::none(config.sandbox.clone()),
+            capabilities::Grants::none(config.sandbox.clone()),
             wasi,
         );
         let clock = Instant::now();
@@ -471,8 +473,7 @@ async fn run_once(
     manifest: &Manifest,
     params: Map<String, Value>,
 ) -> BenchResult<(Duration, String)> {
-    let deployment =
-        crate::registry::deploy(&sluice.home, &sluice.store, &sluice.engine, manifest)?;
+    let deployment = registry::deploy(&sluice.home, &sluice.store, &sluice.engine, manifest)?;
     let version = sluice
         .store
         .version(&deployment.dag_id, &deployment.version)?;
