@@ -10,3 +10,34 @@ wasmtime::component::bindgen!({
         "sluice:task/connections.bucket": crate::capabilities::bucket::BucketHandle,
     },
 });
+
+/// The version of the `sluice:task` package (`wit/task.wit`) this host implements.
+pub const CONTRACT_VERSION: &str = "0.2.0";
+
+/// The other `sluice:task` version `component` imports, if it was built
+/// against one: what makes a component of an earlier contract fail to link.
+pub fn foreign_contract(
+    component: &wasmtime::component::Component,
+    engine: &wasmtime::Engine,
+) -> Option<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .find_map(|(name, _)| {
+            let version = name.strip_prefix("sluice:task/")?.split_once('@')?.1;
+            (version != CONTRACT_VERSION).then(|| version.to_owned())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_contract_version_is_the_wit_package_version() {
+        let wit = include_str!("../../wit/task.wit");
+        let package = format!("\npackage sluice:task@{};\n", super::CONTRACT_VERSION);
+        assert!(
+            wit.contains(&package),
+            "wit/task.wit does not declare {package}"
+        );
+    }
+}

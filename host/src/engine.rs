@@ -392,7 +392,13 @@ impl Engine {
     ) -> Result<TaskPre<TaskHost>, EngineError> {
         let wrong_world = |e: wasmtime::Error| EngineError::WrongWorld {
             path: blob.display().to_string(),
-            message: format!("{e:#}"),
+            message: match crate::bindings::foreign_contract(component, &self.engine) {
+                Some(version) => format!(
+                    "it was built against sluice:task@{version} and this host implements sluice:task@{}; rebuild it with the current sluice-sdk ({e:#})",
+                    crate::bindings::CONTRACT_VERSION
+                ),
+                None => format!("{e:#}"),
+            },
         };
         let instance_pre = self
             .linker

@@ -11,12 +11,14 @@ use crate::capabilities::{bucket, postgres, sql};
 /// The staging path a bucket `put` (`write = false`) or `get` (`write = true`)
 /// would use for the guest's `arg`, or why it is refused.
 pub fn staging_path(staging: &Path, arg: &str, write: bool) -> Result<PathBuf, String> {
-    bucket::confine(staging, arg, write)
+    bucket::confine(staging, arg, write).map_err(|f| f.message)
 }
 
 /// The object key a bucket call would use for the guest's `arg`.
 pub fn bucket_key(arg: &str) -> Result<String, String> {
-    bucket::key(arg).map(|k| k.to_string())
+    bucket::key(arg)
+        .map(|k| k.to_string())
+        .map_err(|f| f.message)
 }
 
 /// The quoted Postgres table name that `copy-in` puts into its `COPY` statement.
@@ -36,8 +38,8 @@ pub fn locked_sql_session(staging: &Path) -> Result<duckdb::Connection, String> 
             reason: "the sql_lockdown fuzz target".into(),
         },
     };
-    let conn = sql::open_fresh().map_err(|e| e.0)?;
-    sql::lock_down(conn, &config).map_err(|e| e.0)
+    let conn = sql::open_fresh().map_err(|e| e.message)?;
+    sql::lock_down(conn, &config).map_err(|e| e.message)
 }
 
 /// The column types `extract` decodes, indexed by a fuzzer's selector byte.

@@ -11,8 +11,9 @@ pub struct Postgres {
     inner: wit::Postgres,
 }
 
+/// Keeps the kind the host gave the connection error.
 fn error(e: wit::ConnectionError) -> Error {
-    Error::retryable(e.message)
+    Error::new(e.kind.into(), e.message)
 }
 
 impl Postgres {

@@ -5,10 +5,13 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 
 use crate::bindings::sluice::task::sql as wit;
+use crate::error::ErrorKind;
 
-/// A DuckDB error as reported by the host.
+/// A DuckDB error as reported by the host, with whether a later try can
+/// succeed (see [`ErrorKind`] for which errors are permanent).
 #[derive(Debug, Clone)]
 pub struct SqlError {
+    kind: ErrorKind,
     message: String,
 }
 
@@ -16,6 +19,11 @@ impl SqlError {
     /// DuckDB's message.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// Whether the error is permanent or retryable.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
     }
 }
 
@@ -30,6 +38,7 @@ impl std::error::Error for SqlError {}
 impl From<wit::SqlError> for SqlError {
     fn from(err: wit::SqlError) -> Self {
         Self {
+            kind: err.kind.into(),
             message: err.message,
         }
     }
@@ -66,7 +75,9 @@ impl Sql {
         max_rows: u32,
     ) -> Result<Vec<T>, SqlError> {
         let json = wit::query_json(statement, max_rows)?;
+        // The statement's columns do not fit `T`: the same on every try.
         serde_json::from_str(&json).map_err(|e| SqlError {
+            kind: ErrorKind::Permanent,
             message: format!("result does not decode: {e}"),
         })
     }
@@ -76,7 +87,9 @@ impl Sql {
         self.query_rows(statement, 1)?
             .into_iter()
             .next()
+            // The data may be there at a later try.
             .ok_or_else(|| SqlError {
+                kind: ErrorKind::Retryable,
                 message: "query returned no rows".into(),
             })
     }

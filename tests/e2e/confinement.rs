@@ -267,12 +267,12 @@ fn escapes(sandbox: Sandbox) -> Vec<String> {
     let mut out = Vec::new();
     for attack in &attacks {
         let result = if attack.sql.starts_with("SELECT") {
-            session.query_json(&attack.sql, 100).map_err(|e| e.0)
+            session.query_json(&attack.sql, 100).map_err(|e| e.message)
         } else {
             attack
                 .sql
                 .split_inclusive(';')
-                .map(|statement| session.execute(statement).map_err(|e| e.0))
+                .map(|statement| session.execute(statement).map_err(|e| e.message))
                 .collect::<Result<Vec<u64>, String>>()
                 .map(|rows| format!("{rows:?}"))
         };

@@ -7,6 +7,7 @@ mod bench;
 mod confinement;
 mod connections;
 mod deploy;
+mod error_kinds;
 mod etl;
 mod lifecycle;
 mod limits;

@@ -94,6 +94,24 @@ fn a_component_of_another_world_is_rejected_naming_what_is_missing() {
     assert!(stderr.contains("run"), "names the missing export: {stderr}");
 }
 
+/// Issue 11 changed `sql-error` and `connection-error` (sluice:task 0.1.0 to
+/// 0.2.0): a task built before is refused at deploy, saying so.
+#[test]
+fn a_component_of_an_earlier_contract_is_rejected_naming_its_version() {
+    let home = TestHome::new();
+    let stderr = deploy_error(
+        &home,
+        "old_contract",
+        "[tasks.a]\nplugin = \"contract-0-1\"\n",
+    );
+    assert!(
+        stderr.contains(
+            "it was built against sluice:task@0.1.0 and this host implements sluice:task@0.2.0; rebuild it with the current sluice-sdk"
+        ),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_core_module_is_rejected() {
     let home = TestHome::new();

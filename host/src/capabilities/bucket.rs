@@ -21,6 +21,7 @@ use crate::confine::Sandbox;
 use crate::connections::ConnectionConfig;
 
 use super::TaskHost;
+use super::failure::Failure;
 
 /// Uploads larger than this go multipart, in parts of this size.
 const PART_SIZE: usize = 8 << 20;
@@ -47,14 +48,17 @@ pub struct BucketHandle {
 
 /// Resolves a guest path to a file inside `staging` (canonical). For reading,
 /// the file must exist and resolve inside; for writing, its directory must
-/// resolve inside and the file must not be a symlink.
-pub(crate) fn confine(staging: &Path, arg: &str, write: bool) -> Result<PathBuf, String> {
+/// resolve inside and the file must not be a symlink. A path these rules
+/// refuse is a permanent failure; an I/O error on the way is retryable.
+pub(crate) fn confine(staging: &Path, arg: &str, write: bool) -> Result<PathBuf, Failure> {
     let given = Path::new(arg);
     if given
         .components()
         .any(|c| matches!(c, Component::ParentDir))
     {
-        return Err(format!("`{arg}`: `..` is not allowed in staging paths"));
+        return Err(Failure::permanent(format!(
+            "`{arg}`: `..` is not allowed in staging paths"
+        )));
     }
     let joined = if given.is_absolute() {
         given.to_path_buf()
@@ -62,22 +66,29 @@ pub(crate) fn confine(staging: &Path, arg: &str, write: bool) -> Result<PathBuf,
         staging.join(given)
     };
     if !joined.starts_with(staging) {
-        return Err(format!("`{arg}` is outside the run's staging directory"));
+        return Err(Failure::permanent(format!(
+            "`{arg}` is outside the run's staging directory"
+        )));
     }
-    let outside = || format!("`{arg}` resolves outside the run's staging directory");
+    let outside = || {
+        Failure::permanent(format!(
+            "`{arg}` resolves outside the run's staging directory"
+        ))
+    };
+    let io = |e: std::io::Error| Failure::retryable(format!("`{arg}`: {e}"));
     if !write {
-        let resolved = joined.canonicalize().map_err(|e| format!("`{arg}`: {e}"))?;
+        let resolved = joined.canonicalize().map_err(io)?;
         return if !resolved.starts_with(staging) {
             Err(outside())
         } else if !resolved.is_file() {
-            Err(format!("`{arg}` is not a file"))
+            Err(Failure::permanent(format!("`{arg}` is not a file")))
         } else {
             Ok(resolved)
         };
     }
     let name = joined
         .file_name()
-        .ok_or_else(|| format!("`{arg}` is not a file path"))?
+        .ok_or_else(|| Failure::permanent(format!("`{arg}` is not a file path")))?
         .to_owned();
     let parent = joined.parent().ok_or_else(outside)?;
     // Check the deepest directory that exists before creating any below it: a
@@ -86,22 +97,20 @@ pub(crate) fn confine(staging: &Path, arg: &str, write: bool) -> Result<PathBuf,
         .ancestors()
         .find(|a| std::fs::symlink_metadata(a).is_ok())
         .ok_or_else(outside)?;
-    let existing = existing
-        .canonicalize()
-        .map_err(|e| format!("`{arg}`: {e}"))?;
+    let existing = existing.canonicalize().map_err(io)?;
     if !existing.starts_with(staging) {
         return Err(outside());
     }
-    std::fs::create_dir_all(parent).map_err(|e| format!("`{arg}`: {e}"))?;
-    let parent = parent.canonicalize().map_err(|e| format!("`{arg}`: {e}"))?;
+    std::fs::create_dir_all(parent).map_err(io)?;
+    let parent = parent.canonicalize().map_err(io)?;
     if !parent.starts_with(staging) {
         return Err(outside());
     }
     let target = parent.join(name);
     if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(format!(
+        return Err(Failure::permanent(format!(
             "`{arg}` is a symlink; staging files are written in place only"
-        ));
+        )));
     }
     Ok(target)
 }
@@ -113,7 +122,7 @@ pub(crate) fn open_staging(
     staging: &Path,
     arg: &str,
     write: bool,
-) -> Result<std::fs::File, String> {
+) -> Result<std::fs::File, Failure> {
     let opened = sandbox.run_confined(staging, || {
         let file = confine(staging, arg, write)?;
         let opened = if write {
@@ -121,9 +130,9 @@ pub(crate) fn open_staging(
         } else {
             std::fs::File::open(&file)
         };
-        opened.map_err(|e| format!("`{arg}`: {e}"))
+        opened.map_err(|e| Failure::retryable(format!("`{arg}`: {e}")))
     });
-    opened.map_err(|e| e.to_string())?
+    opened.map_err(|e| Failure::retryable(e.to_string()))?
 }
 
 /// The object store of an S3 connection.
@@ -175,8 +184,32 @@ pub async fn test_connection(
     }
 }
 
-pub(crate) fn key(arg: &str) -> Result<Key, String> {
-    Key::parse(arg).map_err(|e| format!("invalid key `{arg}`: {e}"))
+/// The object key of the guest's `arg`; an invalid one is a permanent failure.
+pub(crate) fn key(arg: &str) -> Result<Key, Failure> {
+    Key::parse(arg).map_err(|e| Failure::permanent(format!("invalid key `{arg}`: {e}")))
+}
+
+/// An object store error as a failure: what the store refuses for the
+/// request itself (credentials, permission, an operation or path it does not
+/// support) is permanent; the rest (the network, the service, a missing
+/// key that may yet appear) retryable.
+fn store_failure(e: object_store::Error) -> Failure {
+    use object_store::Error as E;
+    let permanent = matches!(
+        e,
+        E::PermissionDenied { .. }
+            | E::Unauthenticated { .. }
+            | E::NotSupported { .. }
+            | E::NotImplemented { .. }
+            | E::InvalidPath { .. }
+            | E::UnknownConfigurationKey { .. }
+    );
+    let message = e.to_string();
+    if permanent {
+        Failure::permanent(message)
+    } else {
+        Failure::retryable(message)
+    }
 }
 
 impl TaskHost {
@@ -190,9 +223,10 @@ impl TaskHost {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
+        // The connection's stored configuration is wrong: the same at every try.
         match store_for(&connection) {
             Ok(store) => Ok(Ok(self.table_mut().push(BucketHandle { id, store })?)),
-            Err(m) => Ok(Err(self.connection_error(&id, m))),
+            Err(m) => Ok(Err(self.connection_error(&id, Failure::permanent(m)))),
         }
     }
 
@@ -211,12 +245,16 @@ impl TaskHost {
     fn until<T>(
         &self,
         runtime: &tokio::runtime::Handle,
-        transfer: impl Future<Output = Result<T, String>>,
-    ) -> Result<T, String> {
+        transfer: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
         runtime.block_on(async {
             tokio::time::timeout_at(self.deadline.at().into(), transfer)
                 .await
-                .unwrap_or_else(|_| Err("the task's timeout passed during the transfer".into()))
+                .unwrap_or_else(|_| {
+                    Err(Failure::retryable(
+                        "the task's timeout passed during the transfer",
+                    ))
+                })
         })
     }
 
@@ -249,13 +287,16 @@ impl HostBucket for TaskHost {
                 let mut writer = BufWriter::with_capacity(store, key, PART_SIZE);
                 let sent = tokio::io::copy(&mut source, &mut writer)
                     .await
-                    .map_err(|e| e.to_string())?;
-                writer.shutdown().await.map_err(|e| e.to_string())?;
+                    .map_err(|e| Failure::retryable(e.to_string()))?;
+                writer
+                    .shutdown()
+                    .await
+                    .map_err(|e| Failure::retryable(e.to_string()))?;
                 Ok(sent)
             })
         })();
         self.check_deadline()?;
-        Ok(result.map_err(|m: String| self.connection_error(&id, m)))
+        Ok(result.map_err(|f: Failure| self.connection_error(&id, f)))
     }
 
     fn get(
@@ -273,24 +314,21 @@ impl HostBucket for TaskHost {
             let key = key(&key_arg)?;
             let target = open_staging(&self.grants.sandbox, &staging, &staging_file, true)?;
             self.until(&runtime, async move {
-                let mut stream = store
-                    .get(&key)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_stream();
+                let mut stream = store.get(&key).await.map_err(store_failure)?.into_stream();
                 let mut target = tokio::fs::File::from_std(target);
                 let mut received = 0u64;
+                let io = |e: std::io::Error| Failure::retryable(e.to_string());
                 while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| e.to_string())?;
+                    let chunk = chunk.map_err(store_failure)?;
                     received += chunk.len() as u64;
-                    target.write_all(&chunk).await.map_err(|e| e.to_string())?;
+                    target.write_all(&chunk).await.map_err(io)?;
                 }
-                target.flush().await.map_err(|e| e.to_string())?;
+                target.flush().await.map_err(io)?;
                 Ok(received)
             })
         })();
         self.check_deadline()?;
-        Ok(result.map_err(|m: String| self.connection_error(&id, m)))
+        Ok(result.map_err(|f: Failure| self.connection_error(&id, f)))
     }
 
     fn list_keys(
@@ -314,12 +352,12 @@ impl HostBucket for TaskHost {
                 let mut listing = store.list(prefix.as_ref());
                 let (mut keys, mut bytes) = (Vec::new(), 0usize);
                 while let Some(meta) = listing.next().await {
-                    let key = meta.map_err(|e| e.to_string())?.location.to_string();
+                    let key = meta.map_err(store_failure)?.location.to_string();
                     bytes += key.len();
                     if bytes > MAX_KEYS_BYTES {
-                        return Err(format!(
+                        return Err(Failure::permanent(format!(
                             "the listing is over {MAX_KEYS_BYTES} bytes of keys; list a narrower prefix"
-                        ));
+                        )));
                     }
                     keys.push(key);
                     if keys.len() >= MAX_KEYS {
@@ -331,7 +369,7 @@ impl HostBucket for TaskHost {
             })
         })();
         self.check_deadline()?;
-        Ok(result.map_err(|m: String| self.connection_error(&id, m)))
+        Ok(result.map_err(|f: Failure| self.connection_error(&id, f)))
     }
 
     fn drop(&mut self, bucket: Resource<BucketHandle>) -> wasmtime::Result<()> {
@@ -343,6 +381,7 @@ impl HostBucket for TaskHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bindings::sluice::task::types::ErrorKind;
 
     #[test]
     fn staging_paths_are_confined() {
@@ -363,11 +402,13 @@ mod tests {
         assert!(
             confine(&staging, "../secret.txt", false)
                 .expect_err("refused")
+                .message
                 .contains("`..`")
         );
         assert!(
             confine(&staging, "/etc/passwd", false)
                 .expect_err("refused")
+                .message
                 .contains("outside")
         );
         #[cfg(unix)]
@@ -377,23 +418,27 @@ mod tests {
             assert!(
                 confine(&staging, "link", false)
                     .expect_err("refused")
+                    .message
                     .contains("resolves outside")
             );
             assert!(
                 confine(&staging, "link", true)
                     .expect_err("refused")
+                    .message
                     .contains("symlink")
             );
             std::os::unix::fs::symlink(dir.path(), staging.join("dirlink")).expect("symlink");
             assert!(
                 confine(&staging, "dirlink/new.txt", true)
                     .expect_err("refused")
+                    .message
                     .contains("resolves outside")
             );
             // Refused before anything is created through the link.
             assert!(
                 confine(&staging, "dirlink/made/here/new.txt", true)
                     .expect_err("refused")
+                    .message
                     .contains("resolves outside")
             );
             assert!(
@@ -401,12 +446,26 @@ mod tests {
                 "a directory made outside"
             );
         }
+        // The rules' refusals are permanent; a file that is not there (yet) is I/O.
+        assert_eq!(
+            confine(&staging, "../secret.txt", false)
+                .expect_err("refused")
+                .kind,
+            ErrorKind::Permanent
+        );
+        assert_eq!(
+            confine(&staging, "missing.txt", false)
+                .expect_err("no such file")
+                .kind,
+            ErrorKind::Retryable
+        );
         assert!(confine(&staging, "sub/new.txt", true).is_ok());
         // Found by the host_call_args fuzz target: "" and "." named staging itself.
         for dir in ["", ".", "sub"] {
             assert!(
                 confine(&staging, dir, false)
                     .expect_err("refused")
+                    .message
                     .contains("not a file"),
                 "{dir:?}"
             );

@@ -4,6 +4,7 @@
 
 pub mod bucket;
 pub mod context;
+pub mod failure;
 pub mod limits;
 pub mod log;
 pub mod postgres;

@@ -24,9 +24,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use wasmtime::component::Resource;
 
 use crate::bindings::sluice::task::connections::{ConnectionError, Host, HostPostgres};
+use crate::bindings::sluice::task::types::ErrorKind;
 use crate::connections::{Connection, ConnectionConfig};
 
 use super::TaskHost;
+use super::failure::Failure;
 
 /// Batches in flight between DuckDB and Postgres: the memory bound of a transfer.
 const BATCHES_IN_FLIGHT: usize = 4;
@@ -169,10 +171,12 @@ struct Stop<'a> {
 async fn drive<T>(
     connection: &mut Option<PgConnection>,
     stop: Stop<'_>,
-    op: impl Future<Output = Result<T, String>>,
-) -> Result<T, String> {
+    op: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
     let Some(live) = connection.as_mut() else {
-        return Err("the connection to the server was closed".into());
+        return Err(Failure::retryable(
+            "the connection to the server was closed",
+        ));
     };
     let mut op = std::pin::pin!(op);
     let ended = tokio::select! {
@@ -184,33 +188,38 @@ async fn drive<T>(
     *connection = None;
     let Some(ended) = ended else {
         let _ = stop.cancel.cancel_query(stop.tls.clone()).await;
-        return Err(
-            "the task's timeout passed during the call; the statement was cancelled".into(),
-        );
+        return Err(Failure::retryable(
+            "the task's timeout passed during the call; the statement was cancelled",
+        ));
     };
     // The server's last message (why it closed) may have reached the call.
     if let Some(result) = futures_util::FutureExt::now_or_never(op) {
         return result;
     }
     Err(match ended {
-        Ok(()) => "the server closed the connection".into(),
-        Err(e) => db_message(&e),
+        Ok(()) => Failure::retryable("the server closed the connection"),
+        Err(e) => pg_failure(&e),
     })
 }
 
 impl TaskHost {
-    pub(super) fn connection_error(&self, id: &str, message: impl AsRef<str>) -> ConnectionError {
+    /// The guest's error for `failure` on connection `id`: its kind kept,
+    /// its message redacted.
+    pub(super) fn connection_error(&self, id: &str, failure: Failure) -> ConnectionError {
         ConnectionError {
+            kind: failure.kind,
             message: format!(
                 "connection `{id}`: {}",
-                self.grants.redactor.redact(message.as_ref())
+                self.grants.redactor.redact(&failure.message)
             ),
         }
     }
 
-    /// The granted connection `id`, or why the task may not open it.
+    /// The granted connection `id`, or why the task may not open it: a
+    /// permanent error, since the grants of a task are fixed for its run.
     pub(super) fn granted(&self, id: &str) -> Result<Connection, ConnectionError> {
         self.grants.connections.iter().find(|c| c.id == id).cloned().ok_or_else(|| ConnectionError {
+            kind: ErrorKind::Permanent,
             message: format!(
                 "connection `{id}` is not granted to task `{}`: list it in the task's `connections` in the manifest",
                 self.context.task_id
@@ -218,10 +227,46 @@ impl TaskHost {
         })
     }
 
+    /// The runtime driving the clients; without one (a host that grants no
+    /// connections) no try can open any: permanent.
     pub(super) fn runtime(&self) -> Result<tokio::runtime::Handle, ConnectionError> {
         self.grants.runtime.clone().ok_or_else(|| ConnectionError {
+            kind: ErrorKind::Permanent,
             message: "connections are not available in this context".into(),
         })
+    }
+}
+
+/// SQLSTATE classes of server errors that no later try can fix: the request
+/// is not supported (`0A`), the role does not authenticate (`28`), the
+/// database or schema does not exist (`3D`, `3F`), the statement does not
+/// parse, names what does not exist or lacks a privilege (`42`), or passes a
+/// program limit (`54`). Every other class is retryable: connection
+/// exceptions (`08`), resources (`53`), operator intervention (`57`),
+/// serialization failures and deadlocks (`40`), data and constraint errors
+/// (`22`, `23`), whose data may differ at a later try.
+const PERMANENT_SQLSTATE_CLASSES: [&str; 6] = ["0A", "28", "3D", "3F", "42", "54"];
+
+/// The kind of a server error from its SQLSTATE (see [`PERMANENT_SQLSTATE_CLASSES`]).
+fn sqlstate_kind(code: &str) -> ErrorKind {
+    if PERMANENT_SQLSTATE_CLASSES
+        .iter()
+        .any(|class| code.starts_with(class))
+    {
+        ErrorKind::Permanent
+    } else {
+        ErrorKind::Retryable
+    }
+}
+
+/// A client error as a failure: a server error by its SQLSTATE; anything
+/// without one (I/O, a refused or dropped connection, TLS, a timeout) retryable.
+fn pg_failure(e: &tokio_postgres::Error) -> Failure {
+    Failure {
+        kind: e
+            .code()
+            .map_or(ErrorKind::Retryable, |code| sqlstate_kind(code.code())),
+        message: db_message(e),
     }
 }
 
@@ -394,7 +439,7 @@ const SERVER_ROLES: [(&str, &str); 3] = [
 /// role can grant roles (before PostgreSQL 16: any role but superuser, the
 /// three above included); REPLICATION because logical decoding reads every
 /// change in the database past table grants.
-async fn role_privileges(client: &Client) -> Result<RolePrivileges, String> {
+async fn role_privileges(client: &Client) -> Result<RolePrivileges, Failure> {
     let server_roles: Vec<&str> = SERVER_ROLES.iter().map(|(name, _)| *name).collect();
     let row = client
         .query_one(
@@ -410,7 +455,7 @@ async fn role_privileges(client: &Client) -> Result<RolePrivileges, String> {
             &[&server_roles],
         )
         .await
-        .map_err(|e| format!("cannot read the role's privileges: {}", db_message(&e)))?;
+        .map_err(|e| pg_failure(&e).context("cannot read the role's privileges"))?;
     let column = |i: usize| -> Result<Vec<String>, String> {
         row.try_get(i)
             .map_err(|e| format!("cannot read the role's privileges: {e}"))
@@ -512,7 +557,7 @@ pub async fn test_connection(connection: &Connection) -> Result<PostgresReport, 
         .map_err(|e| redactor.redact(&db_message(&e)))?;
     let privileges = role_privileges(&client)
         .await
-        .map_err(|m| redactor.redact(&m))?;
+        .map_err(|f| redactor.redact(&f.message))?;
     drop(client);
     let _ = driver.await;
     Ok(PostgresReport {
@@ -537,19 +582,17 @@ impl Host for TaskHost {
             Err(e) => return Ok(Err(e)),
         };
         let app = format!("sluice {}/{}", self.context.dag_id, self.context.task_id);
+        // The connection's stored configuration is wrong: the same at every try.
         let (config, tls) = match client_config(&connection, &app) {
             Ok(config) => config,
-            Err(m) => return Ok(Err(self.connection_error(&id, m))),
+            Err(m) => return Ok(Err(self.connection_error(&id, Failure::permanent(m)))),
         };
         let (client, driver) = match runtime.block_on(config.connect(tls.clone())) {
             Ok(connected) => connected,
             Err(e) => {
-                let message = format!(
-                    "cannot connect to {}: {}",
-                    endpoint(&connection),
-                    db_message(&e)
-                );
-                return Ok(Err(self.connection_error(&id, message)));
+                let failure =
+                    pg_failure(&e).context(format!("cannot connect to {}", endpoint(&connection)));
+                return Ok(Err(self.connection_error(&id, failure)));
             }
         };
         // What the role may do is learnt from the server at every open (a
@@ -564,24 +607,27 @@ impl Host for TaskHost {
         };
         let privileges = runtime.block_on(drive(&mut driver, stop, role_privileges(&client)));
         let refusal = match privileges {
-            Ok(p) if p.is_privileged() && !connection.allow_privileged => Some(format!(
-                "refused to task `{}` of DAG `{}`: {}; {}",
-                self.context.task_id,
-                self.context.dag_id,
-                p.describe(),
-                privileged_opt_in_hint(&id)
-            )),
+            // The manifest's opt-in and the role's powers do not change between tries.
+            Ok(p) if p.is_privileged() && !connection.allow_privileged => {
+                Some(Failure::permanent(format!(
+                    "refused to task `{}` of DAG `{}`: {}; {}",
+                    self.context.task_id,
+                    self.context.dag_id,
+                    p.describe(),
+                    privileged_opt_in_hint(&id)
+                )))
+            }
             Ok(_) => None,
-            Err(m) => Some(m),
+            Err(failure) => Some(failure),
         };
-        if let Some(message) = refusal {
+        if let Some(failure) = refusal {
             // Let the connection close cleanly in the background.
             drop(client);
             if let Some(driver) = driver {
                 runtime.spawn(driver);
             }
             self.check_deadline()?;
-            return Ok(Err(self.connection_error(&id, message)));
+            return Ok(Err(self.connection_error(&id, failure)));
         }
         self.check_deadline()?;
         Ok(Ok(self.table_mut().push(PostgresHandle {
@@ -618,7 +664,7 @@ impl HostPostgres for TaskHost {
         let id = handle.id.clone();
         let (connection, stop, client) = handle.split(stop_at);
         let execute =
-            async { (client.execute(statement.as_str(), &[]).await).map_err(|e| db_message(&e)) };
+            async { (client.execute(statement.as_str(), &[]).await).map_err(|e| pg_failure(&e)) };
         let result = runtime.block_on(drive(connection, stop, execute));
         self.check_deadline()?;
         Ok(result.map_err(|m| self.connection_error(&id, m)))
@@ -639,6 +685,7 @@ impl HostPostgres for TaskHost {
             Ok(rx) => rx,
             Err(e) => {
                 return Ok(Err(ConnectionError {
+                    kind: e.kind,
                     message: format!("DuckDB query: {e}"),
                 }));
             }
@@ -668,7 +715,7 @@ impl HostPostgres for TaskHost {
         let id = handle.id.clone();
         let (connection, stop, client) = handle.split(stop_at);
         let prepare = async {
-            let statement = client.prepare(&query).await.map_err(|e| db_message(&e))?;
+            let statement = client.prepare(&query).await.map_err(|e| pg_failure(&e))?;
             Ok(statement
                 .columns()
                 .iter()
@@ -679,9 +726,10 @@ impl HostPostgres for TaskHost {
             Ok(columns) => columns,
             Err(m) => return Ok(Err(self.connection_error(&id, m))),
         };
+        // Only a type `extract` does not support: the same at every try.
         let schema = match arrow_schema(&columns) {
             Ok(s) => Arc::new(s),
-            Err(m) => return Ok(Err(self.connection_error(&id, m))),
+            Err(m) => return Ok(Err(self.connection_error(&id, Failure::permanent(m)))),
         };
         let create = format!(
             "CREATE OR REPLACE TABLE {} ({})",
@@ -702,6 +750,7 @@ impl HostPostgres for TaskHost {
             Ok(channels) => channels,
             Err(e) => {
                 return Ok(Err(ConnectionError {
+                    kind: e.kind,
                     message: format!("DuckDB table `{table}`: {e}"),
                 }));
             }
@@ -714,11 +763,12 @@ impl HostPostgres for TaskHost {
         ));
         let appended = done
             .recv()
-            .unwrap_or_else(|_| Err(super::sql::SqlError("the SQL session stopped".into())));
+            .unwrap_or_else(|_| Err(super::sql::SqlError::retryable("the SQL session stopped")));
         self.check_deadline()?;
         Ok(match (streamed, appended) {
-            (Err(m), _) => Err(self.connection_error(&id, m)),
+            (Err(failure), _) => Err(self.connection_error(&id, failure)),
             (Ok(_), Err(e)) => Err(ConnectionError {
+                kind: e.kind,
                 message: format!("DuckDB table `{table}`: {e}"),
             }),
             (Ok(rows), Ok(_)) => Ok(rows),
@@ -749,7 +799,7 @@ enum Column {
 
 impl Column {
     /// Converts `array` for a column of PostgreSQL type `ty`.
-    fn convert(name: &str, array: &ArrayRef, ty: &Type) -> Result<Self, String> {
+    fn convert(name: &str, array: &ArrayRef, ty: &Type) -> Result<Self, Failure> {
         let to = |data_type: DataType| {
             cast(array, &data_type).map_err(|e| {
                 format!(
@@ -807,10 +857,10 @@ impl Column {
                     .map_err(|_| format!("column `{name}`: negative decimal scale"))?;
                 Ok(Column::Numeric(decimals, scale))
             }
-            _ => Err(format!(
+            _ => Err(Failure::permanent(format!(
                 "column `{name}`: PostgreSQL type `{ty}` is not supported \
                  (supported: boolean, smallint, integer, bigint, real, double precision, numeric, text, varchar, date, timestamp, timestamptz)"
-            )),
+            ))),
         }
     }
 
@@ -981,10 +1031,10 @@ async fn copy_in(
     client: &mut Client,
     table: &str,
     batches: &std::sync::mpsc::Receiver<Result<RecordBatch, super::sql::SqlError>>,
-) -> Result<u64, String> {
+) -> Result<u64, Failure> {
     let next = || match batches.recv() {
         Ok(Ok(batch)) => Ok(Some(batch)),
-        Ok(Err(e)) => Err(format!("DuckDB query: {e}")),
+        Ok(Err(e)) => Err(Failure::from(e).context("DuckDB query")),
         Err(_) => Ok(None),
     };
     let Some(first) = next()? else { return Ok(0) };
@@ -999,23 +1049,24 @@ async fn copy_in(
         .map(|n| quote_ident(n))
         .collect::<Vec<_>>()
         .join(", ");
-    let tx = client.transaction().await.map_err(|e| db_message(&e))?;
+    let tx = client.transaction().await.map_err(|e| pg_failure(&e))?;
     let target = tx
         .prepare(&format!(
             "SELECT {columns} FROM {} LIMIT 0",
             quote_path(table)
         ))
         .await
-        .map_err(|e| format!("table `{table}`: {}", db_message(&e)))?;
+        .map_err(|e| pg_failure(&e).context(format!("table `{table}`")))?;
     let types: Vec<Type> = target.columns().iter().map(|c| c.type_().clone()).collect();
-    let field_count = i16::try_from(types.len()).map_err(|_| "too many columns".to_owned())?;
+    let field_count =
+        i16::try_from(types.len()).map_err(|_| Failure::permanent("too many columns"))?;
     let sink = tx
         .copy_in::<_, bytes::Bytes>(&format!(
             "COPY {} ({columns}) FROM STDIN (FORMAT binary)",
             quote_path(table)
         ))
         .await
-        .map_err(|e| db_message(&e))?;
+        .map_err(|e| pg_failure(&e))?;
     pin_mut!(sink);
     let mut buf = BytesMut::with_capacity(COPY_CHUNK + (64 << 10));
     buf.put_slice(COPY_HEADER);
@@ -1028,7 +1079,7 @@ async fn copy_in(
             .zip(&names)
             .zip(&types)
             .map(|((array, name), ty)| Column::convert(name, array, ty))
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, Failure>>()?;
         for row in 0..b.num_rows() {
             buf.put_i16(field_count);
             for column in &converted {
@@ -1037,7 +1088,7 @@ async fn copy_in(
             if buf.len() >= COPY_CHUNK {
                 sink.send(buf.split().freeze())
                     .await
-                    .map_err(|e| db_message(&e))?;
+                    .map_err(|e| pg_failure(&e))?;
             }
         }
         rows += b.num_rows() as u64;
@@ -1046,12 +1097,14 @@ async fn copy_in(
     buf.put_i16(-1);
     sink.send(buf.split().freeze())
         .await
-        .map_err(|e| db_message(&e))?;
-    let copied = sink.finish().await.map_err(|e| db_message(&e))?;
+        .map_err(|e| pg_failure(&e))?;
+    let copied = sink.finish().await.map_err(|e| pg_failure(&e))?;
     if copied != rows {
-        return Err(format!("the server copied {copied} rows of {rows}"));
+        return Err(Failure::retryable(format!(
+            "the server copied {copied} rows of {rows}"
+        )));
     }
-    tx.commit().await.map_err(|e| db_message(&e))?;
+    tx.commit().await.map_err(|e| pg_failure(&e))?;
     Ok(rows)
 }
 
@@ -1338,11 +1391,11 @@ async fn extract(
     query: &str,
     schema: &Arc<Schema>,
     batches: std::sync::mpsc::SyncSender<RecordBatch>,
-) -> Result<u64, String> {
+) -> Result<u64, Failure> {
     let stream = client
         .copy_out(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
         .await
-        .map_err(|e| db_message(&e))?;
+        .map_err(|e| pg_failure(&e))?;
     pin_mut!(stream);
     let mut builders: Vec<Builder> = schema
         .fields()
@@ -1362,13 +1415,15 @@ async fn extract(
     let (mut header_done, mut in_batch, mut total, mut finished) = (false, 0usize, 0u64, false);
     let mut batch_bytes = 0usize;
     while let Some(chunk) = stream.next().await {
-        pending.extend_from_slice(&chunk.map_err(|e| db_message(&e))?);
+        pending.extend_from_slice(&chunk.map_err(|e| pg_failure(&e))?);
         if !header_done {
             if pending.len() < COPY_HEADER.len() {
                 continue;
             }
             if pending[..11] != COPY_HEADER[..11] {
-                return Err("the server did not send a binary COPY header".into());
+                return Err(Failure::retryable(
+                    "the server did not send a binary COPY header",
+                ));
             }
             let extension = u32::from_be_bytes(be(&pending[15..19])?) as usize;
             let skip = COPY_HEADER.len() + extension;
@@ -1404,7 +1459,9 @@ async fn extract(
         }
     }
     if !finished {
-        return Err("the binary COPY stream ended without its trailer".into());
+        return Err(Failure::retryable(
+            "the binary COPY stream ended without its trailer",
+        ));
     }
     if in_batch > 0 {
         batches
@@ -1563,6 +1620,26 @@ mod tests {
             r.redact("pw=p@ss word uri=postgres://u:p%40ss+word@h"),
             "pw=*** uri=postgres://u:***@h"
         );
+    }
+
+    #[test]
+    fn server_errors_are_permanent_by_sqlstate_class() {
+        // syntax, undefined table, no privilege, password, no database, no
+        // schema, not supported, statement too complex.
+        for code in [
+            "42601", "42P01", "42501", "28P01", "3D000", "3F000", "0A000", "54001",
+        ] {
+            assert_eq!(sqlstate_kind(code), ErrorKind::Permanent, "{code}");
+        }
+        // connection failure, admin shutdown, cannot connect now, too many
+        // connections, serialization failure, deadlock, unique violation,
+        // invalid text, division by zero, internal error.
+        for code in [
+            "08006", "57P01", "57P03", "53300", "40001", "40P01", "23505", "22P02", "22012",
+            "XX000",
+        ] {
+            assert_eq!(sqlstate_kind(code), ErrorKind::Retryable, "{code}");
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ use duckdb::arrow::array::RecordBatch;
 use duckdb::arrow::datatypes::Schema;
 use duckdb::{Config, Connection, InterruptHandle, Statement};
 
+use crate::bindings::sluice::task::types::ErrorKind;
+
 /// Open cursors per session; more is a guest error, not host memory growth.
 pub const MAX_OPEN_CURSORS: usize = 64;
 
@@ -44,20 +46,86 @@ pub struct SqlConfig {
     pub sandbox: crate::confine::Sandbox,
 }
 
-/// An error from the session: DuckDB's message, or why the session is gone.
+/// An error from the session: DuckDB's message, or why the session is gone;
+/// and whether a later try can succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SqlError(pub String);
+#[error("{message}")]
+pub struct SqlError {
+    /// Permanent when the statement or the request cannot succeed on any try.
+    pub kind: ErrorKind,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl SqlError {
+    /// An error a later try may not meet (the session's state, the machine).
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Retryable,
+            message: message.into(),
+        }
+    }
+
+    /// An error of the request itself, the same on every try.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+        }
+    }
+}
+
+/// DuckDB's error types (the `<type> Error: ` its messages start with, from
+/// `Exception::ExceptionTypeToString`) that no later try can fix: the
+/// statement does not parse or bind against the session's catalog (which each
+/// try builds afresh), or asks what the locked-down session never allows.
+/// Every other type is retryable: interrupts, out of memory, I/O, and data
+/// errors (conversion, constraint, out of range, invalid input), whose data
+/// may differ at a later try.
+const PERMANENT_DUCKDB_ERRORS: [&str; 11] = [
+    "Parser",
+    "Syntax",
+    "Binder",
+    "Catalog",
+    "Parameter Not Resolved",
+    "Parameter Not Allowed",
+    "Not implemented",
+    "Dependency",
+    "Permission",
+    "Missing Extension",
+    "Extension Autoloading",
+];
+
+/// The kind of a DuckDB error, from the error type its message starts with.
+/// (duckdb-rs keeps DuckDB's message but not its `duckdb_error_type`.)
+fn duckdb_kind(message: &str) -> ErrorKind {
+    match message.split_once(" Error: ") {
+        Some((error_type, _)) if PERMANENT_DUCKDB_ERRORS.contains(&error_type) => {
+            ErrorKind::Permanent
+        }
+        _ => ErrorKind::Retryable,
+    }
+}
 
 impl From<duckdb::Error> for SqlError {
     fn from(e: duckdb::Error) -> Self {
-        Self(e.to_string())
+        let message = e.to_string();
+        let kind = match e {
+            duckdb::Error::DuckDBFailure(..) => duckdb_kind(&message),
+            // Refused by duckdb-rs before DuckDB runs it: a statement with
+            // parameters (a task binds none) or with a NUL byte.
+            duckdb::Error::InvalidParameterCount(..) | duckdb::Error::NulError(_) => {
+                ErrorKind::Permanent
+            }
+            _ => ErrorKind::Retryable,
+        };
+        Self { kind, message }
     }
 }
 
 impl From<duckdb::arrow::error::ArrowError> for SqlError {
     fn from(e: duckdb::arrow::error::ArrowError) -> Self {
-        Self(format!("Arrow encoding: {e}"))
+        Self::retryable(format!("Arrow encoding: {e}"))
     }
 }
 
@@ -141,7 +209,7 @@ impl SqlSession {
                         config
                             .sandbox
                             .confine_current_thread(&config.staging_dir)
-                            .map_err(|e| SqlError(e.to_string()))?;
+                            .map_err(|e| SqlError::retryable(e.to_string()))?;
                         lock_down(conn, &config)
                     });
                     let conn = match opened {
@@ -158,10 +226,10 @@ impl SqlSession {
                     let _ = ready_tx.send(Ok(handles));
                     serve(&conn, &inbox);
                 })
-                .map_err(|e| SqlError(format!("cannot start the SQL thread: {e}")))?;
-            let handles = ready_rx
-                .recv()
-                .map_err(|_| SqlError("the SQL thread stopped while opening DuckDB".into()))??;
+                .map_err(|e| SqlError::retryable(format!("cannot start the SQL thread: {e}")))?;
+            let handles = ready_rx.recv().map_err(|_| {
+                SqlError::retryable("the SQL thread stopped while opening DuckDB")
+            })??;
             *self
                 .handles
                 .lock()
@@ -171,16 +239,16 @@ impl SqlSession {
         }
         self.requests
             .as_ref()
-            .ok_or_else(|| SqlError("the SQL session is closed".into()))
+            .ok_or_else(|| SqlError::retryable("the SQL session is closed"))
     }
 
     fn call<T>(&mut self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, SqlError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.requests()?
             .send(make(tx))
-            .map_err(|_| SqlError("the SQL session is closed".into()))?;
+            .map_err(|_| SqlError::retryable("the SQL session is closed"))?;
         rx.recv()
-            .map_err(|_| SqlError("the SQL session stopped".into()))?
+            .map_err(|_| SqlError::retryable("the SQL session stopped"))?
     }
 
     /// Runs one statement; returns the rows it changed.
@@ -214,7 +282,7 @@ impl SqlSession {
         let (tx, rx) = mpsc::sync_channel(depth);
         self.requests()?
             .send(Request::Stream(sql.to_owned(), tx))
-            .map_err(|_| SqlError("the SQL session is closed".into()))?;
+            .map_err(|_| SqlError::retryable("the SQL session is closed"))?;
         Ok(rx)
     }
 
@@ -236,7 +304,7 @@ impl SqlSession {
                 batches,
                 reply,
             })
-            .map_err(|_| SqlError("the SQL session is closed".into()))?;
+            .map_err(|_| SqlError::retryable("the SQL session is closed"))?;
         Ok((batches_tx, done))
     }
 
@@ -306,13 +374,13 @@ pub(crate) fn lock_down(conn: Connection, config: &SqlConfig) -> Result<Connecti
     let temp = config.staging_dir.join(".duckdb_tmp");
     let temp = temp
         .to_str()
-        .ok_or_else(|| SqlError("staging path is not UTF-8".into()))?;
+        .ok_or_else(|| SqlError::retryable("staging path is not UTF-8"))?;
     // `~` means staging, and the (unused) secret directory is there too: no
     // setting shows the host user's home.
     let secrets = config.staging_dir.join(".duckdb_secrets");
     let secrets = secrets
         .to_str()
-        .ok_or_else(|| SqlError("staging path is not UTF-8".into()))?;
+        .ok_or_else(|| SqlError::retryable("staging path is not UTF-8"))?;
     conn.execute_batch(&format!(
         "SET memory_limit = '{memory}B';
          SET max_temp_directory_size = '{spill}B';
@@ -412,7 +480,7 @@ impl Drop for SqlPool {
 fn dir_with_slash(dir: &Path) -> Result<String, SqlError> {
     let s = dir
         .to_str()
-        .ok_or_else(|| SqlError("staging path is not UTF-8".into()))?;
+        .ok_or_else(|| SqlError::retryable("staging path is not UTF-8"))?;
     Ok(if s.ends_with('/') {
         s.to_owned()
     } else {
@@ -435,7 +503,7 @@ fn serve(conn: &Connection, inbox: &mpsc::Receiver<Request>) {
             }
             Request::Query(sql, reply) => {
                 let opened = if cursors.len() >= MAX_OPEN_CURSORS {
-                    Err(SqlError(format!(
+                    Err(SqlError::permanent(format!(
                         "too many open cursors (limit {MAX_OPEN_CURSORS}); drop some first"
                     )))
                 } else {
@@ -450,7 +518,7 @@ fn serve(conn: &Connection, inbox: &mpsc::Receiver<Request>) {
             }
             Request::NextBatch(id, reply) => {
                 let batch = match cursors.get_mut(&id) {
-                    None => Err(SqlError(format!("cursor {id} is closed"))),
+                    None => Err(SqlError::permanent(format!("cursor {id} is closed"))),
                     Some(cursor) => next_batch(cursor),
                 };
                 let _ = reply.send(batch);
@@ -650,12 +718,13 @@ fn query_json(conn: &Connection, sql: &str, max_rows: u32) -> Result<String, Sql
     };
     let written = write_json(&mut stmt, max_rows, &mut out);
     if out.over {
-        return Err(SqlError(format!(
+        return Err(SqlError::permanent(format!(
             "the query-json result is over its cap of {MAX_QUERY_JSON_BYTES} bytes; use `query` (a cursor) for large results"
         )));
     }
     written?;
-    let json = String::from_utf8(out.bytes).map_err(|e| SqlError(format!("JSON encoding: {e}")))?;
+    let json = String::from_utf8(out.bytes)
+        .map_err(|e| SqlError::retryable(format!("JSON encoding: {e}")))?;
     // arrow-json writes nothing at all for an empty result.
     Ok(if json.is_empty() { "[]".into() } else { json })
 }
@@ -744,8 +813,66 @@ mod handler_tests {
             "SELECT count(*) FROM range(1000000000000) a WHERE a.range % 7 = 3",
         )
         .expect_err("interrupted");
-        assert!(error.0.contains("nterrupt"), "{error}");
+        assert!(error.message.contains("nterrupt"), "{error}");
+        assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
         stopper.join().expect("stopper");
+    }
+
+    /// Real DuckDB errors of each family, through the session's `execute`:
+    /// errors of the statement are permanent, the rest retryable.
+    #[test]
+    fn duckdb_errors_are_permanent_only_when_the_statement_itself_is_wrong() {
+        use ErrorKind::{Permanent, Retryable};
+        let conn = Connection::open_in_memory().expect("db");
+        conn.execute_batch(
+            "SET memory_limit = '32MiB'; CREATE TABLE t (i INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)",
+        )
+        .expect("table");
+        let locked = Connection::open_in_memory().expect("db");
+        locked
+            .execute_batch("SET enable_external_access = false")
+            .expect("lock");
+        let cases = [
+            (&conn, "SELEC 1", "Parser Error: ", Permanent),
+            (&conn, "SELECT nope FROM t", "Binder Error: ", Permanent),
+            (&conn, "SELECT * FROM missing", "Catalog Error: ", Permanent),
+            (&conn, "SELECT $1", "Wrong number of parameters", Permanent),
+            (
+                &conn,
+                "SELECT 'abc'::INTEGER",
+                "Conversion Error: ",
+                Retryable,
+            ),
+            (
+                &conn,
+                "INSERT INTO t VALUES (1)",
+                "Constraint Error: ",
+                Retryable,
+            ),
+            (
+                &conn,
+                "SELECT * FROM read_csv('/nonexistent/sluice.csv')",
+                "IO Error: ",
+                Retryable,
+            ),
+            (
+                &conn,
+                "SELECT len(list(range)) FROM range(50000000)",
+                "Out of Memory Error: ",
+                Retryable,
+            ),
+            (
+                &locked,
+                "SELECT * FROM read_csv('/etc/hostname')",
+                "Permission Error: ",
+                Permanent,
+            ),
+        ];
+        for (db, sql, prefix, kind) in cases {
+            let error = execute(db, sql).expect_err(sql);
+            assert!(error.message.starts_with(prefix), "{sql}: {error}");
+            assert_eq!(error.kind, kind, "{sql}: {error}");
+        }
     }
 
     #[test]
@@ -763,8 +890,9 @@ mod handler_tests {
             "SELECT repeat('x', 40000000) AS s",
         ] {
             let error = query_json(&conn, sql, u32::MAX).expect_err(sql);
+            assert_eq!(error.kind, ErrorKind::Permanent, "{error}");
             assert_eq!(
-                error.0,
+                error.message,
                 format!(
                     "the query-json result is over its cap of {MAX_QUERY_JSON_BYTES} bytes; use `query` (a cursor) for large results"
                 )

@@ -14,7 +14,10 @@ pub struct CursorHandle {
 }
 
 fn guest_error(e: super::sql::SqlError) -> SqlError {
-    SqlError { message: e.0 }
+    SqlError {
+        kind: e.kind,
+        message: e.message,
+    }
 }
 
 impl Host for TaskHost {

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_sdk::{Context, Error, Input, Result, sql_literal};
+use sluice_sdk::{Context, Error, ErrorKind, Input, Result, sql_literal};
 
 #[derive(Deserialize)]
 struct Params {
@@ -186,8 +186,8 @@ fn host_calls(ctx: &Context, n: u64) -> Value {
 
 /// Runs the `steps` param in order: `{"pg": "execute"|"copy_in"|"extract", ...}`
 /// on connection `conn`, or `{"duck": sql}` / `{"rows": sql}` in DuckDB. Each
-/// step's result or error is reported; with `stop_on_error`, the first error
-/// fails the task (after logging it).
+/// step's result or error (with whether it is permanent) is reported; with
+/// `stop_on_error`, the first error fails the task (after logging it).
 fn steps(ctx: &Context, p: &Params) -> Result<Value> {
     let conn = p.rest.get("conn").and_then(Value::as_str).unwrap_or("pg");
     let stop = p
@@ -256,7 +256,10 @@ fn steps(ctx: &Context, p: &Params) -> Result<Value> {
                 if stop {
                     return Err(e);
                 }
-                results.push(json!({ "error": e.message() }));
+                results.push(json!({
+                    "error": e.message(),
+                    "permanent": e.kind() == ErrorKind::Permanent,
+                }));
             }
         }
     }
