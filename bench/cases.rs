@@ -381,7 +381,7 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
         memory_limit: 1 << 30,
         threads: 1,
         spill_limit: 1 << 30,
-        sandbox: sluice.sandbox.clone(),
+        sandbox: sluice.sandbox().clone(),
     };
     // The same session without the kernel layer, to show what it costs.
     let unconfined = SqlConfig {
@@ -440,7 +440,7 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
     );
     println!(
         "   first SQL call of a task (fresh database from the pool, {}, lock down, SELECT 1), median: {:.1} µs",
-        sluice.sandbox.label(),
+        sluice.sandbox().label(),
         median(sql_pooled).as_secs_f64() * 1e6
     );
     println!(

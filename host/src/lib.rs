@@ -1,12 +1,14 @@
 //! Sluice: runs data-pipeline tasks as sandboxed WebAssembly components, with
 //! DuckDB in the host doing the heavy lifting.
 //!
-//! Data flows one way: the CLI asks the [`scheduler`] to run a deployed DAG
-//! version; the scheduler hands each try to the [`executor`], which
-//! instantiates the component with the [`engine`]; the guest reaches the world
+//! Data flows one way: a front end (the CLI, the HTTP API) calls the [`app`]
+//! layer, which asks the [`scheduler`] to run a deployed DAG version; the
+//! scheduler hands each try to the [`executor`], which instantiates the
+//! component with the [`engine`]; the guest reaches the world
 //! only through the host calls in [`capabilities`] (its context, SQL in its own
 //! DuckDB session confined to the run's staging directory, logging).
 
+pub mod app;
 mod bindings;
 pub mod capabilities;
 pub mod confine;

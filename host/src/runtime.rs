@@ -39,8 +39,8 @@ pub struct Sluice {
     pub engine: Arc<Engine>,
     /// How the host threads working for tasks are confined (see [`crate::confine`]);
     /// a front end applies the operator's `--allow-unconfined` with
-    /// [`Sluice::allow_unconfined`].
-    pub sandbox: Sandbox,
+    /// [`Sluice::allow_unconfined`], which also reaches the executor.
+    sandbox: Sandbox,
     /// Fresh DuckDB databases for the next task instances.
     pub sql_pool: Arc<SqlPool>,
     /// Where tries run.
@@ -67,6 +67,11 @@ impl Sluice {
             store,
             engine,
         })
+    }
+
+    /// How the host threads working for tasks are confined.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
     }
 
     /// Lets tasks run without kernel confinement where the kernel has none

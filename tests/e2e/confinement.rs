@@ -57,7 +57,7 @@ async fn a_task_cannot_make_links_in_staging() {
         .store
         .run_sandboxes(&run.run_id)
         .expect("sandbox");
-    assert_eq!(sandboxes, vec![home.sluice.sandbox.label()]);
+    assert_eq!(sandboxes, vec![home.sluice.sandbox().label()]);
     assert!(sandboxes[0].starts_with("landlock-v"), "{sandboxes:?}");
     let (stdout, stderr) = text(&home.cli(&["runs", "show", &run.run_id]));
     assert!(

@@ -1,0 +1,86 @@
+//! [`AppError`]: why an application-layer operation failed. Errors of the
+//! library pass through unchanged (their message and their cause); the
+//! variants of its own say what the application refused and why.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::connections::ConnectionInputError;
+
+/// Why an operation of the application layer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The Sluice home could not be opened.
+    #[error(transparent)]
+    Open(#[from] crate::runtime::OpenError),
+    /// Tasks cannot be confined and the operator did not allow running them unconfined.
+    #[error(transparent)]
+    Sandbox(#[from] crate::confine::ConfineError),
+    /// The manifest is wrong.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    /// Building the plugins workspace failed.
+    #[error(transparent)]
+    Build(#[from] crate::plugins::BuildError),
+    /// Deploying failed.
+    #[error(transparent)]
+    Deploy(#[from] crate::registry::DeployError),
+    /// The metadatabase failed, or holds no such record.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A key, a signature or the signature policy refused.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
+    /// A run could not be carried out, resumed or cleared.
+    #[error(transparent)]
+    Run(#[from] crate::scheduler::RunError),
+    /// A stored connection could not be added or read.
+    #[error(transparent)]
+    Connection(#[from] crate::connections::ConnectionError),
+    /// The definition of a new connection is incomplete or contradictory.
+    #[error(transparent)]
+    ConnectionInput(#[from] ConnectionInputError),
+    /// The vault refused.
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
+    /// The staging sweep failed.
+    #[error(transparent)]
+    Staging(#[from] crate::staging::StagingError),
+    /// A date given for a backfill does not parse in the DAG's time zone.
+    #[error("{source}")]
+    InvalidDate {
+        /// The date as given.
+        text: String,
+        /// What is wrong with it.
+        source: crate::schedule::ScheduleError,
+    },
+    /// A DAG id that has no deployed version.
+    #[error("DAG `{0}` has not been deployed")]
+    NotDeployed(String),
+    /// A task id that is not in the run.
+    #[error("run `{run_id}` has no task `{task_id}`")]
+    NoSuchTask {
+        /// Run id.
+        run_id: String,
+        /// Task id.
+        task_id: String,
+    },
+    /// Removing a key that is not trusted.
+    #[error("`{0}` is not trusted")]
+    NotTrusted(String),
+    /// Building first was asked for a deployed DAG id, not a manifest.
+    #[error("--build needs a manifest path; `{0}` is not one")]
+    BuildNeedsManifest(String),
+    /// The manifest's plugin directory has no Cargo workspace next to it.
+    #[error("no plugins workspace (Cargo.toml) next to {}", .plugin_dir.display())]
+    NoPluginsWorkspace {
+        /// The manifest's plugin directory.
+        plugin_dir: PathBuf,
+    },
+    /// The staging TTL reaches past the dates this host can represent.
+    #[error("the staging TTL {} is too long", humantime::format_duration(*.ttl))]
+    TtlTooLong {
+        /// The TTL given.
+        ttl: Duration,
+    },
+}
