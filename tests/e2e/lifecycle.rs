@@ -122,6 +122,30 @@ fn orphans_are_reclaimed_only_past_the_ttl_and_active_runs_never() {
 
 const LEFT_BEHIND: &str = "manual__20000101T000000_00abcd";
 
+/// A metadatabase that fails while the sweep asks whether a run claims a
+/// directory is an error, not "no run claims it": nothing is deleted.
+#[test]
+fn a_sweep_whose_metadatabase_fails_deletes_nothing() {
+    let home = TestHome::new();
+    let orphan = home.sluice.home.staging(LEFT_BEHIND);
+    std::fs::create_dir_all(&orphan).expect("orphan dir");
+    std::fs::write(orphan.join("data.parquet"), b"staged").expect("staged file");
+    let later = Utc::now() + chrono::Duration::hours(2);
+    let db = rusqlite::Connection::open(home.sluice.home.database()).expect("metadatabase");
+    db.execute_batch("ALTER TABLE dag_runs RENAME TO dag_runs_away")
+        .expect("break the runs table");
+    let e = sweep(&home.sluice.home, &home.sluice.store, TTL, later, false)
+        .expect_err("the runs table is gone");
+    assert!(e.to_string().contains("dag_runs"), "{e}");
+    assert!(orphan.join("data.parquet").is_file(), "nothing deleted");
+    // Control: with the table back, the same sweep reclaims the orphan.
+    db.execute_batch("ALTER TABLE dag_runs_away RENAME TO dag_runs")
+        .expect("restore the runs table");
+    let reclaimed = sweep(&home.sluice.home, &home.sluice.store, TTL, later, false).expect("sweep");
+    assert_eq!(reclaimed.len(), 1, "{reclaimed:?}");
+    assert!(!orphan.exists());
+}
+
 /// Issue 10: a file planted in the staging root made every `sluice gc` fail
 /// ("Not a directory"). Planted things (a file, a link to a directory outside,
 /// a directory that is no run's) are skipped with a warning naming them, never
