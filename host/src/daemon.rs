@@ -34,16 +34,6 @@ pub struct DueRun {
     pub interval: Interval,
 }
 
-/// Runs of `dag_id` created from its schedule (scheduled or backfill).
-fn interval_runs(sluice: &Sluice, dag_id: &str) -> Result<Vec<crate::store::RunRecord>, RunError> {
-    Ok(sluice
-        .store
-        .runs(Some(dag_id), u32::MAX)?
-        .into_iter()
-        .filter(|r| r.run_type != RunType::Manual.as_str())
-        .collect())
-}
-
 fn is_active(state: RunState) -> bool {
     matches!(state, RunState::Queued | RunState::Running)
 }
@@ -57,12 +47,20 @@ pub fn due_runs(sluice: &Sluice, now: DateTime<Utc>) -> Result<Vec<DueRun>, RunE
             continue;
         };
         let schedule = Schedule::of(&spec).map_err(RunError::Invalid)?;
-        let existing = interval_runs(sluice, &dag_id)?;
-        let active = existing.iter().filter(|r| is_active(r.state)).count();
-        let latest = existing.iter().map(|r| r.interval_start).max();
-        let mut candidates: Vec<Interval> = schedule
-            .complete_since(spec.start_date, now)
+        let existing = sluice.store.interval_runs(&dag_id)?;
+        let active = existing.active as usize;
+        let latest = existing.latest_start;
+        // Only intervals after the latest one: from a second past its start
+        // (cron ticks are whole seconds), none if that overflows.
+        let from = match latest {
+            None => Some(spec.start_date),
+            Some(l) => l
+                .checked_add_signed(chrono::Duration::seconds(1))
+                .map(|t| t.max(spec.start_date)),
+        };
+        let mut candidates: Vec<Interval> = from
             .into_iter()
+            .flat_map(|from| schedule.complete_since(from, now))
             .filter(|i| latest.is_none_or(|l| i.start > l))
             .collect();
         if !spec.catchup {
@@ -177,7 +175,9 @@ pub async fn backfill(
             RunError::Invalid(format!("DAG `{dag_id}` has no schedule to backfill"))
         })?;
     let schedule = Schedule::of(&spec).map_err(RunError::Invalid)?;
-    let covered: HashMap<DateTime<Utc>, RunState> = interval_runs(&sluice, dag_id)?
+    let covered: HashMap<DateTime<Utc>, RunState> = sluice
+        .store
+        .interval_runs_between(dag_id, from, to)?
         .into_iter()
         .filter(|r| r.state == RunState::Success || is_active(r.state))
         .map(|r| (r.interval_start, r.state))

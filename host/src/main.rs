@@ -1003,7 +1003,7 @@ fn print_run_result(sluice: &Sluice, run_id: &str, ttl: std::time::Duration) -> 
     };
     println!("run {} {} in {duration}", run.run_id, run.state);
     match sluice.store.volume(run_id)? {
-        Some(v) if v.state == "deleted" => println!(
+        Some(v) if v.state == sluice::state::VolumeState::Deleted => println!(
             "staging: {} (deleted: {}; `--keep-staging` keeps it)",
             run.staging_dir,
             v.delete_reason.as_deref().unwrap_or("")
