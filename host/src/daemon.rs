@@ -34,16 +34,6 @@ pub struct DueRun {
     pub interval: Interval,
 }
 
-/// Runs of `dag_id` created from its schedule (scheduled or backfill).
-fn interval_runs(sluice: &Sluice, dag_id: &str) -> Result<Vec<crate::store::RunRecord>, RunError> {
-    Ok(sluice
-        .store
-        .runs(Some(dag_id), u32::MAX)?
-        .into_iter()
-        .filter(|r| r.run_type != RunType::Manual.as_str())
-        .collect())
-}
-
 fn is_active(state: RunState) -> bool {
     matches!(state, RunState::Queued | RunState::Running)
 }
@@ -57,11 +47,24 @@ pub fn due_runs(sluice: &Sluice, now: DateTime<Utc>) -> Result<Vec<DueRun>, RunE
             continue;
         };
         let schedule = Schedule::of(&spec)?;
-        let existing = interval_runs(sluice, &dag_id)?;
-        let active = existing.iter().filter(|r| is_active(r.state)).count();
-        let latest = existing.iter().map(|r| r.interval_start).max();
-        let complete = schedule.complete_since(spec.start_date, now);
-        let intervals = crate::schedule::due_intervals(&spec, complete, latest, active);
+        let existing = sluice.store.interval_runs(&dag_id)?;
+        // Only intervals after the latest one: from a second past its start
+        // (cron ticks are whole seconds), none if that overflows.
+        let from = match existing.latest_start {
+            None => Some(spec.start_date),
+            Some(l) => l
+                .checked_add_signed(chrono::Duration::seconds(1))
+                .map(|t| t.max(spec.start_date)),
+        };
+        let complete = from
+            .map(|from| schedule.complete_since(from, now))
+            .unwrap_or_default();
+        let intervals = crate::schedule::due_intervals(
+            &spec,
+            complete,
+            existing.latest_start,
+            existing.active as usize,
+        );
         due.extend(intervals.into_iter().map(|interval| DueRun {
             version: version.clone(),
             interval,
@@ -170,7 +173,9 @@ pub async fn backfill(
             RunError::Invalid(format!("DAG `{dag_id}` has no schedule to backfill"))
         })?;
     let schedule = Schedule::of(&spec)?;
-    let covered: HashMap<DateTime<Utc>, RunState> = interval_runs(&sluice, dag_id)?
+    let covered: HashMap<DateTime<Utc>, RunState> = sluice
+        .store
+        .interval_runs_between(dag_id, from, to)?
         .into_iter()
         .filter(|r| r.state == RunState::Success || is_active(r.state))
         .map(|r| (r.interval_start, r.state))

@@ -20,7 +20,7 @@ use crate::executor::{Executor, TryOutcome, TryRequest};
 use crate::runtime::Sluice;
 use crate::schedule::Interval;
 use crate::staging;
-use crate::state::{RunState, TaskState};
+use crate::state::{RunState, TaskState, VolumeState};
 use crate::store::{NewLog, RunRecord, StoreError, VersionRecord};
 pub use sluice_core::run::ClearScope;
 use sluice_core::run::{ClearError, Effect, Event, RunMachine, Slot, plan_clear};
@@ -88,28 +88,7 @@ pub struct RunOptions {
     pub interval: Option<Interval>,
 }
 
-/// Why a run exists.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum RunType {
-    /// Started by `sluice run`.
-    #[default]
-    Manual,
-    /// Created by `sluice scheduler` for a due interval.
-    Scheduled,
-    /// Created by `sluice backfill`.
-    Backfill,
-}
-
-impl RunType {
-    /// The stored name, also the run id prefix.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Manual => "manual",
-            Self::Scheduled => "scheduled",
-            Self::Backfill => "backfill",
-        }
-    }
-}
+pub use crate::state::RunType;
 
 /// What happens to a run's staging directory when the run ends.
 #[derive(Debug, Clone, Copy)]
@@ -212,7 +191,7 @@ pub fn create_run(
         version: version.digest.clone(),
         state: RunState::Queued,
         logical_date: interval.start,
-        run_type: options.run_type.as_str().to_owned(),
+        run_type: options.run_type,
         interval_start: interval.start,
         interval_end: interval.end,
         params: Value::Object(options.params.clone()).to_string(),
@@ -378,7 +357,7 @@ impl<'a> RunLoop<'a> {
     /// Why the run's staging directory can no longer be used, if it cannot.
     fn staging_gone(&self) -> Result<Option<String>, RunError> {
         let volume = self.sluice.store.volume(&self.run.run_id)?;
-        if let Some(v) = volume.filter(|v| v.state == "deleted") {
+        if let Some(v) = volume.filter(|v| v.state == VolumeState::Deleted) {
             return Ok(Some(format!(
                 "the run's staging directory {} was reclaimed ({}, at {}); the upstream data this task needs is gone, start a new run",
                 v.path,

@@ -88,22 +88,14 @@ pub fn release(
     Ok(())
 }
 
-/// Whether something from `since` has outlived `ttl` at `now` (never, if the sum overflows).
-fn expired(since: DateTime<Utc>, ttl: chrono::Duration, now: DateTime<Utc>) -> bool {
-    since.checked_add_signed(ttl).is_some_and(|end| end <= now)
-}
-
 /// Whether `name` has the shape of the run ids Sluice makes
 /// ([`new_run_id`](crate::scheduler::new_run_id)):
 /// `<run type>__<YYYYMMDD>T<HHMMSS>_<6 lower-case hex digits>`.
 pub fn is_run_id(name: &str) -> bool {
-    use crate::scheduler::RunType;
     let Some((kind, rest)) = name.split_once("__") else {
         return false;
     };
-    let known = [RunType::Manual, RunType::Scheduled, RunType::Backfill]
-        .iter()
-        .any(|t| t.as_str() == kind);
+    let known = crate::state::RunType::parse(kind).is_some();
     let Some((stamp, suffix)) = rest.split_once('_') else {
         return false;
     };
@@ -158,23 +150,27 @@ pub fn sweep(
 ) -> Result<Vec<Reclaimed>, StagingError> {
     let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
     let mut reclaimed = Vec::new();
-    let volumes = store.volumes()?;
-    for v in &volumes {
-        if v.state == "retained" && v.released_at.is_some_and(|at| expired(at, ttl, now)) {
-            if let Found::Unexpected(what) = inspect(Path::new(&v.path))? {
-                tracing::warn!(
-                    "staging sweep: skipping {} of run {}: it is {what}, not the directory the run was given",
-                    v.path,
-                    v.run_id
-                );
-                continue;
-            }
-            reclaimed.push(Reclaimed {
-                run_id: v.run_id.clone(),
-                path: v.path.clone(),
-                reason: reason::TTL_EXPIRED,
-            });
+    // What is from `cutoff` or earlier has outlived the TTL; nothing has if
+    // `now - ttl` underflows.
+    let cutoff = now.checked_sub_signed(ttl);
+    let expired_volumes = match cutoff {
+        Some(cutoff) => store.retained_volumes(cutoff)?,
+        None => Vec::new(),
+    };
+    for v in expired_volumes {
+        if let Found::Unexpected(what) = inspect(Path::new(&v.path))? {
+            tracing::warn!(
+                "staging sweep: skipping {} of run {}: it is {what}, not the directory the run was given",
+                v.path,
+                v.run_id
+            );
+            continue;
         }
+        reclaimed.push(Reclaimed {
+            run_id: v.run_id,
+            path: v.path,
+            reason: reason::TTL_EXPIRED,
+        });
     }
     let staging_root = home.root().join("staging");
     let entries = std::fs::read_dir(&staging_root).map_err(|source| StagingError::Io {
@@ -206,7 +202,7 @@ pub fn sweep(
             );
             continue;
         };
-        if volumes.iter().any(|v| v.run_id == name) {
+        if store.volume(&name)?.is_some() {
             continue;
         }
         match store.run(&name) {
@@ -222,7 +218,7 @@ pub fn sweep(
             continue;
         }
         let modified: DateTime<Utc> = metadata.modified().map_err(io(&path))?.into();
-        if expired(modified, ttl, now) {
+        if cutoff.is_some_and(|cutoff| modified <= cutoff) {
             reclaimed.push(Reclaimed {
                 run_id: name,
                 path: path.display().to_string(),
@@ -242,7 +238,8 @@ pub fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::{RunType, new_run_id};
+    use crate::scheduler::new_run_id;
+    use crate::state::RunType;
 
     const TTL: Duration = Duration::from_secs(3600);
 
@@ -256,7 +253,7 @@ mod tests {
     #[test]
     fn run_ids_are_recognised_by_shape() {
         let now = Utc::now();
-        for kind in [RunType::Manual, RunType::Scheduled, RunType::Backfill] {
+        for &kind in RunType::ALL {
             let id = new_run_id(kind, now);
             assert!(is_run_id(&id), "{id}");
         }

@@ -8,12 +8,13 @@ use chrono::Utc;
 use serde_json::json;
 use sluice::scheduler::{ClearScope, StagingPolicy, clear, resume_run};
 use sluice::staging::sweep;
+use sluice::state::VolumeState;
 
 use crate::support::{CHILD_DEADLINE, Spawned, TestHome, output_within, text, wait_for};
 
 const TTL: Duration = Duration::from_secs(3600);
 
-fn volume_reason(home: &TestHome, run_id: &str) -> (String, Option<String>) {
+fn volume_reason(home: &TestHome, run_id: &str) -> (VolumeState, Option<String>) {
     let v = home
         .sluice
         .store
@@ -36,7 +37,7 @@ async fn success_deletes_staging_and_failure_keeps_it_until_the_ttl() {
     assert!(!ok.staging_dir.exists());
     assert_eq!(
         volume_reason(&home, &ok.run_id),
-        ("deleted".into(), Some("run_succeeded".into()))
+        (VolumeState::Deleted, Some("run_succeeded".into()))
     );
 
     let failed = home
@@ -48,7 +49,10 @@ async fn success_deletes_staging_and_failure_keeps_it_until_the_ttl() {
         .await;
     assert_eq!(failed.state.as_str(), "failed");
     assert!(failed.staging_dir.is_dir(), "kept for clear and re-run");
-    assert_eq!(volume_reason(&home, &failed.run_id).0, "retained");
+    assert_eq!(
+        volume_reason(&home, &failed.run_id).0,
+        VolumeState::Retained
+    );
 
     // Just before the TTL nothing goes; a dry run past it reports but deletes nothing.
     let early = sweep(
@@ -71,7 +75,7 @@ async fn success_deletes_staging_and_failure_keeps_it_until_the_ttl() {
     assert!(!failed.staging_dir.exists());
     assert_eq!(
         volume_reason(&home, &failed.run_id),
-        ("deleted".into(), Some("ttl_expired".into()))
+        (VolumeState::Deleted, Some("ttl_expired".into()))
     );
 
     let (list, _) = text(&home.cli(&["staging", "list"]));

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use chrono::{Days, Utc};
+use sluice::state::RunType;
 
 use crate::support::{Spawned, TestHome, text, wait_for};
 
@@ -38,12 +39,12 @@ fn backfill_runs_each_interval_once_with_its_dates() {
 
     let mut runs = home.sluice.store.runs(Some("daily"), 10).expect("runs");
     runs.sort_by_key(|r| r.logical_date);
-    let seen: Vec<(String, String, String)> = runs
+    let seen: Vec<(RunType, String, String)> = runs
         .iter()
         .map(|r| {
             let out = home.output(&r.run_id, "t");
             (
-                r.run_type.clone(),
+                r.run_type,
                 out["ds"].as_str().unwrap_or_default().to_owned(),
                 out["interval"][1].as_str().unwrap_or_default().to_owned(),
             )
@@ -53,17 +54,17 @@ fn backfill_runs_each_interval_once_with_its_dates() {
         seen,
         [
             (
-                "backfill".into(),
+                RunType::Backfill,
                 "2026-01-30".into(),
                 "2026-01-31T00:00:00Z".into()
             ),
             (
-                "backfill".into(),
+                RunType::Backfill,
                 "2026-01-31".into(),
                 "2026-02-01T00:00:00Z".into()
             ),
             (
-                "backfill".into(),
+                RunType::Backfill,
                 "2026-02-01".into(),
                 "2026-02-02T00:00:00Z".into()
             ),
@@ -106,7 +107,7 @@ fn the_scheduler_runs_only_the_latest_interval_without_catchup_and_all_with_it()
         let runs = home.sluice.store.runs(Some("sched"), 10).expect("runs");
         assert!(
             runs.iter()
-                .all(|r| r.run_type == "scheduled" && r.state.as_str() == "success")
+                .all(|r| r.run_type == RunType::Scheduled && r.state.as_str() == "success")
         );
         let yesterday = (Utc::now() - Days::new(1)).format("%Y-%m-%d").to_string();
         assert!(
