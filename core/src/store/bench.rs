@@ -12,10 +12,32 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::params;
 
-use super::{Result, Store, StoreError, ts};
+use super::{Store, StoreError, ts};
 use crate::dag::{DagSpec, TaskPolicy, TaskSpec};
-use crate::schedule::{Schedule, ScheduleSpec};
+use crate::schedule::{Schedule, ScheduleError, ScheduleSpec};
 use crate::state::{RunState, RunType, TaskState, VolumeState};
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The metadatabase failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The metadatabase to fill is already there.
+    #[error("{} exists; the benchmark fills a new metadatabase", .0.display())]
+    Exists(std::path::PathBuf),
+    /// A benchmark DAG's schedule does not parse.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+}
+
+impl From<rusqlite::Error> for BenchError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+type Result<T> = std::result::Result<T, BenchError>;
 
 /// How big a metadatabase to fill.
 #[derive(Debug, Clone, Copy)]
@@ -93,18 +115,13 @@ impl fmt::Display for Figures {
 pub fn metadb(dir: &Path, shape: Shape) -> Result<Figures> {
     let path = dir.join("metadb-bench.sqlite");
     if path.exists() {
-        return Err(StoreError::Incompatible(format!(
-            "{} exists; the benchmark fills a new metadatabase",
-            path.display()
-        )));
+        return Err(BenchError::Exists(path));
     }
     let store = Store::open(&path)?;
     let base = Utc
         .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
         .single()
-        .ok_or_else(|| {
-            StoreError::Incompatible("the benchmark's base date does not exist".into())
-        })?;
+        .expect("midnight of 2026-01-01 exists in UTC");
     let started = Instant::now();
     let run_ids = fill(&store, shape, base)?;
     let fill = started.elapsed();
@@ -134,7 +151,7 @@ pub fn metadb(dir: &Path, shape: Shape) -> Result<Figures> {
             let from = existing
                 .latest_start
                 .map_or(spec.start_date, |l| l + chrono::Duration::seconds(1));
-            let schedule = Schedule::of(spec).map_err(StoreError::Incompatible)?;
+            let schedule = Schedule::of(spec)?;
             std::hint::black_box(schedule.complete_since(from.max(spec.start_date), now));
         }
         Ok(())
