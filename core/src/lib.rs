@@ -12,6 +12,7 @@ pub mod dag;
 pub mod events;
 pub mod manifest;
 pub mod run;
+pub mod run_id;
 pub mod schedule;
 pub mod state;
 pub mod store;

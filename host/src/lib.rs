@@ -29,4 +29,4 @@ pub mod trust;
 pub mod vault;
 
 pub use runtime::Sluice;
-pub use sluice_core::{dag, events, manifest, schedule, state, store};
+pub use sluice_core::{dag, events, manifest, run_id, schedule, state, store};

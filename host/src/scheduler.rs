@@ -4,7 +4,6 @@
 //! `upstream_failed`. The scheduler is the only writer of run records.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +23,7 @@ use crate::state::{RunState, TaskState, VolumeState};
 use crate::store::{NewLog, RunRecord, StoreError, VersionRecord};
 pub use sluice_core::run::ClearScope;
 use sluice_core::run::{ClearError, Effect, Event, RunMachine, Slot, plan_clear};
+pub use sluice_core::run_id::new_run_id;
 
 /// Log lines buffered before a metadatabase write.
 const LOG_BATCH: usize = 256;
@@ -119,20 +119,6 @@ pub struct RunSummary {
     pub staging_dir: PathBuf,
     /// Why it failed, if it did.
     pub error: Option<String>,
-}
-
-/// A new run id: `<type>__<timestamp>_<random hex>`; the timestamp is the
-/// logical date for scheduled and backfill runs, the creation time otherwise.
-pub fn new_run_id(run_type: RunType, when: DateTime<Utc>) -> String {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(Utc::now().timestamp_nanos_opt().unwrap_or_default() as u128);
-    hasher.write_u32(std::process::id());
-    format!(
-        "{}__{}_{:06x}",
-        run_type.as_str(),
-        when.format("%Y%m%dT%H%M%S"),
-        hasher.finish() & 0xff_ffff
-    )
 }
 
 /// Creates a run of `version` and carries it to its end. Events go to `observer`.

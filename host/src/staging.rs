@@ -88,32 +88,6 @@ pub fn release(
     Ok(())
 }
 
-/// Whether `name` has the shape of the run ids Sluice makes
-/// ([`new_run_id`](crate::scheduler::new_run_id)):
-/// `<run type>__<YYYYMMDD>T<HHMMSS>_<6 lower-case hex digits>`.
-pub fn is_run_id(name: &str) -> bool {
-    let Some((kind, rest)) = name.split_once("__") else {
-        return false;
-    };
-    let known = crate::state::RunType::parse(kind).is_some();
-    let Some((stamp, suffix)) = rest.split_once('_') else {
-        return false;
-    };
-    known
-        && stamp.len() == 15
-        && stamp.bytes().enumerate().all(|(i, b)| {
-            if i == 8 {
-                b == b'T'
-            } else {
-                b.is_ascii_digit()
-            }
-        })
-        && suffix.len() == 6
-        && suffix
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// What a sweep finds at a path it might reclaim, links not followed.
 enum Found {
     /// A real directory.
@@ -210,7 +184,7 @@ pub fn sweep(
             Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        if !is_run_id(&name) {
+        if !crate::run_id::is_run_id(&name) {
             tracing::warn!(
                 "staging sweep: skipping {}: `{name}` is not a run id, so Sluice did not make it",
                 path.display()
@@ -238,8 +212,6 @@ pub fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::new_run_id;
-    use crate::state::RunType;
 
     const TTL: Duration = Duration::from_secs(3600);
 
@@ -248,27 +220,6 @@ mod tests {
         let home = Home::open(dir.path().join("home")).expect("home");
         let store = Store::open(&home.database()).expect("store");
         (dir, home, store)
-    }
-
-    #[test]
-    fn run_ids_are_recognised_by_shape() {
-        let now = Utc::now();
-        for &kind in RunType::ALL {
-            let id = new_run_id(kind, now);
-            assert!(is_run_id(&id), "{id}");
-        }
-        for odd in [
-            "left-behind",
-            "manual__20240101T000000_abcdeg",
-            "manual__20240101T000000_ABCDEF",
-            "manual__20240101X000000_abcdef",
-            "other__20240101T000000_abcdef",
-            "manual__20240101T000000_abcdef/..",
-            "manual__20240101T0000000_abcde",
-            "",
-        ] {
-            assert!(!is_run_id(odd), "{odd}");
-        }
     }
 
     /// A file, a link to a directory outside, and a directory with a name that
