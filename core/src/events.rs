@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use crate::state::{RunState, TaskState};
 
 /// Identifies one try of one task instance.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TaskKey {
     /// Run id.
     pub run_id: String,

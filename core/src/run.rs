@@ -13,7 +13,7 @@ use crate::dag::DagSpec;
 use crate::state::{RunState, TaskState};
 
 /// How a try ended, as the executor reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TryOutcome {
     /// `run` returned this JSON output.
     Success {

@@ -56,7 +56,7 @@ pub struct ScheduleSpec {
 }
 
 /// One data interval: `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interval {
     /// Start, which is also the run's logical date.
     pub start: DateTime<Utc>,

@@ -31,12 +31,33 @@ struct Cli {
     /// files for them (no Landlock): only WASI and DuckDB's own checks remain.
     #[arg(long, global = true, env = "SLUICE_ALLOW_UNCONFINED")]
     allow_unconfined: bool,
+    /// Where tries run: `process` (a worker process per try, killed if it
+    /// overruns its timeout) or `local` (threads of this process).
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_EXECUTOR",
+        default_value = "process"
+    )]
+    executor: ExecutorChoice,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Where tries run.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExecutorChoice {
+    /// A `sluice worker` child process per try.
+    Process,
+    /// Threads of this process.
+    Local,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run one try handed over on stdin (started by the process executor).
+    #[command(hide = true)]
+    Worker,
     /// Compile the plugins workspace to components in `<plugins>/dist`.
     Build {
         /// The plugins workspace.
@@ -145,13 +166,25 @@ fn main() -> ExitCode {
 
 /// Carries out `cli`'s command; `runtime` is the process's one async runtime.
 fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> Result<ExitCode> {
+    let workers = match (cli.executor, &cli.command) {
+        // A worker runs its try in itself.
+        (_, Command::Worker) | (ExecutorChoice::Local, _) => None,
+        (ExecutorChoice::Process, _) => {
+            Some(std::env::current_exe().context("cannot find the sluice executable")?)
+        }
+    };
     let config = AppConfig {
         home: cli.home.unwrap_or_else(Home::default_root),
         staging_ttl: cli.staging_ttl,
         allow_unconfined: cli.allow_unconfined,
+        workers,
     };
     let open = || App::open(&config);
     match cli.command {
+        Command::Worker => {
+            runtime.block_on(open()?.serve_worker())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Build { plugins } => cli::deploy::build(&plugins),
         Command::Deploy { dag, sign } => cli::deploy::deploy(&open()?, &dag, sign.as_deref()),
         Command::Keys { command } => cli::trust::keys(&open()?, command),

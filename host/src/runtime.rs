@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::capabilities::SqlPool;
 use crate::confine::Sandbox;
 use crate::engine::{Engine, EngineError};
-use crate::executor::{Executor, LocalExecutor};
+use crate::executor::{Executor, LocalExecutor, ProcessExecutor};
 use crate::home::Home;
 use crate::store::{Store, StoreError};
 
@@ -45,6 +45,11 @@ pub struct Sluice {
     pub sql_pool: Arc<SqlPool>,
     /// Where tries run.
     pub executor: Arc<dyn Executor>,
+    /// The operator's `--allow-unconfined`.
+    allow_unconfined: bool,
+    /// The `sluice` binary tries run in, one worker process each (none: in
+    /// this process).
+    workers: Option<std::path::PathBuf>,
 }
 
 impl Sluice {
@@ -58,11 +63,19 @@ impl Sluice {
         let engine = Arc::new(Engine::new(&home)?);
         let sandbox = Sandbox::detect();
         let sql_pool = Arc::new(SqlPool::new(2));
-        let executor = local_executor(&home, &store, &engine, &sql_pool, &sandbox);
+        let executor = Arc::new(LocalExecutor::new(
+            home.clone(),
+            store.clone(),
+            engine.clone(),
+            sql_pool.clone(),
+            sandbox.clone(),
+        ));
         Ok(Self {
             sandbox,
             sql_pool,
             executor,
+            allow_unconfined: false,
+            workers: None,
             home,
             store,
             engine,
@@ -77,29 +90,35 @@ impl Sluice {
     /// Lets tasks run without kernel confinement where the kernel has none
     /// (the operator's `--allow-unconfined`).
     pub fn allow_unconfined(&mut self, allow: bool) {
+        self.allow_unconfined = allow;
         self.sandbox = self.sandbox.clone().allow_unconfined(allow);
-        self.executor = local_executor(
-            &self.home,
-            &self.store,
-            &self.engine,
-            &self.sql_pool,
-            &self.sandbox,
-        );
+        self.choose_executor();
     }
-}
 
-fn local_executor(
-    home: &Home,
-    store: &Arc<Store>,
-    engine: &Arc<Engine>,
-    sql_pool: &Arc<SqlPool>,
-    sandbox: &Sandbox,
-) -> Arc<dyn Executor> {
-    Arc::new(LocalExecutor::new(
-        home.clone(),
-        store.clone(),
-        engine.clone(),
-        sql_pool.clone(),
-        sandbox.clone(),
-    ))
+    /// Runs each try in a worker process started from `exe` (a `sluice`
+    /// binary), so a try that overruns its deadline is killed
+    /// ([`ProcessExecutor`]); by default tries run in this process.
+    pub fn run_tries_in_workers(&mut self, exe: std::path::PathBuf) {
+        self.workers = Some(exe);
+        self.choose_executor();
+    }
+
+    fn choose_executor(&mut self) {
+        let local = Arc::new(LocalExecutor::new(
+            self.home.clone(),
+            self.store.clone(),
+            self.engine.clone(),
+            self.sql_pool.clone(),
+            self.sandbox.clone(),
+        ));
+        self.executor = match &self.workers {
+            None => local,
+            Some(exe) => Arc::new(ProcessExecutor::new(
+                local,
+                exe.clone(),
+                self.home.root().to_path_buf(),
+                self.allow_unconfined,
+            )),
+        };
+    }
 }

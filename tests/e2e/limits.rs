@@ -415,6 +415,51 @@ async fn measure_scalar_overruns() {
     }
 }
 
+/// The process executor (the CLI's default) kills a try whose DuckDB is still
+/// inside one scalar function call a second past the deadline: `levenshtein`
+/// over 120,000 characters runs for about half a minute here and ignores
+/// interrupts, and the in-process executor waits for it (the test below).
+#[test]
+fn the_process_executor_kills_a_try_that_overruns_its_deadline() {
+    let home = TestHome::new();
+    let manifest = home.manifest(
+        "overrun",
+        &body(
+            "mode = \"sql\", sql = \"SELECT levenshtein(repeat('a', 120000), repeat('b', 120000))\"",
+            "timeout = \"1s\"\nthreads = 1",
+        ),
+    );
+    let manifest = manifest.display().to_string();
+    let out = home.cli(&["run", &manifest]);
+    assert!(!out.status.success(), "the run failed");
+    let run = home
+        .sluice
+        .store
+        .runs(Some("overrun"), 1)
+        .expect("runs")
+        .into_iter()
+        .next()
+        .expect("a run");
+    let error = home.task(&run.run_id, "t").error.unwrap_or_default();
+    assert!(
+        error.contains("timed out after 1s") && error.contains("its worker process was killed"),
+        "{error}"
+    );
+    let sandboxes = home
+        .sluice
+        .store
+        .run_sandboxes(&run.run_id)
+        .expect("sandboxes");
+    assert!(
+        sandboxes.iter().all(|s| s.ends_with("+process")),
+        "{sandboxes:?}"
+    );
+    // The host, the home and DuckDB's files are fine: the next run succeeds.
+    let again = home.manifest("after", &body("mode = \"echo\"", ""));
+    let out = home.cli(&["run", &again.display().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_scalar_functions_end_the_try_with_the_timeout_and_the_host_keeps_running() {
     let home = TestHome::new();

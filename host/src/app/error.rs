@@ -10,6 +10,9 @@ use super::connections::ConnectionInputError;
 /// Why an operation of the application layer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// A worker could not serve its try.
+    #[error(transparent)]
+    Worker(#[from] crate::executor::worker::WorkerError),
     /// The Sluice home could not be opened.
     #[error(transparent)]
     Open(#[from] crate::runtime::OpenError),

@@ -37,6 +37,9 @@ pub struct AppConfig {
     /// Run tasks even where the kernel cannot confine the host threads that
     /// open files for them.
     pub allow_unconfined: bool,
+    /// Run each try in a worker process started from this `sluice` binary
+    /// (none: in this process).
+    pub workers: Option<PathBuf>,
 }
 
 /// An opened Sluice home and the operator's settings; cheap to clone and
@@ -52,6 +55,9 @@ impl App {
     pub fn open(config: &AppConfig) -> Result<Self, AppError> {
         let mut sluice = Sluice::open(&config.home)?;
         sluice.allow_unconfined(config.allow_unconfined);
+        if let Some(exe) = &config.workers {
+            sluice.run_tries_in_workers(exe.clone());
+        }
         Ok(Self {
             sluice: Arc::new(sluice),
             staging_ttl: config.staging_ttl,
@@ -61,6 +67,12 @@ impl App {
     /// How tasks started by this application are confined, for a front end to show.
     pub fn sandbox(&self) -> &Sandbox {
         self.sluice.sandbox()
+    }
+
+    /// Serves one try for a parent's [`crate::executor::ProcessExecutor`]
+    /// (`sluice worker`): the try on stdin, its reports on stdout.
+    pub async fn serve_worker(&self) -> Result<(), AppError> {
+        Ok(crate::executor::worker::serve(self.sluice.executor.as_ref()).await?)
     }
 
     /// Fails when tasks must be refused (no kernel confinement, no opt-out).
@@ -112,6 +124,7 @@ mod tests {
             home: home.path().to_owned(),
             staging_ttl: ttl,
             allow_unconfined: false,
+            workers: None,
         })
         .expect("open");
         (home, app)

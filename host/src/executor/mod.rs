@@ -5,9 +5,12 @@
 //! connection ids granted, the staging location) and carries no secret: an
 //! executor resolves connections itself, at the moment of use. [`LocalExecutor`]
 //! runs tries with wasmtime and DuckDB in this process; it is the only code that
-//! touches either.
+//! touches either; [`ProcessExecutor`] runs the same code in a child process per
+//! try, so a try that will not stop can be killed.
 
 mod local;
+mod process;
+pub mod worker;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -22,10 +25,11 @@ use crate::events::{RunEvent, TaskKey};
 use crate::schedule::Interval;
 
 pub use local::{LocalExecutor, MAX_OUTPUT_BYTES};
+pub use process::{KILL_GRACE, ProcessExecutor, WorkerMessage};
 pub use sluice_core::run::TryOutcome;
 
 /// One try, by name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TryRequest {
     /// Which try.
     pub key: TaskKey,
@@ -70,7 +74,8 @@ pub enum ExecutorError {
     },
 }
 
-/// Runs tries. Implementations: [`LocalExecutor`] (this process).
+/// Runs tries. Implementations: [`LocalExecutor`] (this process) and
+/// [`ProcessExecutor`] (a `sluice worker` child process per try).
 pub trait Executor: Send + Sync {
     /// How this executor confines tries, as recorded with each try
     /// (e.g. `landlock-v7`).

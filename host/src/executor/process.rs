@@ -1,0 +1,268 @@
+//! The process executor: each try runs in a `sluice worker` child process
+//! (the same code as [`LocalExecutor`], in a process of its own). What it
+//! adds is a hard stop: a try still running a second after its deadline (a
+//! DuckDB scalar function over a huge value does not look at interrupts) is
+//! killed with its process, DuckDB threads included.
+//!
+//! The worker gets the [`TryRequest`] (names only) as one JSON line on stdin
+//! and opens the same Sluice home, so it resolves connections from the vault
+//! itself: no secret crosses the pipe. It answers with [`WorkerMessage`] JSON
+//! lines on stdout, the last one the outcome.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{Executor, ExecutorError, LocalExecutor, TryFuture, TryOutcome, TryRequest};
+use crate::events::{RunEvent, TaskKey};
+
+/// How long after its deadline a worker is killed if it has not reported.
+pub const KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a worker that reported may take to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// One line a worker writes on stdout.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WorkerMessage {
+    /// A log line of the try.
+    Log {
+        /// When.
+        ts: DateTime<Utc>,
+        /// Level name.
+        level: String,
+        /// Message (already redacted and capped by the worker).
+        message: String,
+    },
+    /// Progress reported by the task.
+    Progress {
+        /// Units done.
+        done: u64,
+        /// Units in all.
+        total: u64,
+    },
+    /// DuckDB's estimate for the running statement.
+    SqlProgress {
+        /// 0–100.
+        percent: f64,
+    },
+    /// How the try ended; the last line.
+    Outcome(TryOutcome),
+}
+
+impl WorkerMessage {
+    /// The wire form of a try's event, if it is one a worker sends.
+    pub fn from_event(event: RunEvent) -> Option<Self> {
+        match event {
+            RunEvent::Log {
+                ts, level, message, ..
+            } => Some(Self::Log {
+                ts,
+                level: level.to_owned(),
+                message,
+            }),
+            RunEvent::Progress { done, total, .. } => Some(Self::Progress { done, total }),
+            RunEvent::SqlProgress { percent, .. } => Some(Self::SqlProgress { percent }),
+            RunEvent::TaskState { .. } | RunEvent::RunFinished { .. } => None,
+        }
+    }
+
+    /// The event this line reports for try `key`, or the outcome.
+    fn into_event(self, key: &TaskKey) -> Result<RunEvent, TryOutcome> {
+        Ok(match self {
+            Self::Log { ts, level, message } => RunEvent::Log {
+                key: key.clone(),
+                ts,
+                level: static_level(&level),
+                message,
+            },
+            Self::Progress { done, total } => RunEvent::Progress {
+                key: key.clone(),
+                done,
+                total,
+            },
+            Self::SqlProgress { percent } => RunEvent::SqlProgress {
+                key: key.clone(),
+                percent,
+            },
+            Self::Outcome(outcome) => return Err(outcome),
+        })
+    }
+}
+
+/// The level names the log sink uses; anything else is shown as `info`.
+fn static_level(level: &str) -> &'static str {
+    ["trace", "debug", "info", "warn", "error"]
+        .into_iter()
+        .find(|l| *l == level)
+        .unwrap_or("info")
+}
+
+/// Runs each try in a `sluice worker` child process.
+pub struct ProcessExecutor {
+    /// Loads components ahead (so the worker finds them compiled) and names
+    /// the confinement; the tries themselves run in workers.
+    local: Arc<LocalExecutor>,
+    /// The `sluice` binary.
+    exe: PathBuf,
+    /// The Sluice home the workers open.
+    home: PathBuf,
+    allow_unconfined: bool,
+}
+
+impl ProcessExecutor {
+    /// Workers started from `exe` (a `sluice` binary) on the home at `home`.
+    pub fn new(
+        local: Arc<LocalExecutor>,
+        exe: PathBuf,
+        home: PathBuf,
+        allow_unconfined: bool,
+    ) -> Self {
+        Self {
+            local,
+            exe,
+            home,
+            allow_unconfined,
+        }
+    }
+}
+
+impl Executor for ProcessExecutor {
+    fn sandbox_label(&self) -> String {
+        format!("{}+process", self.local.sandbox_label())
+    }
+
+    fn prepare(&self, components: &[(String, String)]) -> Result<(), ExecutorError> {
+        self.local.prepare(components)
+    }
+
+    fn run(&self, request: TryRequest, events: UnboundedSender<RunEvent>) -> TryFuture {
+        let mut command = tokio::process::Command::new(&self.exe);
+        command.arg("--home").arg(&self.home);
+        if self.allow_unconfined {
+            command.arg("--allow-unconfined");
+        }
+        command
+            .arg("worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let exe = self.exe.clone();
+        Box::pin(async move {
+            let failed = |error: String| TryOutcome::Failed {
+                error,
+                retryable: true,
+            };
+            let line = match serde_json::to_string(&request) {
+                Ok(line) => line,
+                Err(e) => return failed(format!("cannot encode the try for its worker: {e}")),
+            };
+            let mut child = match command.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    return failed(format!("cannot start a worker ({}): {e}", exe.display()));
+                }
+            };
+            let timeout = request.policy.timeout;
+            let outcome = supervise(&mut child, &line, &request.key, &events, timeout).await;
+            // A worker that reported exits at once; one that did not is killed.
+            match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("waiting for a worker of {:?}: {e}", request.key),
+                Err(_) => {
+                    if let Err(e) = child.kill().await {
+                        tracing::warn!("killing a worker of {:?}: {e}", request.key);
+                    }
+                }
+            }
+            outcome
+        })
+    }
+
+    fn release(&self, _run_id: &str) {
+        // Each try's future waits for its worker to exit (or kills it), and a
+        // process that has exited holds no file of the run.
+    }
+}
+
+/// Hands `request_line` to the worker and relays what it says until its
+/// outcome, killing it at `deadline`.
+async fn supervise(
+    child: &mut tokio::process::Child,
+    request_line: &str,
+    key: &TaskKey,
+    events: &UnboundedSender<RunEvent>,
+    timeout: Duration,
+) -> TryOutcome {
+    let deadline = tokio::time::Instant::now() + timeout + KILL_GRACE;
+    let failed = |error: String| TryOutcome::Failed {
+        error,
+        retryable: true,
+    };
+    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return failed("a worker was started without its pipes".into());
+    };
+    if let Err(e) = async {
+        stdin.write_all(request_line.as_bytes()).await?;
+        stdin.write_all(b"\n").await?;
+        stdin.shutdown().await
+    }
+    .await
+    {
+        return failed(format!("cannot hand the try to its worker: {e}"));
+    }
+    drop(stdin);
+    // The worker's own diagnostics go to the host's log, not the task's.
+    let worker_key = key.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::warn!("worker of {worker_key:?}: {line}");
+        }
+    });
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => match serde_json::from_str::<WorkerMessage>(&line) {
+                    Ok(message) => match message.into_event(key) {
+                        Ok(event) => {
+                            // A watcher that went away does not stop the try.
+                            let _ = events.send(event);
+                        }
+                        Err(outcome) => return outcome,
+                    },
+                    Err(e) => return failed(format!("the worker sent a line that is not a report ({e})")),
+                },
+                Ok(None) => {
+                    let status = child.wait().await;
+                    let how = match status {
+                        Ok(status) => status.to_string(),
+                        Err(e) => format!("an unknown status ({e})"),
+                    };
+                    return failed(format!("the worker process ended ({how}) without reporting how the try ended"));
+                }
+                Err(e) => return failed(format!("cannot read the worker's report: {e}")),
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                if let Err(e) = child.kill().await {
+                    tracing::warn!("killing the worker of {key:?}: {e}");
+                }
+                return failed(format!(
+                    "timed out after {}: the try was still running {} later and its worker process was killed",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(KILL_GRACE)
+                ));
+            }
+        }
+    }
+}
