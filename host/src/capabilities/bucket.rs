@@ -5,8 +5,10 @@
 //! opened on a thread the kernel confines to staging ([`crate::confine`]), so a
 //! path swapped for a link between the check and the open gets nothing.
 //!
-//! Its guest handles are entries of the try's resource table; the
-//! `connections` interface reaches it through [`BucketView`].
+//! Its guest handles are entries of the try's resource table; its calls are
+//! served from a [`ConnectionView`]: `open-bucket` by [`open`] (dispatched by
+//! the `connections` module), the `bucket` resource's methods by
+//! [`HostBucket`] here.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -19,16 +21,15 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncWriteExt;
 use wasmtime::component::{Resource, ResourceTable};
 
-use crate::bindings::sluice::task::connections::{Bucket, ConnectionError};
+use crate::bindings::sluice::task::connections::{Bucket, ConnectionError, HostBucket};
 use crate::confine::Sandbox;
 use crate::connections::{Connection, ConnectionConfig};
 
-use super::context::TaskContext;
 use super::failure::Failure;
-use super::grants::Grants;
 use super::handles;
 use super::limits::Deadline;
 use super::redact::{Redacted, Redactor};
+use super::view::ConnectionView;
 
 /// Uploads larger than this go multipart, in parts of this size.
 const PART_SIZE: usize = 8 << 20;
@@ -218,58 +219,49 @@ fn store_failure(e: object_store::Error) -> Failure {
     }
 }
 
-/// What a bucket call reaches: the grants, the resource table holding the
-/// open buckets, the try's deadline and the task instance (its staging
-/// directory is where transfers read and write).
-pub struct BucketView<'a> {
-    /// The try's grants.
-    pub grants: &'a Grants,
-    /// The try's resource table.
-    pub table: &'a mut ResourceTable,
-    /// The try's deadline.
-    pub deadline: &'a Deadline,
-    /// The task instance.
-    pub task: &'a TaskContext,
-}
-
-impl BucketView<'_> {
-    /// `open-bucket`: opens object-store connection `id` if it is granted.
-    pub fn open(
-        &mut self,
-        id: String,
-    ) -> wasmtime::Result<Result<Resource<Bucket>, ConnectionError>> {
-        self.deadline.check()?;
-        let connection = match self.grants.connection(&id, &self.task.task_id) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        // The connection's stored configuration is wrong: the same at every try.
-        match store_for(connection) {
-            Ok(store) => Ok(Ok(handles::push(self.table, BucketHandle { id, store })?)),
-            Err(e) => {
-                let failure = Failure::permanent(e.to_string());
-                Ok(Err(self.grants.guest_error(&id, failure)))
-            }
+/// `open-bucket`: opens object-store connection `id` if it is granted.
+pub fn open(
+    view: &mut ConnectionView<'_>,
+    id: String,
+) -> wasmtime::Result<Result<Resource<Bucket>, ConnectionError>> {
+    view.deadline.check()?;
+    let connection = match view.grants.connection(&id, &view.task.task_id) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    // The connection's stored configuration is wrong: the same at every try.
+    match store_for(connection) {
+        Ok(store) => Ok(Ok(handles::push(view.table, BucketHandle { id, store })?)),
+        Err(e) => {
+            let failure = Failure::permanent(e.to_string());
+            Ok(Err(view.grants.guest_error(&id, failure)))
         }
     }
+}
 
+impl HostBucket for ConnectionView<'_> {
     /// `bucket.put`: uploads `staging_file` as `key_arg`.
-    pub fn put(
+    fn put(
         &mut self,
         bucket: Resource<Bucket>,
         staging_file: String,
         key_arg: String,
     ) -> wasmtime::Result<Result<u64, ConnectionError>> {
         self.deadline.check()?;
-        let (id, store) = self.bucket(&bucket)?;
+        let (id, store) = bucket_of(self.table, &bucket)?;
         let runtime = match self.grants.runtime() {
             Ok(r) => r,
             Err(e) => return Ok(Err(e.into())),
         };
         let result = (|| {
             let key = key(&key_arg)?;
-            let source = open_staging(&self.grants.sandbox, &self.staging(), &staging_file, false)?;
-            self.until(&runtime, async move {
+            let source = open_staging(
+                &self.grants.sandbox,
+                Path::new(&self.task.staging_dir),
+                &staging_file,
+                false,
+            )?;
+            until(self.deadline, &runtime, async move {
                 let mut source = tokio::fs::File::from_std(source);
                 let mut writer = BufWriter::with_capacity(store, key, PART_SIZE);
                 let sent = tokio::io::copy(&mut source, &mut writer)
@@ -287,22 +279,27 @@ impl BucketView<'_> {
     }
 
     /// `bucket.get`: downloads `key_arg` into `staging_file`.
-    pub fn get(
+    fn get(
         &mut self,
         bucket: Resource<Bucket>,
         key_arg: String,
         staging_file: String,
     ) -> wasmtime::Result<Result<u64, ConnectionError>> {
         self.deadline.check()?;
-        let (id, store) = self.bucket(&bucket)?;
+        let (id, store) = bucket_of(self.table, &bucket)?;
         let runtime = match self.grants.runtime() {
             Ok(r) => r,
             Err(e) => return Ok(Err(e.into())),
         };
         let result = (|| {
             let key = key(&key_arg)?;
-            let target = open_staging(&self.grants.sandbox, &self.staging(), &staging_file, true)?;
-            self.until(&runtime, async move {
+            let target = open_staging(
+                &self.grants.sandbox,
+                Path::new(&self.task.staging_dir),
+                &staging_file,
+                true,
+            )?;
+            until(self.deadline, &runtime, async move {
                 let mut stream = store.get(&key).await.map_err(store_failure)?.into_stream();
                 let mut target = tokio::fs::File::from_std(target);
                 let mut received = 0u64;
@@ -321,13 +318,13 @@ impl BucketView<'_> {
     }
 
     /// `bucket.list-keys`: the keys under `prefix`, sorted, at most [`MAX_KEYS`].
-    pub fn list_keys(
+    fn list_keys(
         &mut self,
         bucket: Resource<Bucket>,
         prefix: String,
     ) -> wasmtime::Result<Result<Vec<String>, ConnectionError>> {
         self.deadline.check()?;
-        let (id, store) = self.bucket(&bucket)?;
+        let (id, store) = bucket_of(self.table, &bucket)?;
         let runtime = match self.grants.runtime() {
             Ok(r) => r,
             Err(e) => return Ok(Err(e.into())),
@@ -338,7 +335,7 @@ impl BucketView<'_> {
             } else {
                 Some(key(&prefix)?)
             };
-            self.until(&runtime, async move {
+            until(self.deadline, &runtime, async move {
                 let mut listing = store.list(prefix.as_ref());
                 let (mut keys, mut bytes) = (Vec::new(), 0usize);
                 while let Some(meta) = listing.next().await {
@@ -363,41 +360,36 @@ impl BucketView<'_> {
     }
 
     /// The guest dropped its handle.
-    pub fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+    fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
         handles::delete::<BucketHandle, _>(self.table, bucket)?;
         Ok(())
     }
+}
 
-    /// The run's staging directory, where transfers read and write.
-    fn staging(&self) -> PathBuf {
-        PathBuf::from(&self.task.staging_dir)
-    }
+/// Runs `transfer` on `runtime` until `deadline`, then gives up on it.
+fn until<T>(
+    deadline: &Deadline,
+    runtime: &tokio::runtime::Handle,
+    transfer: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    runtime.block_on(async {
+        tokio::time::timeout_at(deadline.at().into(), transfer)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure::retryable(
+                    "the task's timeout passed during the transfer",
+                ))
+            })
+    })
+}
 
-    /// Runs `transfer` on `runtime` until the try's deadline, then gives up on it.
-    fn until<T>(
-        &self,
-        runtime: &tokio::runtime::Handle,
-        transfer: impl Future<Output = Result<T, Failure>>,
-    ) -> Result<T, Failure> {
-        runtime.block_on(async {
-            tokio::time::timeout_at(self.deadline.at().into(), transfer)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Failure::retryable(
-                        "the task's timeout passed during the transfer",
-                    ))
-                })
-        })
-    }
-
-    /// The connection id and store behind the guest's `handle`.
-    fn bucket(
-        &mut self,
-        handle: &Resource<Bucket>,
-    ) -> wasmtime::Result<(String, Arc<dyn ObjectStore>)> {
-        let h: &BucketHandle = handles::get(self.table, handle)?;
-        Ok((h.id.clone(), h.store.clone()))
-    }
+/// The connection id and store behind the guest's `handle`.
+fn bucket_of(
+    table: &ResourceTable,
+    handle: &Resource<Bucket>,
+) -> wasmtime::Result<(String, Arc<dyn ObjectStore>)> {
+    let h: &BucketHandle = handles::get(table, handle)?;
+    Ok((h.id.clone(), h.store.clone()))
 }
 
 #[cfg(test)]

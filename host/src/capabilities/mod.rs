@@ -10,13 +10,15 @@
 //! | [`log`] | `log` | [`LogSink`] | [`log::add_to_linker`] |
 //! | [`postgres`] | `connections` | its clients | through [`connections`] |
 //! | [`bucket`] | `connections` | its buckets | through [`connections`] |
+//!
+//! Every connection capability is served from one [`view::ConnectionView`].
 //! | [`wasi`] | WASI p2 | `WasiCtx` | [`wasi::add_to_linker`] |
 //!
 //! [`TaskHost`] is the wasmtime store data of one task instance: it only holds
 //! each unit's state and lends each unit its view; [`add_to_linker`] is the one
 //! list of registrations. The units depend on [`grants`], [`redact`],
-//! [`failure`], [`handles`] and [`limits`], never on each other's internals
-//! nor on this module.
+//! [`failure`], [`handles`], [`limits`] and [`view`], never on each other
+//! nor on this module; [`connections`] depends on the two it dispatches to.
 
 pub mod bucket;
 pub mod connections;
@@ -30,6 +32,7 @@ pub mod postgres;
 pub mod redact;
 pub mod sql;
 pub mod sql_host;
+pub mod view;
 pub mod wasi;
 
 use std::sync::Arc;
@@ -46,9 +49,9 @@ pub use log::LogSink;
 pub use redact::Redactor;
 pub use sql::{SharedHandles, SqlHandles, SqlPool, SqlSession};
 
-use connections::ConnectionsView;
 use log::LogView;
 use sql_host::SqlView;
+use view::ConnectionView;
 
 /// Everything a running task instance can reach. Owned by its wasmtime store.
 pub struct TaskHost {
@@ -77,7 +80,7 @@ pub fn add_to_linker(linker: &mut Linker<TaskHost>) -> wasmtime::Result<()> {
     context::add_to_linker(linker, |host| &mut host.context)?;
     sql_host::add_to_linker(linker, TaskHost::sql_view)?;
     log::add_to_linker(linker, TaskHost::log_view)?;
-    connections::add_to_linker(linker, TaskHost::connections_view)?;
+    connections::add_to_linker(linker, TaskHost::connection_view)?;
     Ok(())
 }
 
@@ -119,8 +122,8 @@ impl TaskHost {
         }
     }
 
-    fn connections_view(&mut self) -> ConnectionsView<'_> {
-        ConnectionsView {
+    fn connection_view(&mut self) -> ConnectionView<'_> {
+        ConnectionView {
             grants: &self.grants,
             table: &mut self.table,
             deadline: &self.deadline,

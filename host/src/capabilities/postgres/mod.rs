@@ -4,8 +4,10 @@
 //! sees ids, tables and queries, never a credential; every message that comes
 //! back has the granted connections' secrets replaced by `***`.
 //!
-//! Its guest handles are entries of the try's resource table; the
-//! `connections` interface reaches it through [`PostgresView`].
+//! Its guest handles are entries of the try's resource table; its calls are
+//! served from a [`ConnectionView`]: `open-postgres` by [`open`] (dispatched
+//! by the `connections` module), the `postgres` resource's methods by
+//! [`HostPostgres`] here.
 
 mod client;
 pub(crate) mod copy;
@@ -15,9 +17,9 @@ use std::sync::Arc;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::Resource;
 
-use crate::bindings::sluice::task::connections::{ConnectionError, Postgres};
+use crate::bindings::sluice::task::connections::{ConnectionError, HostPostgres, Postgres};
 use crate::connections::Connection;
 
 pub use client::{
@@ -29,10 +31,9 @@ use copy::{arrow_schema, duckdb_type, quote_ident};
 
 use super::context::TaskContext;
 use super::failure::Failure;
-use super::grants::Grants;
 use super::handles;
-use super::limits::Deadline;
-use super::sql::{SqlError, SqlSession};
+use super::sql::SqlError;
+use super::view::ConnectionView;
 
 /// Batches in flight between DuckDB and Postgres: the memory bound of a transfer.
 const BATCHES_IN_FLIGHT: usize = 4;
@@ -124,22 +125,6 @@ async fn drive<T>(
     })
 }
 
-/// What a Postgres call reaches: the grants, the resource table holding the
-/// open clients, the try's deadline, the task's SQL session (the other end
-/// of every transfer) and the task's identity.
-pub struct PostgresView<'a> {
-    /// The try's grants.
-    pub grants: &'a Grants,
-    /// The try's resource table.
-    pub table: &'a mut ResourceTable,
-    /// The try's deadline.
-    pub deadline: &'a Deadline,
-    /// The task's DuckDB session.
-    pub sql: &'a mut SqlSession,
-    /// The task instance.
-    pub task: &'a TaskContext,
-}
-
 /// Whether `task` may use `connection`, whose role holds `privileges`: a role
 /// with powers past its table grants needs the manifest's opt-in. A refusal
 /// is permanent: the opt-in and the role do not change between tries.
@@ -168,76 +153,76 @@ fn duckdb_error(what: &str, e: &SqlError) -> ConnectionError {
     }
 }
 
-impl PostgresView<'_> {
-    /// `open-postgres`: opens connection `id` if it is granted and its role
-    /// is admitted (see [`admit`]).
-    pub fn open(
-        &mut self,
-        id: String,
-    ) -> wasmtime::Result<Result<Resource<Postgres>, ConnectionError>> {
-        self.deadline.check()?;
-        let connection = match self.grants.connection(&id, &self.task.task_id) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let runtime = match self.grants.runtime() {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let app = format!("sluice {}/{}", self.task.dag_id, self.task.task_id);
-        // The connection's stored configuration is wrong: the same at every try.
-        let (config, tls) = match client_config(connection, &app) {
-            Ok(config) => config,
-            Err(e) => {
-                let failure = Failure::permanent(e.to_string());
-                return Ok(Err(self.grants.guest_error(&id, failure)));
-            }
-        };
-        let (client, driver) = match runtime.block_on(config.connect(tls.clone())) {
-            Ok(connected) => connected,
-            Err(e) => {
-                let failure =
-                    pg_failure(&e).context(format!("cannot connect to {}", endpoint(connection)));
-                return Ok(Err(self.grants.guest_error(&id, failure)));
-            }
-        };
-        // What the role may do is learnt from the server at every open (a
-        // role's powers can change after `connections add`), before the task
-        // can send a statement.
-        let cancel = client.cancel_token();
-        let mut driver = Some(driver);
-        let stop = Stop {
-            at: self.deadline.at(),
-            cancel: &cancel,
-            tls: &tls,
-        };
-        let privileges = runtime.block_on(drive(&mut driver, stop, role_privileges(&client)));
-        let admitted = privileges.and_then(|p| admit(connection, &p, self.task));
-        if let Err(failure) = admitted {
-            // Let the connection close cleanly in the background.
-            drop(client);
-            if let Some(driver) = driver {
-                runtime.spawn(driver);
-            }
-            self.deadline.check()?;
-            return Ok(Err(self.grants.guest_error(&id, failure)));
+/// `open-postgres`: opens connection `id` if it is granted and its role
+/// is admitted (see [`admit`]).
+pub fn open(
+    view: &mut ConnectionView<'_>,
+    id: String,
+) -> wasmtime::Result<Result<Resource<Postgres>, ConnectionError>> {
+    view.deadline.check()?;
+    let connection = match view.grants.connection(&id, &view.task.task_id) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let runtime = match view.grants.runtime() {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let app = format!("sluice {}/{}", view.task.dag_id, view.task.task_id);
+    // The connection's stored configuration is wrong: the same at every try.
+    let (config, tls) = match client_config(connection, &app) {
+        Ok(config) => config,
+        Err(e) => {
+            let failure = Failure::permanent(e.to_string());
+            return Ok(Err(view.grants.guest_error(&id, failure)));
         }
-        self.deadline.check()?;
-        Ok(Ok(handles::push(
-            self.table,
-            PostgresHandle {
-                id,
-                cancel,
-                client,
-                connection: driver,
-                tls,
-                runtime,
-            },
-        )?))
+    };
+    let (client, driver) = match runtime.block_on(config.connect(tls.clone())) {
+        Ok(connected) => connected,
+        Err(e) => {
+            let failure =
+                pg_failure(&e).context(format!("cannot connect to {}", endpoint(connection)));
+            return Ok(Err(view.grants.guest_error(&id, failure)));
+        }
+    };
+    // What the role may do is learnt from the server at every open (a
+    // role's powers can change after `connections add`), before the task
+    // can send a statement.
+    let cancel = client.cancel_token();
+    let mut driver = Some(driver);
+    let stop = Stop {
+        at: view.deadline.at(),
+        cancel: &cancel,
+        tls: &tls,
+    };
+    let privileges = runtime.block_on(drive(&mut driver, stop, role_privileges(&client)));
+    let admitted = privileges.and_then(|p| admit(connection, &p, view.task));
+    if let Err(failure) = admitted {
+        // Let the connection close cleanly in the background.
+        drop(client);
+        if let Some(driver) = driver {
+            runtime.spawn(driver);
+        }
+        view.deadline.check()?;
+        return Ok(Err(view.grants.guest_error(&id, failure)));
     }
+    view.deadline.check()?;
+    Ok(Ok(handles::push(
+        view.table,
+        PostgresHandle {
+            id,
+            cancel,
+            client,
+            connection: driver,
+            tls,
+            runtime,
+        },
+    )?))
+}
 
+impl HostPostgres for ConnectionView<'_> {
     /// `postgres.execute`: runs one statement on the server.
-    pub fn execute(
+    fn execute(
         &mut self,
         pg: Resource<Postgres>,
         statement: String,
@@ -259,7 +244,7 @@ impl PostgresView<'_> {
     }
 
     /// `postgres.copy-in`: streams a DuckDB query's result into `table`.
-    pub fn copy_in(
+    fn copy_in(
         &mut self,
         pg: Resource<Postgres>,
         table: String,
@@ -288,7 +273,7 @@ impl PostgresView<'_> {
     }
 
     /// `postgres.extract`: streams a server query's result into a new DuckDB table.
-    pub fn extract(
+    fn extract(
         &mut self,
         pg: Resource<Postgres>,
         query: String,
@@ -361,7 +346,7 @@ impl PostgresView<'_> {
     }
 
     /// The guest dropped its handle: the client closes in the background.
-    pub fn drop(&mut self, pg: Resource<Postgres>) -> wasmtime::Result<()> {
+    fn drop(&mut self, pg: Resource<Postgres>) -> wasmtime::Result<()> {
         handles::delete::<PostgresHandle, _>(self.table, pg)?;
         Ok(())
     }
@@ -371,6 +356,7 @@ impl PostgresView<'_> {
 mod tests {
     use super::*;
     use crate::bindings::sluice::task::types::ErrorKind;
+    use crate::capabilities::grants::Grants;
     use crate::capabilities::grants::tests::postgres;
 
     fn task() -> TaskContext {
