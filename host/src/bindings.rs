@@ -1,14 +1,12 @@
-//! Host bindings generated from `wit/` (the `sluice:task` package).
+//! Host bindings generated from `wit/` (the `sluice:task` package): a leaf
+//! that the capabilities implement. Resources are the generated opaque types
+//! (`sql::Cursor`, `connections::Postgres`, `connections::Bucket`); the entry
+//! behind a handle belongs to its capability (see `capabilities::handles`).
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "task",
     imports: { default: trappable },
-    with: {
-        "sluice:task/sql.cursor": crate::capabilities::sql_host::CursorHandle,
-        "sluice:task/connections.postgres": crate::capabilities::postgres::PostgresHandle,
-        "sluice:task/connections.bucket": crate::capabilities::bucket::BucketHandle,
-    },
 });
 
 /// The version of the `sluice:task` package (`wit/task.wit`) this host implements.

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Store, UpdateDeadline};
 
-use crate::bindings::{Task, TaskPre};
+use crate::bindings::TaskPre;
 use crate::capabilities::TaskHost;
 use crate::home::Home;
 
@@ -258,12 +258,8 @@ impl Engine {
         let engine =
             wasmtime::Engine::new(&config).map_err(EngineError::wasmtime("create the engine"))?;
         let mut linker = Linker::<TaskHost>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(EngineError::wasmtime("link WASI"))?;
-        crate::capabilities::wasi::refuse_links(&mut linker)
-            .map_err(EngineError::wasmtime("link the refusal of links"))?;
-        Task::add_to_linker::<TaskHost, HasSelf<TaskHost>>(&mut linker, |host| host)
-            .map_err(EngineError::wasmtime("link Sluice's host calls"))?;
+        crate::capabilities::add_to_linker(&mut linker)
+            .map_err(EngineError::wasmtime("link the host calls"))?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
@@ -354,7 +350,7 @@ impl Engine {
             path: path.clone(),
             source,
         })?;
-        if crate::registry::sha256_hex(&bytes) != digest {
+        if crate::digest::sha256_hex(&bytes) != digest {
             return Err(EngineError::Tampered {
                 path,
                 digest: digest.to_owned(),

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use arrow::datatypes::{DataType, TimeUnit};
 
-use crate::capabilities::{bucket, postgres, sql};
+use crate::capabilities::postgres::copy;
+use crate::capabilities::{bucket, sql};
 
 /// The staging path a bucket `put` (`write = false`) or `get` (`write = true`)
 /// would use for the guest's `arg`, or why it is refused.
@@ -23,7 +24,7 @@ pub fn bucket_key(arg: &str) -> Result<String, String> {
 
 /// The quoted Postgres table name that `copy-in` puts into its `COPY` statement.
 pub fn postgres_table(name: &str) -> String {
-    postgres::quote_path(name)
+    copy::quote_path(name)
 }
 
 /// A DuckDB session locked down as a task's is, confined to `staging`.
@@ -63,26 +64,25 @@ pub fn decode_copy(selectors: &[u8], data: &[u8]) -> Result<usize, String> {
         .iter()
         .map(|s| &COLUMN_TYPES[usize::from(*s) % COLUMN_TYPES.len()])
         .collect();
-    let mut builders: Vec<postgres::Builder> = types
-        .iter()
-        .map(|t| postgres::Builder::for_type(t))
-        .collect();
+    let mut builders: Vec<copy::Builder> =
+        types.iter().map(|t| copy::Builder::for_type(t)).collect();
     let mut fields = Vec::new();
-    let (_, rows, _) = postgres::parse_tuples(data, &mut builders, usize::MAX, &mut fields)?;
+    let (_, rows, _) = copy::parse_tuples(data, &mut builders, usize::MAX, &mut fields)
+        .map_err(|e| e.to_string())?;
     for (builder, data_type) in builders.iter_mut().zip(types) {
-        builder.finish(data_type)?;
+        builder.finish(data_type);
     }
     Ok(rows)
 }
 
 /// The DECIMAL(38, 10) mantissa `extract` makes of a binary `numeric` field.
 pub fn numeric_mantissa(field: &[u8]) -> Result<i128, String> {
-    postgres::numeric_mantissa(field)
+    copy::numeric_mantissa(field).map_err(|e| e.to_string())
 }
 
 /// The binary `numeric` field (without its length) `copy-in` sends for `mantissa × 10^-scale`.
 pub fn numeric_field(mantissa: i128, scale: u16) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
-    postgres::put_numeric(mantissa, scale, &mut buf);
+    copy::put_numeric(mantissa, scale, &mut buf);
     buf.split_off(4).to_vec()
 }

@@ -14,6 +14,7 @@ pub mod capabilities;
 pub mod confine;
 pub mod connections;
 pub mod daemon;
+pub mod digest;
 pub mod engine;
 pub mod executor;
 #[cfg(feature = "fuzz")]

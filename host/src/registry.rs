@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::engine::{Engine, EngineError};
 use crate::home::{Home, write_atomically};
 use crate::manifest::{Manifest, ManifestError};
 use crate::store::{Store, StoreError};
+
+/// Re-exported where deployment names what it stores.
+pub use crate::digest::sha256_hex;
 
 /// Why a deployment failed. Nothing is recorded when it does.
 #[derive(Debug, thiserror::Error)]
@@ -50,11 +51,6 @@ pub struct Deployment {
     pub new_version: bool,
     /// Task ids whose component was compiled by this deployment.
     pub compiled: Vec<String>,
-}
-
-/// sha256 of `bytes` as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// Deploys `manifest`: stores its components, compiles what is not cached, and

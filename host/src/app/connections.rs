@@ -250,7 +250,9 @@ async fn check(connection: &Connection) -> CheckResult {
             summary,
             privilege_warning,
         },
-        Err(reason) => CheckResult::Unreachable { reason },
+        Err(reason) => CheckResult::Unreachable {
+            reason: reason.to_string(),
+        },
     }
 }
 

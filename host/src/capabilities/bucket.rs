@@ -1,9 +1,14 @@
-//! The `connections` interface for S3-compatible object stores: the host holds
+//! The `bucket` capability, for S3-compatible object stores: the host holds
 //! the keys (through `object_store`) and moves files between the run's staging
 //! directory and the bucket. Staging paths are confined twice: no `..`, and the
 //! resolved file (symlinks followed) must lie inside staging; and the file is
 //! opened on a thread the kernel confines to staging ([`crate::confine`]), so a
 //! path swapped for a link between the check and the open gets nothing.
+//!
+//! Its guest handles are entries of the try's resource table; its calls are
+//! served from a [`ConnectionView`]: `open-bucket` by [`open`] (dispatched by
+//! the `connections` module), the `bucket` resource's methods by
+//! [`HostBucket`] here.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -14,14 +19,17 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncWriteExt;
-use wasmtime::component::Resource;
+use wasmtime::component::{Resource, ResourceTable};
 
-use crate::bindings::sluice::task::connections::{ConnectionError, HostBucket};
+use crate::bindings::sluice::task::connections::{Bucket, ConnectionError, HostBucket};
 use crate::confine::Sandbox;
-use crate::connections::ConnectionConfig;
+use crate::connections::{Connection, ConnectionConfig};
 
-use super::TaskHost;
 use super::failure::Failure;
+use super::handles;
+use super::limits::Deadline;
+use super::redact::{Redacted, Redactor};
+use super::view::ConnectionView;
 
 /// Uploads larger than this go multipart, in parts of this size.
 const PART_SIZE: usize = 8 << 20;
@@ -32,16 +40,8 @@ const MAX_KEYS: usize = 10_000;
 /// gets an error instead of growing host memory.
 const MAX_KEYS_BYTES: usize = 16 << 20;
 
-/// What a transfer needs: connection id, store, staging directory, runtime.
-type Transfer = (
-    String,
-    Arc<dyn ObjectStore>,
-    PathBuf,
-    tokio::runtime::Handle,
-);
-
-/// An open bucket held for the guest.
-pub struct BucketHandle {
+/// The host's entry behind the guest's handle to an open bucket.
+struct BucketHandle {
     id: String,
     store: Arc<dyn ObjectStore>,
 }
@@ -135,8 +135,20 @@ pub(crate) fn open_staging(
     opened.map_err(|e| Failure::retryable(e.to_string()))?
 }
 
+/// Why a stored S3 connection gives no object store: the same at every try
+/// (a permanent failure when a task opens it).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreConfigError {
+    /// The connection is of another type.
+    #[error("is a {0} connection, not s3")]
+    NotS3(&'static str),
+    /// `object_store` refuses the configuration.
+    #[error(transparent)]
+    Build(object_store::Error),
+}
+
 /// The object store of an S3 connection.
-fn store_for(connection: &crate::connections::Connection) -> Result<Arc<dyn ObjectStore>, String> {
+fn store_for(connection: &Connection) -> Result<Arc<dyn ObjectStore>, StoreConfigError> {
     let ConnectionConfig::S3 {
         endpoint,
         region,
@@ -145,10 +157,7 @@ fn store_for(connection: &crate::connections::Connection) -> Result<Arc<dyn Obje
         path_style,
     } = &connection.config
     else {
-        return Err(format!(
-            "is a {} connection, not s3",
-            connection.config.kind()
-        ));
+        return Err(StoreConfigError::NotS3(connection.config.kind()));
     };
     let mut builder = AmazonS3Builder::new()
         .with_region(region)
@@ -161,18 +170,16 @@ fn store_for(connection: &crate::connections::Connection) -> Result<Arc<dyn Obje
             .with_endpoint(endpoint)
             .with_allow_http(endpoint.starts_with("http://"));
     }
-    Ok(Arc::new(builder.build().map_err(|e| e.to_string())?))
+    Ok(Arc::new(builder.build().map_err(StoreConfigError::Build)?))
 }
 
 /// Lists one key of the bucket: what `sluice connections test` reports. Errors are redacted.
-pub async fn test_connection(
-    connection: &crate::connections::Connection,
-) -> Result<String, String> {
-    let redactor = super::Redactor::for_connections(std::slice::from_ref(connection));
-    let store = store_for(connection).map_err(|e| redactor.redact(&e))?;
+pub async fn test_connection(connection: &Connection) -> Result<String, Redacted> {
+    let redactor = Redactor::for_connections(std::slice::from_ref(connection));
+    let store = store_for(connection).map_err(|e| redactor.redacted(&e))?;
     let mut listing = store.list(None);
     match listing.next().await {
-        Some(Err(e)) => Err(redactor.redact(&e.to_string())),
+        Some(Err(e)) => Err(redactor.redacted(&e)),
         Some(Ok(_)) => Ok(format!(
             "{} is reachable and not empty",
             connection.config.describe()
@@ -212,77 +219,49 @@ fn store_failure(e: object_store::Error) -> Failure {
     }
 }
 
-impl TaskHost {
-    /// Opens object-store connection `id` if granted.
-    pub(super) fn open_bucket_impl(
-        &mut self,
-        id: String,
-    ) -> wasmtime::Result<Result<Resource<BucketHandle>, ConnectionError>> {
-        self.check_deadline()?;
-        let connection = match self.granted(&id) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        // The connection's stored configuration is wrong: the same at every try.
-        match store_for(&connection) {
-            Ok(store) => Ok(Ok(self.table_mut().push(BucketHandle { id, store })?)),
-            Err(m) => Ok(Err(self.connection_error(&id, Failure::permanent(m)))),
+/// `open-bucket`: opens object-store connection `id` if it is granted.
+pub fn open(
+    view: &mut ConnectionView<'_>,
+    id: String,
+) -> wasmtime::Result<Result<Resource<Bucket>, ConnectionError>> {
+    view.deadline.check()?;
+    let connection = match view.grants.connection(&id, &view.task.task_id) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    // The connection's stored configuration is wrong: the same at every try.
+    match store_for(connection) {
+        Ok(store) => Ok(Ok(handles::push(view.table, BucketHandle { id, store })?)),
+        Err(e) => {
+            let failure = Failure::permanent(e.to_string());
+            Ok(Err(view.grants.guest_error(&id, failure)))
         }
-    }
-
-    /// What a transfer needs: the connection id, the store, the staging
-    /// directory and the runtime (or why the runtime is missing).
-    fn transfer(
-        &mut self,
-        handle: &Resource<BucketHandle>,
-    ) -> wasmtime::Result<Result<Transfer, ConnectionError>> {
-        let (id, store) = self.bucket(handle)?;
-        let staging = PathBuf::from(&self.context.staging_dir);
-        Ok(self.runtime().map(|runtime| (id, store, staging, runtime)))
-    }
-
-    /// Runs `transfer` on `runtime` until the try's deadline, then gives up on it.
-    fn until<T>(
-        &self,
-        runtime: &tokio::runtime::Handle,
-        transfer: impl Future<Output = Result<T, Failure>>,
-    ) -> Result<T, Failure> {
-        runtime.block_on(async {
-            tokio::time::timeout_at(self.deadline.at().into(), transfer)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Failure::retryable(
-                        "the task's timeout passed during the transfer",
-                    ))
-                })
-        })
-    }
-
-    fn bucket(
-        &mut self,
-        handle: &Resource<BucketHandle>,
-    ) -> wasmtime::Result<(String, Arc<dyn ObjectStore>)> {
-        let h = self.table_mut().get(handle)?;
-        Ok((h.id.clone(), h.store.clone()))
     }
 }
 
-impl HostBucket for TaskHost {
+impl HostBucket for ConnectionView<'_> {
+    /// `bucket.put`: uploads `staging_file` as `key_arg`.
     fn put(
         &mut self,
-        bucket: Resource<BucketHandle>,
+        bucket: Resource<Bucket>,
         staging_file: String,
         key_arg: String,
     ) -> wasmtime::Result<Result<u64, ConnectionError>> {
-        self.check_deadline()?;
-        let (id, store, staging, runtime) = match self.transfer(&bucket)? {
-            Ok(parts) => parts,
-            Err(e) => return Ok(Err(e)),
+        self.deadline.check()?;
+        let (id, store) = bucket_of(self.table, &bucket)?;
+        let runtime = match self.grants.runtime() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e.into())),
         };
         let result = (|| {
             let key = key(&key_arg)?;
-            let source = open_staging(&self.grants.sandbox, &staging, &staging_file, false)?;
-            self.until(&runtime, async move {
+            let source = open_staging(
+                &self.grants.sandbox,
+                Path::new(&self.task.staging_dir),
+                &staging_file,
+                false,
+            )?;
+            until(self.deadline, &runtime, async move {
                 let mut source = tokio::fs::File::from_std(source);
                 let mut writer = BufWriter::with_capacity(store, key, PART_SIZE);
                 let sent = tokio::io::copy(&mut source, &mut writer)
@@ -295,25 +274,32 @@ impl HostBucket for TaskHost {
                 Ok(sent)
             })
         })();
-        self.check_deadline()?;
-        Ok(result.map_err(|f: Failure| self.connection_error(&id, f)))
+        self.deadline.check()?;
+        Ok(result.map_err(|f: Failure| self.grants.guest_error(&id, f)))
     }
 
+    /// `bucket.get`: downloads `key_arg` into `staging_file`.
     fn get(
         &mut self,
-        bucket: Resource<BucketHandle>,
+        bucket: Resource<Bucket>,
         key_arg: String,
         staging_file: String,
     ) -> wasmtime::Result<Result<u64, ConnectionError>> {
-        self.check_deadline()?;
-        let (id, store, staging, runtime) = match self.transfer(&bucket)? {
-            Ok(parts) => parts,
-            Err(e) => return Ok(Err(e)),
+        self.deadline.check()?;
+        let (id, store) = bucket_of(self.table, &bucket)?;
+        let runtime = match self.grants.runtime() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e.into())),
         };
         let result = (|| {
             let key = key(&key_arg)?;
-            let target = open_staging(&self.grants.sandbox, &staging, &staging_file, true)?;
-            self.until(&runtime, async move {
+            let target = open_staging(
+                &self.grants.sandbox,
+                Path::new(&self.task.staging_dir),
+                &staging_file,
+                true,
+            )?;
+            until(self.deadline, &runtime, async move {
                 let mut stream = store.get(&key).await.map_err(store_failure)?.into_stream();
                 let mut target = tokio::fs::File::from_std(target);
                 let mut received = 0u64;
@@ -327,20 +313,21 @@ impl HostBucket for TaskHost {
                 Ok(received)
             })
         })();
-        self.check_deadline()?;
-        Ok(result.map_err(|f: Failure| self.connection_error(&id, f)))
+        self.deadline.check()?;
+        Ok(result.map_err(|f: Failure| self.grants.guest_error(&id, f)))
     }
 
+    /// `bucket.list-keys`: the keys under `prefix`, sorted, at most [`MAX_KEYS`].
     fn list_keys(
         &mut self,
-        bucket: Resource<BucketHandle>,
+        bucket: Resource<Bucket>,
         prefix: String,
     ) -> wasmtime::Result<Result<Vec<String>, ConnectionError>> {
-        self.check_deadline()?;
-        let (id, store) = self.bucket(&bucket)?;
-        let runtime = match self.runtime() {
+        self.deadline.check()?;
+        let (id, store) = bucket_of(self.table, &bucket)?;
+        let runtime = match self.grants.runtime() {
             Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok(Err(e.into())),
         };
         let result = (|| {
             let prefix = if prefix.is_empty() {
@@ -348,7 +335,7 @@ impl HostBucket for TaskHost {
             } else {
                 Some(key(&prefix)?)
             };
-            self.until(&runtime, async move {
+            until(self.deadline, &runtime, async move {
                 let mut listing = store.list(prefix.as_ref());
                 let (mut keys, mut bytes) = (Vec::new(), 0usize);
                 while let Some(meta) = listing.next().await {
@@ -368,14 +355,41 @@ impl HostBucket for TaskHost {
                 Ok(keys)
             })
         })();
-        self.check_deadline()?;
-        Ok(result.map_err(|f: Failure| self.connection_error(&id, f)))
+        self.deadline.check()?;
+        Ok(result.map_err(|f: Failure| self.grants.guest_error(&id, f)))
     }
 
-    fn drop(&mut self, bucket: Resource<BucketHandle>) -> wasmtime::Result<()> {
-        self.table_mut().delete(bucket)?;
+    /// The guest dropped its handle.
+    fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+        handles::delete::<BucketHandle, _>(self.table, bucket)?;
         Ok(())
     }
+}
+
+/// Runs `transfer` on `runtime` until `deadline`, then gives up on it.
+fn until<T>(
+    deadline: &Deadline,
+    runtime: &tokio::runtime::Handle,
+    transfer: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    runtime.block_on(async {
+        tokio::time::timeout_at(deadline.at().into(), transfer)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure::retryable(
+                    "the task's timeout passed during the transfer",
+                ))
+            })
+    })
+}
+
+/// The connection id and store behind the guest's `handle`.
+fn bucket_of(
+    table: &ResourceTable,
+    handle: &Resource<Bucket>,
+) -> wasmtime::Result<(String, Arc<dyn ObjectStore>)> {
+    let h: &BucketHandle = handles::get(table, handle)?;
+    Ok((h.id.clone(), h.store.clone()))
 }
 
 #[cfg(test)]

@@ -41,14 +41,6 @@ impl Failure {
     }
 }
 
-/// A failure whose cause says nothing of permanence (a value that does not
-/// convert, a stream cut short) is retryable: the contract's default.
-impl From<String> for Failure {
-    fn from(message: String) -> Self {
-        Self::retryable(message)
-    }
-}
-
 /// A DuckDB error in a transfer keeps the kind the session gave it.
 impl From<SqlError> for Failure {
     fn from(e: SqlError) -> Self {

@@ -49,6 +49,14 @@ impl Deadline {
         self.timeout
     }
 
+    /// Fails a host call (trapping the guest) once the deadline has passed.
+    pub fn check(&self) -> wasmtime::Result<()> {
+        if self.expired() {
+            return Err(wasmtime::Error::new(self.error()));
+        }
+        Ok(())
+    }
+
     /// Whether it has passed (and remembers that it did).
     pub fn expired(&self) -> bool {
         if self.fired.load(Ordering::Relaxed) {

@@ -4,11 +4,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::mpsc::UnboundedSender;
+use wasmtime::component::{HasData, Linker};
 
-use crate::bindings::sluice::task::log::{Host, Level};
+use crate::bindings::sluice::task::log::{self, Host, Level};
 use crate::events::{RunEvent, TaskKey};
 
-use super::TaskHost;
+use super::limits::Deadline;
+use super::redact::Redactor;
 
 /// Longest stored log line; longer ones are cut with a marker.
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
@@ -59,7 +61,7 @@ pub fn level_name(level: Level) -> &'static str {
 pub struct LogSink {
     key: TaskKey,
     events: UnboundedSender<RunEvent>,
-    redactor: std::sync::Arc<super::Redactor>,
+    redactor: std::sync::Arc<Redactor>,
     limits: LogLimits,
     lines: u32,
     bytes: usize,
@@ -95,7 +97,7 @@ impl LogSink {
     }
 
     /// Replaces the granted connections' secrets in every line from now on.
-    pub fn redacting(mut self, redactor: std::sync::Arc<super::Redactor>) -> Self {
+    pub fn redacting(mut self, redactor: std::sync::Arc<Redactor>) -> Self {
         self.redactor = redactor;
         self
     }
@@ -216,18 +218,41 @@ fn truncate(message: &str) -> String {
     )
 }
 
-impl Host for TaskHost {
+/// What a `log` call reaches: the try's sink and its deadline.
+pub struct LogView<'a> {
+    /// The try's log.
+    pub sink: &'a mut LogSink,
+    /// The try's deadline.
+    pub deadline: &'a Deadline,
+}
+
+/// The `log` capability, for [`Linker`] registration.
+struct LogCapability;
+
+impl HasData for LogCapability {
+    type Data<'a> = LogView<'a>;
+}
+
+/// Registers the `log` interface, served from the [`LogView`] `get` returns.
+pub fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> LogView<'_>,
+) -> wasmtime::Result<()> {
+    log::add_to_linker::<T, LogCapability>(linker, get)
+}
+
+impl Host for LogView<'_> {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        self.check_deadline()?;
+        self.deadline.check()?;
         if level != Level::Trace {
-            self.log.line(level_name(level), &message);
+            self.sink.line(level_name(level), &message);
         }
         Ok(())
     }
 
     fn progress(&mut self, done: u64, total: u64) -> wasmtime::Result<()> {
-        self.check_deadline()?;
-        self.log.progress(done, total);
+        self.deadline.check()?;
+        self.sink.progress(done, total);
         Ok(())
     }
 }

@@ -1,27 +1,57 @@
-//! What a task may do, as host calls: its context, SQL in its DuckDB session,
-//! logging; plus WASI with no network, no environment and one preopened
-//! directory. [`TaskHost`] is the wasmtime store data of one task instance.
+//! What a task may do, as host calls: each capability is a unit that owns its
+//! slice of the `sluice:task` bindings (its `Host` trait impls, on a view of
+//! the state it needs), its per-try state, its linker registration and, for
+//! connections, its grant check through [`grants`]:
+//!
+//! | capability | interface | per-try state | registration |
+//! |---|---|---|---|
+//! | [`context`] | `context` | [`TaskContext`] | [`context::add_to_linker`] |
+//! | [`sql_host`] (over [`sql`]) | `sql` | [`SqlSession`], cursors | [`sql_host::add_to_linker`] |
+//! | [`log`] | `log` | [`LogSink`] | [`log::add_to_linker`] |
+//! | [`postgres`] | `connections` | its clients | through [`connections`] |
+//! | [`bucket`] | `connections` | its buckets | through [`connections`] |
+//!
+//! Every connection capability is served from one [`view::ConnectionView`].
+//! | [`wasi`] | WASI p2 | `WasiCtx` | [`wasi::add_to_linker`] |
+//!
+//! [`TaskHost`] is the wasmtime store data of one task instance: it only holds
+//! each unit's state and lends each unit its view; [`add_to_linker`] is the one
+//! list of registrations. The units depend on [`grants`], [`redact`],
+//! [`failure`], [`handles`], [`limits`] and [`view`], never on each other
+//! nor on this module; [`connections`] depends on the two it dispatches to.
 
 pub mod bucket;
+pub mod connections;
 pub mod context;
 pub mod failure;
+pub mod grants;
+pub mod handles;
 pub mod limits;
 pub mod log;
 pub mod postgres;
+pub mod redact;
 pub mod sql;
 pub mod sql_host;
+pub mod view;
 pub mod wasi;
 
 use std::sync::Arc;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::bindings::sluice::task::types;
+
 pub use context::TaskContext;
+pub use grants::Grants;
 pub use limits::{Deadline, MemoryLimiter};
 pub use log::LogSink;
-pub use postgres::{Grants, Redactor};
+pub use redact::Redactor;
 pub use sql::{SharedHandles, SqlHandles, SqlPool, SqlSession};
+
+use log::LogView;
+use sql_host::SqlView;
+use view::ConnectionView;
 
 /// Everything a running task instance can reach. Owned by its wasmtime store.
 pub struct TaskHost {
@@ -38,7 +68,20 @@ pub struct TaskHost {
     /// Connections the task may open.
     pub grants: Grants,
     wasi: WasiCtx,
+    /// Every guest handle of the try: WASI's, cursors, connections.
     table: ResourceTable,
+}
+
+/// Registers every capability's interfaces for a task: WASI, then the
+/// `sluice:task` interfaces, each served from its unit's view of [`TaskHost`].
+pub fn add_to_linker(linker: &mut Linker<TaskHost>) -> wasmtime::Result<()> {
+    wasi::add_to_linker(linker, |host| &mut host.log)?;
+    types::add_to_linker::<TaskHost, HasSelf<TaskHost>>(linker, |host| host)?;
+    context::add_to_linker(linker, |host| &mut host.context)?;
+    sql_host::add_to_linker(linker, TaskHost::sql_view)?;
+    log::add_to_linker(linker, TaskHost::log_view)?;
+    connections::add_to_linker(linker, TaskHost::connection_view)?;
+    Ok(())
 }
 
 impl TaskHost {
@@ -64,12 +107,29 @@ impl TaskHost {
         }
     }
 
-    /// Fails the host call (trapping the guest) once the deadline has passed.
-    pub fn check_deadline(&self) -> wasmtime::Result<()> {
-        if self.deadline.expired() {
-            return Err(wasmtime::Error::new(self.deadline.error()));
+    fn sql_view(&mut self) -> SqlView<'_> {
+        SqlView {
+            session: &mut self.sql,
+            table: &mut self.table,
+            deadline: &self.deadline,
         }
-        Ok(())
+    }
+
+    fn log_view(&mut self) -> LogView<'_> {
+        LogView {
+            sink: &mut self.log,
+            deadline: &self.deadline,
+        }
+    }
+
+    fn connection_view(&mut self) -> ConnectionView<'_> {
+        ConnectionView {
+            grants: &self.grants,
+            table: &mut self.table,
+            deadline: &self.deadline,
+            sql: &mut self.sql,
+            task: &self.context,
+        }
     }
 }
 
@@ -82,4 +142,5 @@ impl WasiView for TaskHost {
     }
 }
 
-impl crate::bindings::sluice::task::types::Host for TaskHost {}
+/// The `types` interface declares types only.
+impl types::Host for TaskHost {}

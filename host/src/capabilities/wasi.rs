@@ -7,9 +7,9 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::p2::bindings::sync::filesystem::types::{Descriptor, ErrorCode, PathFlags};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 
-use super::TaskHost;
+use super::log::LogSink;
 
 /// Bytes of stdout (and of stderr) kept per try; the rest is dropped.
 pub const MAX_CAPTURED_OUTPUT: usize = 1 << 20;
@@ -46,6 +46,16 @@ pub fn sandbox_ctx(staging: &Path) -> wasmtime::Result<(WasiCtx, CapturedOutput)
     Ok((builder.build(), captured))
 }
 
+/// Registers WASI (synchronous p2) with the link calls refused, whose
+/// refusals are logged to the [`LogSink`] `log` returns.
+pub fn add_to_linker<T: WasiView + 'static>(
+    linker: &mut Linker<T>,
+    log: fn(&mut T) -> &mut LogSink,
+) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    refuse_links(linker, log)
+}
+
 /// The WASI filesystem interface whose link calls [`refuse_links`] replaces.
 const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
@@ -53,9 +63,12 @@ const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 /// fail with `not-permitted`: a task may not make links in staging. Host
 /// threads open files there too (DuckDB, transfers), and a link is how a path
 /// in staging would lead them elsewhere. Tasks have no use for links.
-pub fn refuse_links(linker: &mut Linker<TaskHost>) -> wasmtime::Result<()> {
-    fn refused(host: &mut TaskHost, what: &str) -> Result<(), ErrorCode> {
-        host.log.line(
+fn refuse_links<T: 'static>(
+    linker: &mut Linker<T>,
+    log: fn(&mut T) -> &mut LogSink,
+) -> wasmtime::Result<()> {
+    fn refused(log: &mut LogSink, what: &str) -> Result<(), ErrorCode> {
+        log.line(
             "warn",
             &format!("[sluice] refused: {what}; tasks cannot make links in staging"),
         );
@@ -65,16 +78,16 @@ pub fn refuse_links(linker: &mut Linker<TaskHost>) -> wasmtime::Result<()> {
     let mut types = linker.instance(FILESYSTEM_TYPES)?;
     types.func_wrap(
         "[method]descriptor.symlink-at",
-        |mut store: StoreContextMut<'_, TaskHost>,
-         (_dir, target, path): (Resource<Descriptor>, String, String)| {
+        move |mut store: StoreContextMut<'_, T>,
+              (_dir, target, path): (Resource<Descriptor>, String, String)| {
             let what = format!("symbolic link `{path}` -> `{target}`");
-            Ok((refused(store.data_mut(), &what),))
+            Ok((refused(log(store.data_mut()), &what),))
         },
     )?;
     types.func_wrap(
         "[method]descriptor.link-at",
-        |mut store: StoreContextMut<'_, TaskHost>,
-         (_dir, _flags, existing, _new_dir, path): (
+        move |mut store: StoreContextMut<'_, T>,
+              (_dir, _flags, existing, _new_dir, path): (
             Resource<Descriptor>,
             PathFlags,
             String,
@@ -82,7 +95,7 @@ pub fn refuse_links(linker: &mut Linker<TaskHost>) -> wasmtime::Result<()> {
             String,
         )| {
             let what = format!("hard link `{path}` to `{existing}`");
-            Ok((refused(store.data_mut(), &what),))
+            Ok((refused(log(store.data_mut()), &what),))
         },
     )?;
     linker.allow_shadowing(false);
