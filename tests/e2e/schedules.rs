@@ -211,15 +211,18 @@ fn span(start: &str, end: &str) -> (String, String) {
     (format!("{start}:00+00:00"), format!("{end}:00+00:00"))
 }
 
-#[test]
-fn backfill_and_the_scheduler_keep_the_day_of_the_spring_change() {
-    let expected = [
+/// The intervals from 2026-03-27 to the spring change's day, contiguous.
+fn spring_intervals() -> [(String, String); 3] {
+    [
         span("2026-03-27T01:30", "2026-03-28T01:30"),
         span("2026-03-28T01:30", "2026-03-29T01:30"),
         // 02:30 CET does not exist: 03:30 CEST.
         span("2026-03-29T01:30", "2026-03-30T00:30"),
-    ];
+    ]
+}
 
+#[test]
+fn backfill_keeps_the_day_of_the_spring_change() {
     let home = TestHome::new();
     let path = home.manifest("paris", &paris_0230());
     ok(&home.cli(&["deploy", path.to_str().expect("utf-8")]));
@@ -232,9 +235,12 @@ fn backfill_and_the_scheduler_keep_the_day_of_the_spring_change() {
         "2026-03-29T23:59:59",
     ]));
     assert!(stdout.contains("backfilled 3 run(s)"), "{stdout}");
-    assert_eq!(succeeded_intervals(&home, "paris"), expected);
+    assert_eq!(succeeded_intervals(&home, "paris"), spring_intervals());
+}
 
-    // The scheduler's first pass: max_active_runs (3) from the start date.
+#[test]
+fn the_scheduler_keeps_the_day_of_the_spring_change() {
+    // The first pass: max_active_runs (3) intervals from the start date.
     let home = TestHome::new();
     let path = home.manifest("paris", &paris_0230());
     ok(&home.cli(&["deploy", path.to_str().expect("utf-8")]));
@@ -243,7 +249,7 @@ fn backfill_and_the_scheduler_keep_the_day_of_the_spring_change() {
         stdout.contains("scheduler stopped after 3 run(s)"),
         "{stdout}"
     );
-    assert_eq!(succeeded_intervals(&home, "paris"), expected);
+    assert_eq!(succeeded_intervals(&home, "paris"), spring_intervals());
 }
 
 #[test]
