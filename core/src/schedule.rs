@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,13 @@ pub enum ScheduleError {
         timezone: String,
     },
 }
+
+/// How far before `from` fire times are looked at: longer than any gap or
+/// repeated span in the tz database (Pacific/Apia skipped a whole day).
+const LOOKBEHIND: chrono::Duration = chrono::Duration::hours(26);
+/// The step and the number of steps taken back out of a gap.
+const GAP_SEARCH_STEP: chrono::Duration = chrono::Duration::minutes(15);
+const GAP_SEARCH_STEPS: i32 = 26 * 4;
 
 fn time_zone(timezone: &str) -> Result<Tz, ScheduleError> {
     Tz::from_str(timezone).map_err(|_| ScheduleError::UnknownTimeZone(timezone.to_owned()))
@@ -87,31 +94,87 @@ impl Schedule {
         Self::parse(&spec.cron, &spec.timezone)
     }
 
-    fn next(&self, t: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
-        let local = t.with_timezone(&self.tz);
-        self.cron
-            .find_next_occurrence(&local, inclusive)
-            .ok()
-            .map(|n| n.with_timezone(&Utc))
+    /// The instant a local fire time `naive` stands for. A time the clock
+    /// shows twice (the repeated autumn hour) is its first occurrence; a time
+    /// the clock skips (a spring-forward gap) moves forward by the gap's
+    /// length, i.e. is read with the offset in force just before the gap.
+    /// `None` only for a time beyond chrono's range or in a gap longer than a
+    /// day (none in the tz database); [`Self::ticks`] then skips it, so the
+    /// interval around it is longer, never missing.
+    fn instant(&self, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
+        match self.tz.from_local_datetime(&naive) {
+            LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => Some(t.with_timezone(&Utc)),
+            LocalResult::None => {
+                // Step back to the last local time before the gap; no gap in
+                // the tz database lasts longer than a day.
+                let before = (1..=GAP_SEARCH_STEPS).find_map(|k| {
+                    let earlier = naive.checked_sub_signed(GAP_SEARCH_STEP * k)?;
+                    self.tz.from_local_datetime(&earlier).latest()
+                })?;
+                let offset =
+                    chrono::Duration::seconds(before.offset().fix().local_minus_utc().into());
+                naive
+                    .checked_sub_signed(offset)
+                    .map(|t| Utc.from_utc_datetime(&t))
+            }
+        }
+    }
+
+    /// The schedule's fire times at or after `from`, strictly increasing.
+    ///
+    /// Local fire times are mapped by [`Self::instant`]; one whose instant is
+    /// not later than an earlier fire time's (a time moved out of a gap onto
+    /// one that exists anyway) is dropped, so every interval has a length.
+    fn ticks(&self, from: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        // Start a day and more before `from` in local time, so that fire times
+        // moved across a gap or a repeated hour before `from` are seen.
+        let mut cursor = from
+            .with_timezone(&self.tz)
+            .naive_local()
+            .checked_sub_signed(LOOKBEHIND);
+        let mut inclusive = true;
+        let mut latest: Option<DateTime<Utc>> = None;
+        std::iter::from_fn(move || {
+            loop {
+                let naive = self.cron.find_next_occurrence(&cursor?, inclusive).ok();
+                inclusive = false;
+                cursor = naive;
+                let Some(t) = self.instant(naive?) else {
+                    continue;
+                };
+                if latest.is_some_and(|l| t <= l) {
+                    continue;
+                }
+                latest = Some(t);
+                if t >= from {
+                    return Some(t);
+                }
+            }
+        })
     }
 
     /// The interval whose start is the first tick at or after `t`.
     pub fn interval_at_or_after(&self, t: DateTime<Utc>) -> Option<Interval> {
-        let start = self.next(t, true)?;
-        let end = self.next(start, false)?;
+        let mut ticks = self.ticks(t);
+        let start = ticks.next()?;
+        let end = ticks.next()?;
         Some(Interval { start, end })
     }
 
-    /// Intervals whose start lies in `[from, to]`.
+    /// Intervals whose start lies in `[from, to]`: contiguous, each one's end
+    /// is the next one's start.
     pub fn intervals_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Interval> {
         let mut out = Vec::new();
-        let mut cursor = from;
-        while let Some(interval) = self.interval_at_or_after(cursor) {
-            if interval.start > to {
+        let mut ticks = self.ticks(from);
+        let Some(mut start) = ticks.next() else {
+            return out;
+        };
+        while start <= to {
+            let Some(end) = ticks.next() else {
                 break;
-            }
-            cursor = interval.end;
-            out.push(interval);
+            };
+            out.push(Interval { start, end });
+            start = end;
         }
         out
     }
@@ -288,6 +351,189 @@ mod tests {
         assert_eq!(hours, [24, 24, 23, 24]);
         assert_eq!(got[2].start, utc("2026-03-29T00:30:00Z"), "01:30 CET");
         assert_eq!(got[2].end, utc("2026-03-29T23:30:00Z"), "01:30 CEST");
+    }
+
+    #[test]
+    fn a_fire_time_in_the_spring_gap_moves_forward_by_the_gap() {
+        // Issue 16: 02:30 does not exist in Paris on 2026-03-29; it fires at
+        // 03:30 CEST (01:30 UTC), and the day keeps its interval.
+        let s = Schedule::parse("30 2 * * *", "Europe/Paris").expect("schedule");
+        let got = s.intervals_between(utc("2026-03-27T00:00:00Z"), utc("2026-03-30T12:00:00Z"));
+        let spans: Vec<(DateTime<Utc>, DateTime<Utc>)> =
+            got.iter().map(|i| (i.start, i.end)).collect();
+        assert_eq!(
+            spans,
+            [
+                (utc("2026-03-27T01:30:00Z"), utc("2026-03-28T01:30:00Z")),
+                (utc("2026-03-28T01:30:00Z"), utc("2026-03-29T01:30:00Z")),
+                (utc("2026-03-29T01:30:00Z"), utc("2026-03-30T00:30:00Z")),
+                (utc("2026-03-30T00:30:00Z"), utc("2026-03-31T00:30:00Z")),
+            ]
+        );
+        // Asked from inside the day of the change, the same interval.
+        assert_eq!(
+            s.interval_at_or_after(utc("2026-03-28T01:30:01Z")),
+            Some(got[2])
+        );
+        assert_eq!(
+            s.next_due(utc("2026-03-29T01:00:00Z")),
+            Some(utc("2026-03-30T00:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_fire_time_in_the_repeated_autumn_hour_is_its_first_occurrence() {
+        // 02:30 happens twice in Paris on 2026-10-25: at 00:30 UTC (CEST) and
+        // 01:30 UTC (CET). The first one is the fire time; that day's interval
+        // lasts 25 hours.
+        let s = Schedule::parse("30 2 * * *", "Europe/Paris").expect("schedule");
+        let got = s.intervals_between(utc("2026-10-24T00:00:00Z"), utc("2026-10-25T12:00:00Z"));
+        let spans: Vec<(DateTime<Utc>, DateTime<Utc>)> =
+            got.iter().map(|i| (i.start, i.end)).collect();
+        assert_eq!(
+            spans,
+            [
+                (utc("2026-10-24T00:30:00Z"), utc("2026-10-25T00:30:00Z")),
+                (utc("2026-10-25T00:30:00Z"), utc("2026-10-26T01:30:00Z")),
+            ]
+        );
+        // From inside the repeated hour, the next fire time is the next day's.
+        assert_eq!(
+            s.interval_at_or_after(utc("2026-10-25T01:00:00Z"))
+                .map(|i| i.start),
+            Some(utc("2026-10-26T01:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn sub_hourly_fire_times_in_the_gap_are_not_doubled() {
+        // Every 30 minutes across Paris's spring gap: 02:00 and 02:30 move to
+        // 03:00 and 03:30 CEST, which also exist; each instant fires once.
+        let s = Schedule::parse("*/30 * * * *", "Europe/Paris").expect("schedule");
+        let got = s.intervals_between(utc("2026-03-29T00:00:00Z"), utc("2026-03-29T02:00:00Z"));
+        let starts: Vec<DateTime<Utc>> = got.iter().map(|i| i.start).collect();
+        assert_eq!(
+            starts,
+            [
+                utc("2026-03-29T00:00:00Z"),
+                utc("2026-03-29T00:30:00Z"),
+                utc("2026-03-29T01:00:00Z"),
+                utc("2026-03-29T01:30:00Z"),
+                utc("2026-03-29T02:00:00Z"),
+            ]
+        );
+        assert!(
+            got.iter()
+                .all(|i| i.end - i.start == chrono::Duration::minutes(30))
+        );
+    }
+
+    /// Cron expressions the properties are checked on.
+    const CRONS: &[&str] = &[
+        "@daily",
+        "@hourly",
+        "@weekly",
+        "@monthly",
+        "30 2 * * *",
+        "0 2 * * *",
+        "45 1 * * *",
+        "0 3 * * 0",
+        "30 0 * * 1-5",
+        "15,45 1-3 * * *",
+        "0 */6 * * *",
+        "0 0 29 * *",
+        "30 2 1 * *",
+        "45 23 * * 6",
+        "*/20 0-4 * * *",
+    ];
+
+    /// Time zones with DST (or another offset change) and years holding changes.
+    const ZONES: &[(&str, &[i32])] = &[
+        ("Europe/Paris", &[2024, 2026]),
+        ("America/New_York", &[2020, 2026]),
+        ("Australia/Sydney", &[2024, 2026]),
+        ("Asia/Tehran", &[2020, 2022]),
+        ("Australia/Lord_Howe", &[2024, 2026]),
+        ("Pacific/Apia", &[2011]),
+        ("UTC", &[2024]),
+    ];
+
+    /// The longest and shortest gap between consecutive fire times of `cron`
+    /// read as plain wall-clock times (no zone), over `[from, to]`.
+    fn wall_clock_gaps(
+        cron: &str,
+        from: NaiveDateTime,
+        to: NaiveDateTime,
+    ) -> (chrono::Duration, chrono::Duration) {
+        let cron = Cron::from_str(cron).expect("cron");
+        let mut longest = chrono::Duration::zero();
+        let mut shortest = chrono::Duration::MAX;
+        let mut previous = cron.find_next_occurrence(&from, true).expect("a tick");
+        while previous < to {
+            let next = cron.find_next_occurrence(&previous, false).expect("a tick");
+            longest = longest.max(next - previous);
+            shortest = shortest.min(next - previous);
+            previous = next;
+        }
+        (longest, shortest)
+    }
+
+    #[test]
+    fn intervals_are_contiguous_increasing_and_bounded_across_zones_and_years() {
+        let hour = chrono::Duration::hours(1);
+        for cron in CRONS {
+            for (zone, years) in ZONES {
+                let s = Schedule::parse(cron, zone).expect("schedule");
+                for year in *years {
+                    let from = utc(&format!("{year}-01-01T00:00:00Z"));
+                    let to = utc(&format!("{}-01-01T00:00:00Z", year + 1));
+                    let got = s.intervals_between(from, to);
+                    let what = format!("`{cron}` in {zone}, {year}");
+                    let (longest, shortest) = wall_clock_gaps(
+                        cron,
+                        from.naive_utc() - chrono::Duration::days(40),
+                        to.naive_utc() + chrono::Duration::days(40),
+                    );
+                    assert!(!got.is_empty(), "{what}: no interval");
+                    assert!(got[0].start >= from, "{what}: starts before {from}");
+                    for i in &got {
+                        assert!(i.start < i.end, "{what}: {i:?} is empty or reversed");
+                        assert!(i.start <= to, "{what}: {i:?} starts after {to}");
+                        assert!(
+                            i.end - i.start <= longest + hour,
+                            "{what}: {i:?} is longer than {longest} + 1 h"
+                        );
+                    }
+                    for pair in got.windows(2) {
+                        assert_eq!(pair[0].end, pair[1].start, "{what}: a gap or overlap");
+                    }
+                    // Asked from any interval's start, the same intervals follow.
+                    for i in got.iter().step_by(got.len().div_ceil(7)) {
+                        let again = s.intervals_between(i.start, to);
+                        assert_eq!(again.first(), Some(i), "{what}: from {}", i.start);
+                        assert_eq!(again.last(), got.last(), "{what}: from {}", i.start);
+                    }
+                    // Fire times further apart than any offset change all fire:
+                    // every wall-clock fire time has its interval.
+                    if shortest > hour && *zone != "Pacific/Apia" {
+                        let cron = Cron::from_str(cron).expect("cron");
+                        let local_from = from.with_timezone(&s.tz).naive_local();
+                        let local_to = to.with_timezone(&s.tz).naive_local();
+                        let mut wall = 0;
+                        let mut t = cron.find_next_occurrence(&local_from, true).expect("tick");
+                        while t <= local_to {
+                            wall += 1;
+                            t = cron.find_next_occurrence(&t, false).expect("tick");
+                        }
+                        assert!(
+                            got.len().abs_diff(wall) <= 1,
+                            "{what}: {} intervals for {wall} wall-clock fire times",
+                            got.len()
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! host that died are resumed. On shutdown no new run starts and the running
 //! ones finish.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,7 +159,7 @@ fn collect(
 
 /// Creates and carries out runs of `dag_id` for every interval starting in
 /// `[from, to]`, skipping intervals that already have a successful or active
-/// run; at most `max_active_runs` at a time.
+/// run over the same interval; at most `max_active_runs` at a time.
 pub async fn backfill(
     sluice: Arc<Sluice>,
     dag_id: &str,
@@ -173,17 +173,19 @@ pub async fn backfill(
             RunError::Invalid(format!("DAG `{dag_id}` has no schedule to backfill"))
         })?;
     let schedule = Schedule::of(&spec)?;
-    let covered: HashMap<DateTime<Utc>, RunState> = sluice
+    // A run covers an interval only with the same start and end: a run made
+    // before issue 16's fix may end early, at a spring DST change.
+    let covered: HashSet<(DateTime<Utc>, DateTime<Utc>)> = sluice
         .store
         .interval_runs_between(dag_id, from, to)?
         .into_iter()
         .filter(|r| r.state == RunState::Success || is_active(r.state))
-        .map(|r| (r.interval_start, r.state))
+        .map(|r| (r.interval_start, r.interval_end))
         .collect();
     let todo: Vec<Interval> = schedule
         .intervals_between(from, to)
         .into_iter()
-        .filter(|i| !covered.contains_key(&i.start))
+        .filter(|i| !covered.contains(&(i.start, i.end)))
         .collect();
     let mut done = Vec::new();
     let mut running: JoinSet<Result<RunSummary, RunError>> = JoinSet::new();

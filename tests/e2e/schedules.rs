@@ -187,3 +187,139 @@ fn ctrl_c_stops_the_scheduler_cleanly_and_the_cli_reads_meanwhile() {
         "the running run finished before the scheduler stopped"
     );
 }
+
+/// `30 2 * * *` in Paris from 2026-03-27, with catchup: 02:30 does not exist on
+/// 2026-03-29 (issue 16).
+fn paris_0230() -> String {
+    "schedule = \"30 2 * * *\"\ntimezone = \"Europe/Paris\"\nstart_date = \"2026-03-27\"\n\
+     catchup = true\nmax_active_runs = 3\n\n\
+     [tasks.t]\nplugin = \"testkit\"\nparams = { mode = \"echo\" }\n"
+        .to_owned()
+}
+
+/// The `(start, end)` of `dag_id`'s successful runs, by start.
+fn succeeded_intervals(home: &TestHome, dag_id: &str) -> Vec<(String, String)> {
+    let mut runs = home.sluice.store.runs(Some(dag_id), 50).expect("runs");
+    runs.retain(|r| r.state.as_str() == "success");
+    runs.sort_by_key(|r| (r.interval_start, r.interval_end));
+    runs.iter()
+        .map(|r| (r.interval_start.to_rfc3339(), r.interval_end.to_rfc3339()))
+        .collect()
+}
+
+fn span(start: &str, end: &str) -> (String, String) {
+    (format!("{start}:00+00:00"), format!("{end}:00+00:00"))
+}
+
+/// The intervals from 2026-03-27 to the spring change's day, contiguous.
+fn spring_intervals() -> [(String, String); 3] {
+    [
+        span("2026-03-27T01:30", "2026-03-28T01:30"),
+        span("2026-03-28T01:30", "2026-03-29T01:30"),
+        // 02:30 CET does not exist: 03:30 CEST.
+        span("2026-03-29T01:30", "2026-03-30T00:30"),
+    ]
+}
+
+#[test]
+fn backfill_keeps_the_day_of_the_spring_change() {
+    let home = TestHome::new();
+    let path = home.manifest("paris", &paris_0230());
+    ok(&home.cli(&["deploy", path.to_str().expect("utf-8")]));
+    let stdout = ok(&home.cli(&[
+        "backfill",
+        "paris",
+        "--from",
+        "2026-03-27",
+        "--to",
+        "2026-03-29T23:59:59",
+    ]));
+    assert!(stdout.contains("backfilled 3 run(s)"), "{stdout}");
+    assert_eq!(succeeded_intervals(&home, "paris"), spring_intervals());
+}
+
+#[test]
+fn the_scheduler_keeps_the_day_of_the_spring_change() {
+    // The first pass: max_active_runs (3) intervals from the start date.
+    let home = TestHome::new();
+    let path = home.manifest("paris", &paris_0230());
+    ok(&home.cli(&["deploy", path.to_str().expect("utf-8")]));
+    let stdout = ok(&home.cli(&["scheduler", "--once"]));
+    assert!(
+        stdout.contains("scheduler stopped after 3 run(s)"),
+        "{stdout}"
+    );
+    assert_eq!(succeeded_intervals(&home, "paris"), spring_intervals());
+}
+
+#[test]
+fn backfill_fills_a_spring_gap_left_in_the_metadatabase() {
+    let home = TestHome::new();
+    let path = home.manifest("paris", &paris_0230());
+    home.deploy(&path);
+    let version = home.sluice.store.current_version("paris").expect("version");
+    // Runs as Sluice made them before issue 16 was fixed: the interval that
+    // starts on 2026-03-29 is missing and the one before ends at 03:00 CEST.
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .expect("rfc3339")
+            .with_timezone(&Utc)
+    };
+    for (start, end) in [
+        ("2026-03-27T01:30:00Z", "2026-03-28T01:30:00Z"),
+        ("2026-03-28T01:30:00Z", "2026-03-29T01:00:00Z"),
+        ("2026-03-30T00:30:00Z", "2026-03-31T00:30:00Z"),
+    ] {
+        let options = sluice::scheduler::RunOptions {
+            run_type: RunType::Scheduled,
+            interval: Some(sluice::schedule::Interval {
+                start: at(start),
+                end: at(end),
+            }),
+            ..Default::default()
+        };
+        let run = sluice::scheduler::create_run(&home.sluice, &version, &options).expect("run");
+        home.sluice
+            .store
+            .set_run_state(&run.run_id, sluice::state::RunState::Success, None)
+            .expect("state");
+    }
+
+    let stdout = ok(&home.cli(&[
+        "backfill",
+        "paris",
+        "--from",
+        "2026-03-27",
+        "--to",
+        "2026-03-30",
+    ]));
+    // The day of the change, and the day before again over its whole interval.
+    assert!(stdout.contains("backfilled 2 run(s)"), "{stdout}");
+    let runs = home.sluice.store.runs(Some("paris"), 50).expect("runs");
+    let backfilled: Vec<(String, String)> = {
+        let mut b: Vec<_> = runs
+            .iter()
+            .filter(|r| r.run_type == RunType::Backfill && r.state.as_str() == "success")
+            .map(|r| (r.interval_start.to_rfc3339(), r.interval_end.to_rfc3339()))
+            .collect();
+        b.sort();
+        b
+    };
+    assert_eq!(
+        backfilled,
+        [
+            span("2026-03-28T01:30", "2026-03-29T01:30"),
+            span("2026-03-29T01:30", "2026-03-30T00:30"),
+        ]
+    );
+    // A second backfill finds every interval covered.
+    let stdout = ok(&home.cli(&[
+        "backfill",
+        "paris",
+        "--from",
+        "2026-03-27",
+        "--to",
+        "2026-03-30",
+    ]));
+    assert!(stdout.contains("backfilled 0 run(s)"), "{stdout}");
+}
