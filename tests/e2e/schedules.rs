@@ -22,6 +22,16 @@ fn ok(out: &std::process::Output) -> String {
     stdout
 }
 
+/// `ok`, and on failure why each of `dag_id`'s runs that did not succeed failed.
+fn ok_runs(home: &TestHome, dag_id: &str, out: &std::process::Output) -> String {
+    if !out.status.success() {
+        for r in home.sluice.store.runs(Some(dag_id), 50).expect("runs") {
+            eprintln!("run {} is {}: {:?}", r.run_id, r.state, r.error);
+        }
+    }
+    ok(out)
+}
+
 #[test]
 fn backfill_runs_each_interval_once_with_its_dates() {
     let home = TestHome::new();
@@ -200,6 +210,10 @@ fn paris_0230() -> String {
 /// The `(start, end)` of `dag_id`'s successful runs, by start.
 fn succeeded_intervals(home: &TestHome, dag_id: &str) -> Vec<(String, String)> {
     let mut runs = home.sluice.store.runs(Some(dag_id), 50).expect("runs");
+    for r in runs.iter().filter(|r| r.state.as_str() != "success") {
+        // Shown when an interval is missing below, with why its run failed.
+        eprintln!("run {} is {}: {:?}", r.run_id, r.state, r.error);
+    }
     runs.retain(|r| r.state.as_str() == "success");
     runs.sort_by_key(|r| (r.interval_start, r.interval_end));
     runs.iter()
@@ -285,14 +299,18 @@ fn backfill_fills_a_spring_gap_left_in_the_metadatabase() {
             .expect("state");
     }
 
-    let stdout = ok(&home.cli(&[
-        "backfill",
+    let stdout = ok_runs(
+        &home,
         "paris",
-        "--from",
-        "2026-03-27",
-        "--to",
-        "2026-03-30",
-    ]));
+        &home.cli(&[
+            "backfill",
+            "paris",
+            "--from",
+            "2026-03-27",
+            "--to",
+            "2026-03-30",
+        ]),
+    );
     // The day of the change, and the day before again over its whole interval.
     assert!(stdout.contains("backfilled 2 run(s)"), "{stdout}");
     let runs = home.sluice.store.runs(Some("paris"), 50).expect("runs");

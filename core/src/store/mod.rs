@@ -99,6 +99,14 @@ const SCHEMAS: &[&str] = &[
     trust::SCHEMA,
 ];
 
+/// Whether the metadatabase is new or older than this sluice (so `open` must
+/// write its schema).
+fn fresh_or_old(conn: &Connection) -> Result<bool> {
+    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let fresh: bool = conn.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |r| r.get(0))?;
+    Ok(fresh || version != SCHEMA_VERSION)
+}
+
 /// The metadatabase handle. Cheap operations; one connection behind a mutex.
 pub struct Store {
     conn: Mutex<Connection>,
@@ -113,16 +121,23 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        // Up to date (the common case, and every worker process): no write.
+        if !fresh_or_old(&conn)? {
+            return Ok(Self {
+                conn: Mutex::new(conn),
+            });
+        }
+        // Creating or upgrading takes the write lock first (waiting as long as
+        // the busy timeout), so two processes opening a home at once cannot
+        // both read the old version and then fail to upgrade.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let fresh: bool =
-            conn.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |r| r.get(0))?;
+            tx.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |r| r.get(0))?;
         if !fresh && (1..SCHEMA_VERSION).contains(&version) {
-            let tx = conn.transaction()?;
             for batch in MIGRATIONS[version as usize - 1..].iter().copied().flatten() {
                 tx.execute_batch(batch)?;
             }
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            tx.commit()?;
         } else if !fresh && version != SCHEMA_VERSION {
             return Err(StoreError::Incompatible(format!(
                 "{} has schema version {version}; this sluice uses version {SCHEMA_VERSION} \
@@ -130,7 +145,6 @@ impl Store {
                 path.display()
             )));
         }
-        let tx = conn.transaction()?;
         for schema in SCHEMAS {
             tx.execute_batch(schema)?;
         }

@@ -764,3 +764,22 @@ fn a_newer_schema_is_refused() {
         .expect("refused");
     assert!(matches!(error, StoreError::Incompatible(_)), "{error}");
 }
+
+/// Opening an up-to-date metadatabase writes nothing, so a process opening it
+/// (a worker, a CLI reader) does not wait on, or fail beside, a writer.
+#[test]
+fn an_up_to_date_metadatabase_opens_while_another_connection_writes() {
+    let (dir, store) = store();
+    drop(store);
+    let writer = raw(&dir);
+    writer
+        .execute_batch(
+            "BEGIN IMMEDIATE; \
+             INSERT INTO dags (dag_id, current_version, deployed_at) VALUES ('held', 'x', 'y');",
+        )
+        .expect("hold the write lock");
+    // Before: the schema statements waited for the lock (10 s), then failed.
+    let opened = Store::open(&dir.path().join("sluice.db")).expect("opens beside the writer");
+    assert!(opened.dag_ids().expect("reads").is_empty());
+    writer.execute_batch("COMMIT").expect("commit");
+}

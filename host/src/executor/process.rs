@@ -25,6 +25,9 @@ use crate::events::{RunEvent, TaskKey};
 /// How long after its deadline a worker is killed if it has not reported.
 pub const KILL_GRACE: Duration = Duration::from_secs(1);
 
+/// How many of a worker's last stderr lines a failure quotes.
+const DIAGNOSTIC_LINES: usize = 5;
+
 /// How long a worker that reported may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 
@@ -221,13 +224,20 @@ async fn supervise(
         return failed(format!("cannot hand the try to its worker: {e}"));
     }
     drop(stdin);
-    // The worker's own diagnostics go to the host's log, not the task's.
+    // The worker's own diagnostics go to the host's log, not the task's; the
+    // last few explain a worker that ends without reporting.
     let worker_key = key.clone();
-    tokio::spawn(async move {
+    let diagnostics = tokio::spawn(async move {
+        let mut last: Vec<String> = Vec::new();
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             tracing::warn!("worker of {worker_key:?}: {line}");
+            if last.len() == DIAGNOSTIC_LINES {
+                last.remove(0);
+            }
+            last.push(line.chars().take(512).collect());
         }
+        last
     });
     let mut lines = BufReader::new(stdout).lines();
     loop {
@@ -249,7 +259,11 @@ async fn supervise(
                         Ok(status) => status.to_string(),
                         Err(e) => format!("an unknown status ({e})"),
                     };
-                    return failed(format!("the worker process ended ({how}) without reporting how the try ended"));
+                    let said = match tokio::time::timeout(EXIT_GRACE, diagnostics).await {
+                        Ok(Ok(lines)) if !lines.is_empty() => format!(": {}", lines.join(" / ")),
+                        _ => String::new(),
+                    };
+                    return failed(format!("the worker process ended ({how}) without reporting how the try ended{said}"));
                 }
                 Err(e) => return failed(format!("cannot read the worker's report: {e}")),
             },
