@@ -178,6 +178,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> Result<ExitCode> {
         staging_ttl: cli.staging_ttl,
         allow_unconfined: cli.allow_unconfined,
         workers,
+        worker: matches!(cli.command, Command::Worker),
     };
     let open = || App::open(&config);
     match cli.command {

@@ -103,6 +103,15 @@ impl Sluice {
         self.choose_executor();
     }
 
+    /// For a process that serves one try (`sluice worker`): databases are
+    /// opened when asked for, since a pool's refills would only compete with
+    /// the try for the CPU.
+    pub fn serve_one_try(&mut self) {
+        self.sql_pool = Arc::new(SqlPool::on_demand());
+        self.workers = None;
+        self.choose_executor();
+    }
+
     fn choose_executor(&mut self) {
         let local = Arc::new(LocalExecutor::new(
             self.home.clone(),

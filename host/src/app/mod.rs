@@ -40,6 +40,8 @@ pub struct AppConfig {
     /// Run each try in a worker process started from this `sluice` binary
     /// (none: in this process).
     pub workers: Option<PathBuf>,
+    /// This process serves one try for a parent (`sluice worker`).
+    pub worker: bool,
 }
 
 /// An opened Sluice home and the operator's settings; cheap to clone and
@@ -57,6 +59,9 @@ impl App {
         sluice.allow_unconfined(config.allow_unconfined);
         if let Some(exe) = &config.workers {
             sluice.run_tries_in_workers(exe.clone());
+        }
+        if config.worker {
+            sluice.serve_one_try();
         }
         Ok(Self {
             sluice: Arc::new(sluice),
@@ -125,6 +130,7 @@ mod tests {
             staging_ttl: ttl,
             allow_unconfined: false,
             workers: None,
+            worker: false,
         })
         .expect("open");
         (home, app)
