@@ -45,8 +45,6 @@ pub struct Sluice {
     pub sql_pool: Arc<SqlPool>,
     /// Where tries run.
     pub executor: Arc<dyn Executor>,
-    /// The operator's `--allow-unconfined`.
-    allow_unconfined: bool,
     /// The `sluice` binary tries run in, one worker process each (none: in
     /// this process).
     workers: Option<std::path::PathBuf>,
@@ -63,18 +61,11 @@ impl Sluice {
         let engine = Arc::new(Engine::new(&home)?);
         let sandbox = Sandbox::detect();
         let sql_pool = Arc::new(SqlPool::new(2));
-        let executor = Arc::new(LocalExecutor::new(
-            home.clone(),
-            store.clone(),
-            engine.clone(),
-            sql_pool.clone(),
-            sandbox.clone(),
-        ));
+        let executor = local_executor(&home, &store, &engine, &sql_pool, &sandbox);
         Ok(Self {
             sandbox,
             sql_pool,
             executor,
-            allow_unconfined: false,
             workers: None,
             home,
             store,
@@ -90,7 +81,6 @@ impl Sluice {
     /// Lets tasks run without kernel confinement where the kernel has none
     /// (the operator's `--allow-unconfined`).
     pub fn allow_unconfined(&mut self, allow: bool) {
-        self.allow_unconfined = allow;
         self.sandbox = self.sandbox.clone().allow_unconfined(allow);
         self.choose_executor();
     }
@@ -113,21 +103,38 @@ impl Sluice {
     }
 
     fn choose_executor(&mut self) {
-        let local = Arc::new(LocalExecutor::new(
-            self.home.clone(),
-            self.store.clone(),
-            self.engine.clone(),
-            self.sql_pool.clone(),
-            self.sandbox.clone(),
-        ));
+        let local = local_executor(
+            &self.home,
+            &self.store,
+            &self.engine,
+            &self.sql_pool,
+            &self.sandbox,
+        );
         self.executor = match &self.workers {
             None => local,
             Some(exe) => Arc::new(ProcessExecutor::new(
                 local,
                 exe.clone(),
                 self.home.root().to_path_buf(),
-                self.allow_unconfined,
+                // The worker needs the operator's opt-out only where it took effect.
+                matches!(self.sandbox, Sandbox::Unconfined { .. }),
             )),
         };
     }
+}
+
+fn local_executor(
+    home: &Home,
+    store: &Arc<Store>,
+    engine: &Arc<Engine>,
+    sql_pool: &Arc<SqlPool>,
+    sandbox: &Sandbox,
+) -> Arc<LocalExecutor> {
+    Arc::new(LocalExecutor::new(
+        home.clone(),
+        store.clone(),
+        engine.clone(),
+        sql_pool.clone(),
+        sandbox.clone(),
+    ))
 }
