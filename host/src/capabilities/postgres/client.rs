@@ -11,15 +11,17 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::bindings::sluice::task::types::ErrorKind;
 use crate::capabilities::failure::Failure;
 use crate::capabilities::redact::{Redacted, Redactor};
-use crate::connections::{Connection, ConnectionConfig};
+use crate::connections::{Connection, ConnectionError};
+
+use super::kind::PostgresConfig;
 
 /// Why a stored Postgres connection gives no client configuration: the same
 /// at every try (a permanent failure when a task opens it).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The connection is of another type.
-    #[error("is a {0} connection, not postgres")]
-    NotPostgres(&'static str),
+    /// The stored configuration is not a Postgres one, or does not fit (why).
+    #[error("{0}")]
+    Stored(String),
     /// `sslmode` is none of libpq's names.
     #[error("unknown sslmode `{0}` (use disable, prefer, require, verify-ca or verify-full)")]
     SslMode(String),
@@ -111,16 +113,16 @@ pub(super) fn client_config(
     connection: &Connection,
     application: &str,
 ) -> Result<(tokio_postgres::Config, MakeRustlsConnect), ConfigError> {
-    let ConnectionConfig::Postgres {
+    let PostgresConfig {
         host,
         port,
         database,
         user,
         extras,
-    } = &connection.config
-    else {
-        return Err(ConfigError::NotPostgres(connection.config.kind()));
-    };
+    } = PostgresConfig::of(&connection.id, &connection.config).map_err(|e| match e {
+        ConnectionError::Invalid { message, .. } => ConfigError::Stored(message),
+        other => ConfigError::Stored(other.to_string()),
+    })?;
     let ssl_mode = match extras.get("sslmode").map(String::as_str) {
         None | Some("disable" | "allow") => SslMode::Disable,
         Some("prefer") => SslMode::Prefer,
@@ -136,10 +138,10 @@ pub(super) fn client_config(
     };
     let mut config = tokio_postgres::Config::new();
     config
-        .host(host)
-        .port(*port)
-        .dbname(database)
-        .user(user)
+        .host(&host)
+        .port(port)
+        .dbname(&database)
+        .user(&user)
         .password(connection.secret.as_bytes())
         .application_name(application)
         .ssl_mode(ssl_mode)
@@ -185,9 +187,9 @@ fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, Conf
 
 /// `host:port` of a Postgres connection, for messages.
 pub(super) fn endpoint(connection: &Connection) -> String {
-    match &connection.config {
-        ConnectionConfig::Postgres { host, port, .. } => format!("{host}:{port}"),
-        other => other.describe(),
+    match PostgresConfig::of(&connection.id, &connection.config) {
+        Ok(c) => format!("{}:{}", c.host, c.port),
+        Err(_) => format!("connection `{}`", connection.id),
     }
 }
 

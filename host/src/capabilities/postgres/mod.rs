@@ -11,6 +11,7 @@
 
 mod client;
 pub(crate) mod copy;
+pub mod kind;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub use client::{
 use client::{client_config, endpoint, pg_failure, role_privileges};
 pub use copy::{CodecError, UnsupportedType};
 use copy::{arrow_schema, duckdb_type, quote_ident};
+pub use kind::{PostgresConfig, PostgresType};
 
 use super::context::TaskContext;
 use super::failure::Failure;

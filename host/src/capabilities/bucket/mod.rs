@@ -10,6 +10,10 @@
 //! the `connections` module), the `bucket` resource's methods by
 //! [`HostBucket`] here.
 
+pub mod kind;
+
+pub use kind::{S3Config, S3Type};
+
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,7 +27,7 @@ use wasmtime::component::{Resource, ResourceTable};
 
 use crate::bindings::sluice::task::connections::{Bucket, ConnectionError, HostBucket};
 use crate::confine::Sandbox;
-use crate::connections::{Connection, ConnectionConfig};
+use crate::connections::{Connection, ConnectionError as StoredConnectionError};
 
 use super::failure::Failure;
 use super::handles;
@@ -139,9 +143,9 @@ pub(crate) fn open_staging(
 /// (a permanent failure when a task opens it).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreConfigError {
-    /// The connection is of another type.
-    #[error("is a {0} connection, not s3")]
-    NotS3(&'static str),
+    /// The stored configuration is not an S3 one, or does not fit (why).
+    #[error("{0}")]
+    Config(String),
     /// `object_store` refuses the configuration.
     #[error(transparent)]
     Build(object_store::Error),
@@ -149,25 +153,25 @@ pub enum StoreConfigError {
 
 /// The object store of an S3 connection.
 fn store_for(connection: &Connection) -> Result<Arc<dyn ObjectStore>, StoreConfigError> {
-    let ConnectionConfig::S3 {
+    let S3Config {
         endpoint,
         region,
         bucket,
         access_key_id,
         path_style,
-    } = &connection.config
-    else {
-        return Err(StoreConfigError::NotS3(connection.config.kind()));
-    };
+    } = S3Config::of(&connection.id, &connection.config).map_err(|e| match e {
+        StoredConnectionError::Invalid { message, .. } => StoreConfigError::Config(message),
+        other => StoreConfigError::Config(other.to_string()),
+    })?;
     let mut builder = AmazonS3Builder::new()
-        .with_region(region)
-        .with_bucket_name(bucket)
-        .with_access_key_id(access_key_id)
+        .with_region(&region)
+        .with_bucket_name(&bucket)
+        .with_access_key_id(&access_key_id)
         .with_secret_access_key(&connection.secret)
         .with_virtual_hosted_style_request(!path_style);
     if let Some(endpoint) = endpoint {
         builder = builder
-            .with_endpoint(endpoint)
+            .with_endpoint(&endpoint)
             .with_allow_http(endpoint.starts_with("http://"));
     }
     Ok(Arc::new(builder.build().map_err(StoreConfigError::Build)?))
@@ -176,18 +180,14 @@ fn store_for(connection: &Connection) -> Result<Arc<dyn ObjectStore>, StoreConfi
 /// Lists one key of the bucket: what `sluice connections test` reports. Errors are redacted.
 pub async fn test_connection(connection: &Connection) -> Result<String, Redacted> {
     let redactor = Redactor::for_connections(std::slice::from_ref(connection));
+    let config =
+        S3Config::of(&connection.id, &connection.config).map_err(|e| redactor.redacted(&e))?;
     let store = store_for(connection).map_err(|e| redactor.redacted(&e))?;
     let mut listing = store.list(None);
     match listing.next().await {
         Some(Err(e)) => Err(redactor.redacted(&e)),
-        Some(Ok(_)) => Ok(format!(
-            "{} is reachable and not empty",
-            connection.config.describe()
-        )),
-        None => Ok(format!(
-            "{} is reachable and empty",
-            connection.config.describe()
-        )),
+        Some(Ok(_)) => Ok(format!("{} is reachable and not empty", config.describe())),
+        None => Ok(format!("{} is reachable and empty", config.describe())),
     }
 }
 
