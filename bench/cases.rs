@@ -9,6 +9,9 @@
 //! 4. Scheduling overhead: chains and fan-outs of no-op tasks.
 //! 5. Data out of the sandbox: a query streamed to the guest as Arrow batches
 //!    vs read in the host.
+//! 6. Postgres load and extract vs `psql \copy` (with `--postgres`).
+//! 7. The metadatabase: the reads behind `runs list`, `runs show`, a
+//!    scheduler pass and the staging sweep over 100,000 runs ([`metadb`]).
 //!
 //! Nothing here asserts on time; `--smoke` runs every case at tiny sizes.
 
@@ -27,6 +30,8 @@ use sluice::events::TaskKey;
 use sluice::manifest::Manifest;
 use sluice::scheduler::{RunOptions, run_dag};
 use sluice::{Sluice, capabilities, connections, engine, registry, vault};
+
+use crate::metadb;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -139,6 +144,17 @@ pub fn run(options: &BenchOptions) -> BenchResult<()> {
     if let Some(uri) = &options.postgres {
         runtime.block_on(postgres_throughput(options, &sluice, work.path(), uri))?;
     }
+    println!();
+    let shape = if options.smoke {
+        metadb::Shape {
+            runs: 1_000,
+            samples: 3,
+            ..metadb::Shape::default()
+        }
+    } else {
+        metadb::Shape::default()
+    };
+    println!("7. {}", metadb::metadb(work.path(), shape)?);
     Ok(())
 }
 
@@ -165,7 +181,8 @@ async fn postgres_throughput(
         "SELECT i AS id, 'cat_' || (i % 50) AS category, ((i % 100000) / 100.0)::DECIMAL(10,2) AS amount FROM range({rows}) t(i)"
     );
     let vault = vault::Vault::open(&sluice.store, sluice.home.root())?;
-    let connection = connections::from_uri("bench_pg", uri)?;
+    let connection =
+        sluice::capabilities::connections::CONNECTION_TYPES.parse_uri("bench_pg", uri)?;
     connections::add(&sluice.store, &vault, &connection, true)?;
     psql(
         uri,

@@ -5,6 +5,7 @@
 //! again in its `baseline` mode for that case's DuckDB-only baseline.
 
 mod cases;
+mod metadb;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
