@@ -48,6 +48,14 @@ pub struct BenchOptions {
     pub bench_exe: PathBuf,
     /// A Postgres server (Airflow-style URI) for the load/extract case; `psql` must be on PATH.
     pub postgres: Option<String>,
+    /// The cases to run (empty: all).
+    pub cases: Vec<u8>,
+}
+
+impl BenchOptions {
+    fn runs(&self, case: u8) -> bool {
+        self.cases.is_empty() || self.cases.contains(&case)
+    }
 }
 
 /// A bench failure.
@@ -133,16 +141,29 @@ pub fn run(options: &BenchOptions) -> BenchResult<()> {
         if options.smoke { " (smoke)" } else { "" },
         duckdb_version()?
     );
-    sandbox_tax(options)?;
+    if options.runs(1) {
+        sandbox_tax(options)?;
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     let work = tempfile::tempdir()?;
     let sluice = Sluice::open(&work.path().join("home"))?;
-    startup(options, &sluice, work.path())?;
-    runtime.block_on(host_calls(options, &sluice, work.path()))?;
-    runtime.block_on(scheduling(options, &sluice, work.path()))?;
-    runtime.block_on(data_out(options, &sluice, work.path()))?;
-    if let Some(uri) = &options.postgres {
+    if options.runs(2) {
+        startup(options, &sluice, work.path())?;
+    }
+    if options.runs(3) {
+        runtime.block_on(host_calls(options, &sluice, work.path()))?;
+    }
+    if options.runs(4) {
+        runtime.block_on(scheduling(options, &sluice, work.path()))?;
+    }
+    if options.runs(5) {
+        runtime.block_on(data_out(options, &sluice, work.path()))?;
+    }
+    if let Some(uri) = options.postgres.as_ref().filter(|_| options.runs(6)) {
         runtime.block_on(postgres_throughput(options, &sluice, work.path(), uri))?;
+    }
+    if !options.runs(7) {
+        return Ok(());
     }
     println!();
     let shape = if options.smoke {
