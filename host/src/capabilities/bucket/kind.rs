@@ -1,15 +1,21 @@
 //! The `s3` connection type: an S3-compatible object store, its stored
-//! configuration, how a URI, Airflow's JSON or named fields define one, and
-//! how `connections test` opens one.
+//! configuration, how a URI, Airflow's JSON or named fields define one, the
+//! object store it gives, and how `connections test` opens one.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use futures_util::StreamExt;
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
 use serde::{Deserialize, Serialize};
 
 use crate::connections::{
     AirflowJson, CheckFuture, CheckResult, Connection, ConnectionConfig, ConnectionError,
     ConnectionType, FieldReader, UriParts, invalid,
 };
+
+use crate::capabilities::redact::{Redacted, Redactor};
 
 /// The type's name, stored with each of its connections.
 const NAME: &str = "s3";
@@ -55,6 +61,58 @@ impl S3Config {
             self.region,
             self.endpoint.as_deref().unwrap_or("AWS")
         )
+    }
+}
+
+/// Why a stored S3 connection gives no object store: the same at every try
+/// (a permanent failure when a task opens it).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreConfigError {
+    /// The stored configuration is not an S3 one, or does not fit (why).
+    #[error("{0}")]
+    Config(String),
+    /// `object_store` refuses the configuration.
+    #[error(transparent)]
+    Build(object_store::Error),
+}
+
+/// The object store of an S3 connection.
+pub(super) fn store_for(connection: &Connection) -> Result<Arc<dyn ObjectStore>, StoreConfigError> {
+    let S3Config {
+        endpoint,
+        region,
+        bucket,
+        access_key_id,
+        path_style,
+    } = S3Config::of(&connection.id, &connection.config).map_err(|e| match e {
+        ConnectionError::Invalid { message, .. } => StoreConfigError::Config(message),
+        other => StoreConfigError::Config(other.to_string()),
+    })?;
+    let mut builder = AmazonS3Builder::new()
+        .with_region(&region)
+        .with_bucket_name(&bucket)
+        .with_access_key_id(&access_key_id)
+        .with_secret_access_key(&connection.secret)
+        .with_virtual_hosted_style_request(!path_style);
+    if let Some(endpoint) = endpoint {
+        builder = builder
+            .with_endpoint(&endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    Ok(Arc::new(builder.build().map_err(StoreConfigError::Build)?))
+}
+
+/// Lists one key of the bucket: what `sluice connections test` reports. Errors are redacted.
+pub async fn test_connection(connection: &Connection) -> Result<String, Redacted> {
+    let redactor = Redactor::for_connections(std::slice::from_ref(connection));
+    let config =
+        S3Config::of(&connection.id, &connection.config).map_err(|e| redactor.redacted(&e))?;
+    let store = store_for(connection).map_err(|e| redactor.redacted(&e))?;
+    let mut listing = store.list(None);
+    match listing.next().await {
+        Some(Err(e)) => Err(redactor.redacted(&e)),
+        Some(Ok(_)) => Ok(format!("{} is reachable and not empty", config.describe())),
+        None => Ok(format!("{} is reachable and empty", config.describe())),
     }
 }
 
@@ -171,7 +229,7 @@ impl ConnectionType for S3Type {
 
     fn check<'a>(&'a self, connection: &'a Connection) -> CheckFuture<'a> {
         Box::pin(async move {
-            match super::test_connection(connection).await {
+            match test_connection(connection).await {
                 Ok(summary) => CheckResult::Reachable {
                     summary,
                     privilege_warning: None,

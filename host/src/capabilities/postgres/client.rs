@@ -2,8 +2,10 @@
 //! connection, what a server error means for a retry, what the connected role
 //! may do, and the check `sluice connections test` runs.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -11,9 +13,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::bindings::sluice::task::types::ErrorKind;
 use crate::capabilities::failure::Failure;
 use crate::capabilities::redact::{Redacted, Redactor};
-use crate::connections::{Connection, ConnectionError};
-
-use super::kind::PostgresConfig;
+use crate::connections::{Connection, ConnectionConfig, ConnectionError, invalid};
 
 /// Why a stored Postgres connection gives no client configuration: the same
 /// at every try (a permanent failure when a task opens it).
@@ -98,6 +98,41 @@ fn db_message(e: &tokio_postgres::Error) -> String {
             }
             message
         }
+    }
+}
+
+/// The type's name, stored with each of its connections.
+pub(super) const NAME: &str = "postgres";
+
+/// A PostgreSQL server, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresConfig {
+    /// Host name or address.
+    pub host: String,
+    /// Port (5432 by default).
+    pub port: u16,
+    /// Database.
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Query-string extras (`sslmode`, `sslrootcert`, ...).
+    pub extras: BTreeMap<String, String>,
+}
+
+impl PostgresConfig {
+    /// The configuration of connection `id`, which must be a Postgres one.
+    pub fn of(id: &str, config: &ConnectionConfig) -> Result<Self, ConnectionError> {
+        if config.kind() != NAME {
+            return Err(invalid(
+                id,
+                format!("is a {} connection, not postgres", config.kind()),
+            ));
+        }
+        config.typed(id)
+    }
+
+    pub(super) fn stored(self, id: &str) -> Result<ConnectionConfig, ConnectionError> {
+        ConnectionConfig::new(NAME, &self).map_err(|e| invalid(id, e.to_string()))
     }
 }
 

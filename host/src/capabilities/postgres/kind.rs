@@ -4,49 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use crate::connections::{
     AirflowJson, CheckFuture, CheckResult, Connection, ConnectionConfig, ConnectionError,
     ConnectionType, FieldReader, UriParts, invalid,
 };
 
-use super::client::{PostgresReport, privileged_opt_in_hint, test_connection};
-
-/// The type's name, stored with each of its connections.
-const NAME: &str = "postgres";
-
-/// A PostgreSQL server, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PostgresConfig {
-    /// Host name or address.
-    pub host: String,
-    /// Port (5432 by default).
-    pub port: u16,
-    /// Database.
-    pub database: String,
-    /// User.
-    pub user: String,
-    /// Query-string extras (`sslmode`, `sslrootcert`, ...).
-    pub extras: BTreeMap<String, String>,
-}
-
-impl PostgresConfig {
-    /// The configuration of connection `id`, which must be a Postgres one.
-    pub fn of(id: &str, config: &ConnectionConfig) -> Result<Self, ConnectionError> {
-        if config.kind() != NAME {
-            return Err(invalid(
-                id,
-                format!("is a {} connection, not postgres", config.kind()),
-            ));
-        }
-        config.typed(id)
-    }
-
-    fn stored(self, id: &str) -> Result<ConnectionConfig, ConnectionError> {
-        ConnectionConfig::new(NAME, &self).map_err(|e| invalid(id, e.to_string()))
-    }
-}
+use super::client::{
+    NAME, PostgresConfig, PostgresReport, privileged_opt_in_hint, test_connection,
+};
 
 /// The `postgres` connection type.
 pub struct PostgresType;
