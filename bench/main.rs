@@ -6,6 +6,12 @@
 
 mod cases;
 mod metadb;
+mod official;
+
+/// mimalloc, for Rust and (through its `override` feature) for DuckDB's C++:
+/// glibc's malloc cost DuckDB 20-30% more CPU on the ETL (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
