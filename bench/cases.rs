@@ -318,7 +318,7 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
         None => println!("   official build: not installed (a full run installs it), skipped"),
     }
     println!(
-        "   {:>10}  {:>14}  {:>14}  {:>14}  {:>8}  {:>8}  {:>8}  {:>8}  {:>9}  {:>9}",
+        "   {:>10}  {:>14}  {:>14}  {:>14}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}",
         "rows",
         "crate wall/cpu",
         "official",
@@ -388,7 +388,7 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
         let ratio = |x: Duration, y: Duration| format!("{:.3}x", x.as_secs_f64() / y.as_secs_f64());
         let or_dash = |f: &dyn Fn(&Median) -> String| o.as_ref().map_or_else(|| "-".to_owned(), f);
         println!(
-            "   {rows:>10}  {:>14}  {:>14}  {:>14}  {:>8}  {:>8}  {:>8}  {:>8}  {:>9}  {:>9}",
+            "   {rows:>10}  {:>14}  {:>14}  {:>14}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}",
             b.shown(),
             or_dash(&Median::shown),
             s.shown(),
