@@ -10,15 +10,21 @@ pub struct Redactor {
 }
 
 impl Redactor {
-    /// A redactor for the secrets of `connections` (and their URL-encoded forms).
+    /// A redactor for the secrets of `connections` and their encoded forms:
+    /// form-encoded (`+` for a space, as in a query string) and as a URI's
+    /// password (`%20`). A one-character secret is still replaced wherever
+    /// that character appears: a garbled message is better than a leak.
     pub fn for_connections(connections: &[Connection]) -> Self {
         let mut secrets: Vec<String> = Vec::new();
         for c in connections.iter().filter(|c| !c.secret.is_empty()) {
-            secrets.push(c.secret.clone());
-            let encoded: String =
-                url::form_urlencoded::byte_serialize(c.secret.as_bytes()).collect();
-            if encoded != c.secret {
-                secrets.push(encoded);
+            let form: String = url::form_urlencoded::byte_serialize(c.secret.as_bytes()).collect();
+            for form in [Some(c.secret.clone()), Some(form), uri_password(&c.secret)]
+                .into_iter()
+                .flatten()
+            {
+                if !secrets.contains(&form) {
+                    secrets.push(form);
+                }
             }
         }
         // Longest first, so that a secret containing another is replaced whole.
@@ -44,6 +50,14 @@ impl Redactor {
             message: self.redact(&error.to_string()),
         }
     }
+}
+
+/// `secret` as a URI's password, percent-encoded the way URL libraries write
+/// it (`%20` for a space, `%40` for `@`).
+fn uri_password(secret: &str) -> Option<String> {
+    let mut url = url::Url::parse("postgresql://user@host").ok()?;
+    url.set_password(Some(secret)).ok()?;
+    url.password().map(str::to_owned)
 }
 
 /// An error whose message had its secrets replaced. It carries no source on
@@ -75,6 +89,10 @@ mod tests {
         assert_eq!(
             r.redact("pw=p@ss word uri=postgres://u:p%40ss+word@h"),
             "pw=*** uri=postgres://u:***@h"
+        );
+        assert_eq!(
+            r.redact("uri=postgres://u:p%40ss%20word@h/d"),
+            "uri=postgres://u:***@h/d"
         );
         assert_eq!(
             r.redacted(&"cannot connect as u:p@ss word").to_string(),
