@@ -27,6 +27,7 @@ fn every_benchmark_case_runs_in_smoke_mode() {
         "4. scheduling overhead",
         "5. data out",
         "6. Postgres",
+        "7. Python tasks",
     ] {
         assert!(
             stdout.contains(heading),
