@@ -205,6 +205,12 @@ class SqlTests(unittest.TestCase):
         self.assertEqual(self.ctx.sql.query_rows("q", 2), [{"i": 0}, {"i": 1}])
         self.assertEqual(self.ctx.sql.query_one("q"), {"i": 0})
 
+    def test_a_refused_connection_keeps_the_hosts_kind(self):
+        with self.assertRaises(sluice.ConnectionCallError) as caught:
+            self.ctx.postgres("warehouse")
+        self.assertEqual(caught.exception.kind, "permanent")
+        self.assertEqual(caught.exception.message, "connection 'warehouse' is not granted")
+
     def test_context_values(self):
         self.assertEqual(self.ctx.staging_path("a.parquet"), "/staging/run/a.parquet")
         self.assertEqual(self.ctx.ds, "2026-01-31")
