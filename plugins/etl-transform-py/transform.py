@@ -1,5 +1,5 @@
 """Aggregates `raw.parquet` into revenue per category, `agg.parquet`, as the
-Rust `etl-transform` does."""
+Rust `etl-transform` does (param `file` names another output)."""
 
 from sluice import task
 
@@ -7,7 +7,7 @@ from sluice import task
 @task
 def run(ctx, input):
     raw = input.output_of("extract")["file"]
-    file = "agg.parquet"
+    file = input.params.get("file", "agg.parquet")
     categories = ctx.sql.execute(
         "COPY (SELECT category, count(*) AS n, sum(amount) AS revenue "
         f"FROM read_parquet({ctx.literal(ctx.staging_path(raw))}) "

@@ -1,7 +1,7 @@
 //! Python tasks (issue 15): built by `sluice build` with componentize-py, run
 //! in a DAG next to Rust tasks through real DuckDB. One DAG covers every
-//! case, so its two Python components are compiled once (each is ~15 CPU-s
-//! of Cranelift in a fresh home).
+//! case, so its Python components are compiled once in one home (the first
+//! costs ~20 CPU-s, the next ones less through the function cache).
 
 use serde_json::json;
 
@@ -19,6 +19,16 @@ after = ["extract"]
 [tasks.load]
 plugin = "etl-load"
 after = ["transform"]
+
+[tasks.transform_py]
+plugin = "etl-transform-py"
+after = ["extract"]
+params = { file = "agg_py.parquet" }
+
+[tasks.load_py]
+plugin = "etl-load-py"
+after = ["transform_py"]
+params = { file = "output_py.csv" }
 
 [tasks.context]
 plugin = "py-testkit"
@@ -55,8 +65,17 @@ async fn python_tasks_run_beside_rust_tasks_and_fail_as_they_should() {
     assert_eq!(run.state.as_str(), "failed", "three tasks fail on purpose");
     let id = &run.run_id;
 
-    // The Python extract feeds the Rust transform and load.
-    for task in ["extract", "transform", "load", "context", "escape"] {
+    // The Python extract feeds the Rust transform and load, and their Python
+    // versions, which write the same aggregate.
+    for task in [
+        "extract",
+        "transform",
+        "load",
+        "transform_py",
+        "load_py",
+        "context",
+        "escape",
+    ] {
         let record = home.task(id, task);
         assert_eq!(record.state.as_str(), "success", "{task}: {record:?}");
     }
@@ -65,6 +84,17 @@ async fn python_tasks_run_beside_rust_tasks_and_fail_as_they_should() {
         json!({ "rows": 20000, "file": "raw.parquet" })
     );
     assert_eq!(home.output(id, "load")["rows"], 50);
+    let staging = home.sluice.store.run(id).expect("run").staging_dir;
+    let csv = |name: &str| {
+        std::fs::read_to_string(std::path::Path::new(&staging).join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    assert_eq!(
+        csv("output.csv").lines().count(),
+        51,
+        "header and 50 categories"
+    );
+    assert_eq!(csv("output_py.csv"), csv("output.csv"));
     assert!(
         home.log_text(id, "extract")
             .contains("extract: wrote 20000 rows to raw.parquet"),
@@ -74,7 +104,6 @@ async fn python_tasks_run_beside_rust_tasks_and_fail_as_they_should() {
 
     // Context values, input, SQL (rows, one row, a cursor in pieces).
     let out = home.output(id, "context");
-    let staging = home.sluice.store.run(id).expect("run").staging_dir;
     assert_eq!(out["dag_id"], "python_tasks");
     assert_eq!(out["task_id"], "context");
     assert_eq!(out["try_number"], 1);
