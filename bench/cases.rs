@@ -13,6 +13,9 @@
 //! 6. Postgres load and extract vs `psql \copy` (with `--postgres`).
 //! 7. The metadatabase: the reads behind `runs list`, `runs show`, a
 //!    scheduler pass and the staging sweep over 100,000 runs ([`metadb`]).
+//! 8. Python tasks: compile (first and second Python component of a home),
+//!    load from the compile cache, warm instantiation. (Case 1 also runs
+//!    `etl_python`, the ETL with its tasks in Python.)
 //!
 //! Nothing here asserts on time; `--smoke` runs every case at tiny sizes.
 
@@ -156,7 +159,12 @@ pub fn run(options: &BenchOptions) -> BenchResult<()> {
         duckdb_version()?
     );
     if options.runs(1) {
-        sandbox_tax(options)?;
+        sandbox_tax(options, "etl_local")?;
+        if !options.smoke {
+            // Three Python components to compile in a fresh home: case 8 covers
+            // Python tasks in smoke mode.
+            sandbox_tax(options, "etl_python")?;
+        }
     }
     let runtime = tokio::runtime::Runtime::new()?;
     let work = tempfile::tempdir()?;
@@ -176,20 +184,22 @@ pub fn run(options: &BenchOptions) -> BenchResult<()> {
     if let Some(uri) = options.postgres.as_ref().filter(|_| options.runs(6)) {
         runtime.block_on(postgres_throughput(options, &sluice, work.path(), uri))?;
     }
-    if !options.runs(7) {
-        return Ok(());
+    if options.runs(7) {
+        println!();
+        let shape = if options.smoke {
+            metadb::Shape {
+                runs: 1_000,
+                samples: 3,
+                ..metadb::Shape::default()
+            }
+        } else {
+            metadb::Shape::default()
+        };
+        println!("7. {}", metadb::metadb(work.path(), shape)?);
     }
-    println!();
-    let shape = if options.smoke {
-        metadb::Shape {
-            runs: 1_000,
-            samples: 3,
-            ..metadb::Shape::default()
-        }
-    } else {
-        metadb::Shape::default()
-    };
-    println!("7. {}", metadb::metadb(work.path(), shape)?);
+    if options.runs(8) {
+        python_startup(options, work.path())?;
+    }
     Ok(())
 }
 
@@ -293,9 +303,9 @@ fn duckdb_version() -> BenchResult<String> {
     Ok(duckdb::Connection::open_in_memory()?.version()?)
 }
 
-fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
+fn sandbox_tax(options: &BenchOptions, example_id: &str) -> BenchResult<()> {
     let policy = TaskPolicy::default();
-    let manifest = Manifest::load(&options.repo.join("examples/etl_local"))?;
+    let manifest = Manifest::load(&options.repo.join("examples").join(example_id))?;
     let example = manifest
         .spec
         .tasks
@@ -304,7 +314,7 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
         .unwrap_or(policy);
     println!();
     println!(
-        "1. sandbox tax: etl_local via `sluice run` vs the same SQL via the duckdb crate and via \
+        "1. sandbox tax: {example_id} via `sluice run` vs the same SQL via the duckdb crate and via \
          DuckDB's official build (all fresh processes; threads {}, memory_limit {}; median of 3)",
         example.threads,
         mib(example.duckdb_memory)
@@ -332,7 +342,8 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
     );
     let home = tempfile::tempdir()?;
     let exe = &options.sluice_exe;
-    let example_dir = options.repo.join("examples/etl_local");
+    let example_dir = options.repo.join("examples").join(example_id);
+    let clock = Instant::now();
     measure_child(
         Command::new(exe)
             .arg("--home")
@@ -340,6 +351,10 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
             .arg("deploy")
             .arg(&example_dir),
     )?;
+    println!(
+        "   deploy (compiles its components in a fresh home): {}",
+        secs(clock.elapsed())
+    );
     for &rows in &options.etl_rows {
         let (mut base, mut official_costs, mut sandboxed) = (Vec::new(), Vec::new(), Vec::new());
         // Alternated, so that a noisy neighbour hurts all three alike.
@@ -372,7 +387,7 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
                     .arg(home.path())
                     .args([
                         "run",
-                        "etl_local",
+                        example_id,
                         "--no-progress",
                         "--param",
                         &format!("rows={rows}"),
@@ -506,31 +521,7 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
             session.execute("SELECT 1")?;
             samples.push(clock.elapsed());
         }
-        let (wasi, _captured) = sandbox_ctx(&staging)?;
-        let key = TaskKey {
-            run_id: "bench".into(),
-            task_id: "t".into(),
-            try_number: 1,
-        };
-        let host = TaskHost::new(
-            TaskContext {
-                dag_id: "startup".into(),
-                run_id: "bench".into(),
-                task_id: "t".into(),
-                try_number: 1,
-                logical_date: chrono::Utc::now(),
-                data_interval_start: String::new(),
-                data_interval_end: String::new(),
-                params: "{}".into(),
-                staging_dir: staging.display().to_string(),
-            },
-            SqlSession::new(sluice.sql_pool.clone(), config.clone()),
-            LogSink::new(key, events.clone()),
-            std::sync::Arc::new(Deadline::after(Duration::from_secs(60))),
-            MemoryLimiter::new(64 << 20),
-            capabilities::Grants::none(config.sandbox.clone()),
-            wasi,
-        );
+        let host = bench_host(sluice, &staging, &config, &events)?;
         let clock = Instant::now();
         let mut store = fresh_engine.store(host);
         loaded.pre.instantiate(&mut store)?;
@@ -552,6 +543,134 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
     println!(
         "   the same from the pool without kernel confinement, median: {:.1} µs",
         median(sql_unconfined).as_secs_f64() * 1e6
+    );
+    Ok(())
+}
+
+/// The host state of one try of DAG `startup`'s task `t`, in `staging`.
+fn bench_host(
+    sluice: &Sluice,
+    staging: &Path,
+    config: &SqlConfig,
+    events: &tokio::sync::mpsc::UnboundedSender<sluice::events::RunEvent>,
+) -> BenchResult<TaskHost> {
+    let (wasi, _captured) = sandbox_ctx(staging)?;
+    let key = TaskKey {
+        run_id: "bench".into(),
+        task_id: "t".into(),
+        try_number: 1,
+    };
+    Ok(TaskHost::new(
+        TaskContext {
+            dag_id: "startup".into(),
+            run_id: "bench".into(),
+            task_id: "t".into(),
+            try_number: 1,
+            logical_date: chrono::Utc::now(),
+            data_interval_start: String::new(),
+            data_interval_end: String::new(),
+            params: "{}".into(),
+            staging_dir: staging.display().to_string(),
+        },
+        SqlSession::new(sluice.sql_pool.clone(), config.clone()),
+        LogSink::new(key, events.clone()),
+        std::sync::Arc::new(Deadline::after(Duration::from_secs(60))),
+        MemoryLimiter::new(64 << 20),
+        capabilities::Grants::none(config.sandbox.clone()),
+        wasi,
+    ))
+}
+
+/// CPU time (user + system) this process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Case 8: what a Python task costs to compile, load and instantiate, for the
+/// first Python component of a fresh home and for a second one (different
+/// code, the same componentize-py), whose interpreter functions the first
+/// one's compile left in the function cache.
+fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
+    println!();
+    println!("8. Python tasks (componentize-py components, a fresh home)");
+    let sluice = Sluice::open(&work.join("python-home"))?;
+    let dist = options.repo.join("plugins/dist");
+    let mut digests = Vec::new();
+    for (n, plugin) in ["py-testkit", "etl-extract-py", "etl-transform-py"]
+        .iter()
+        .enumerate()
+    {
+        let size = std::fs::metadata(dist.join(format!("{plugin}.wasm")))?.len();
+        let manifest = write_dag(
+            work,
+            &format!("python{n}"),
+            &format!("[tasks.t]\nplugin = \"{plugin}\"\n"),
+            &dist,
+        )?;
+        let (cpu, clock) = (cpu_time(), Instant::now());
+        let deployed = registry::deploy(&sluice.home, &sluice.store, &sluice.engine, &manifest)?;
+        let (wall, cpu) = (clock.elapsed(), cpu_time() - cpu);
+        println!(
+            "   deploy #{} ({plugin}, {}): {} wall, {} CPU (compiled: {})",
+            n + 1,
+            mib(size),
+            secs(wall),
+            secs(cpu),
+            deployed.compiled.len()
+        );
+        let version = sluice.store.version(&deployed.dag_id, &deployed.version)?;
+        digests.push((plugin, version.spec.tasks[0].component.clone()));
+    }
+    let cached: u64 = std::fs::read_dir(sluice.home.root().join("cache/compiled"))?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!("   compile cache: {} for the three", mib(cached));
+
+    let fresh_engine = engine::Engine::new(&sluice.home)?;
+    let mut loaded = Vec::new();
+    for (plugin, digest) in &digests {
+        let clock = Instant::now();
+        let prepared = fresh_engine.prepare(digest, &sluice.home.blob(digest))?;
+        println!(
+            "   load {plugin} from the compile cache in a new engine: {} (compiled: {})",
+            secs(clock.elapsed()),
+            prepared.compiled
+        );
+        loaded.push(prepared);
+    }
+
+    let staging = work.join("python-staging");
+    std::fs::create_dir_all(&staging)?;
+    let staging = staging.canonicalize()?;
+    let config = SqlConfig {
+        staging_dir: staging.clone(),
+        memory_limit: 1 << 30,
+        threads: 1,
+        spill_limit: 1 << 30,
+        sandbox: sluice.sandbox().clone(),
+    };
+    let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let iterations = if options.smoke { 5 } else { 100 };
+    let mut instantiate = Vec::new();
+    for _ in 0..iterations {
+        let host = bench_host(&sluice, &staging, &config, &events)?;
+        let clock = Instant::now();
+        let mut store = fresh_engine.store(host);
+        loaded[1].pre.instantiate(&mut store)?;
+        instantiate.push(clock.elapsed());
+    }
+    println!(
+        "   warm instantiate of {} (store + instance), median of {iterations}: {:.1} µs",
+        digests[1].0,
+        median(instantiate).as_secs_f64() * 1e6
     );
     Ok(())
 }

@@ -37,7 +37,7 @@ struct Cli {
     )]
     rows: Vec<u64>,
     /// Only these cases (numbers as in BENCHMARKS.md, e.g. `--case 1,7`) [default: all].
-    #[arg(long = "case", value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=7))]
+    #[arg(long = "case", value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=8))]
     cases: Vec<u8>,
     /// The repository holding examples/ and plugins/dist.
     #[arg(long, default_value = ".")]

@@ -10,7 +10,7 @@ wasmtime::component::bindgen!({
 });
 
 /// The version of the `sluice:task` package (`wit/task.wit`) this host implements.
-pub const CONTRACT_VERSION: &str = "0.2.0";
+pub const CONTRACT_VERSION: &str = "0.2.1";
 
 /// The other `sluice:task` version `component` imports, if it was built
 /// against one: what makes a component of an earlier contract fail to link.

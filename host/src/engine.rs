@@ -23,6 +23,7 @@ use wasmtime::{Config, Store, UpdateDeadline};
 
 use crate::bindings::TaskPre;
 use crate::capabilities::TaskHost;
+use crate::function_cache::FunctionCache;
 use crate::home::Home;
 
 /// How often the engine's epoch advances; the timeout granularity for guest code.
@@ -124,7 +125,7 @@ pub const CACHE_KEY_FILE: &str = "cache.key";
 /// What a compile-cache entry starts with; the HMAC tag follows, then the code.
 const ENTRY_MAGIC: &[u8; 16] = b"sluice-cwasm-v1\n";
 /// Length of an HMAC-SHA256 tag.
-const TAG_LEN: usize = 32;
+pub(crate) const TAG_LEN: usize = 32;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -207,6 +208,19 @@ impl CacheKey {
         mac
     }
 
+    /// HMAC-SHA256 under this key of `domain`, then each of `parts` with its
+    /// length (so no two different lists of parts give the same message).
+    pub(crate) fn tag(&self, domain: &[u8], parts: &[&[u8]]) -> [u8; TAG_LEN] {
+        let mut mac =
+            <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(domain);
+        for part in parts {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
     /// The cache entry (magic, tag, code) of `code` compiled from `digest`.
     fn seal(&self, digest: &str, compat: &str, code: &[u8]) -> Vec<u8> {
         let mut mac = self.mac(digest, compat);
@@ -255,6 +269,14 @@ impl Engine {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(1 << 20);
+        // Functions compiled for one component are reused by the next: the
+        // interpreter inside every Python task is compiled once.
+        config
+            .enable_incremental_compilation(Arc::new(FunctionCache::new(
+                home.function_cache(),
+                cache_key.clone(),
+            )))
+            .map_err(EngineError::wasmtime("enable the function cache"))?;
         let engine =
             wasmtime::Engine::new(&config).map_err(EngineError::wasmtime("create the engine"))?;
         let mut linker = Linker::<TaskHost>::new(&engine);

@@ -12,7 +12,12 @@ impl Home {
     /// Opens (creating if needed) the home at `root`.
     pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
         let root = root.into();
-        for dir in ["blobs/sha256", "cache/compiled", "staging"] {
+        for dir in [
+            "blobs/sha256",
+            "cache/compiled",
+            "cache/functions",
+            "staging",
+        ] {
             std::fs::create_dir_all(root.join(dir))?;
         }
         // Canonical, so that the staging paths given to the guest and to DuckDB
@@ -49,6 +54,11 @@ impl Home {
     /// The compiled-code cache.
     pub fn compile_cache(&self) -> PathBuf {
         self.root.join("cache/compiled")
+    }
+
+    /// Cranelift's cache of compiled functions, shared by every component.
+    pub fn function_cache(&self) -> PathBuf {
+        self.root.join("cache/functions")
     }
 
     /// The staging directory of run `run_id`.

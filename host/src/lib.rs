@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod digest;
 pub mod engine;
 pub mod executor;
+mod function_cache;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod home;

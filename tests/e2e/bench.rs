@@ -30,6 +30,7 @@ fn every_benchmark_case_runs_in_smoke_mode() {
         "7. metadatabase: 1000 runs x 10 task instances",
         "  runs list --limit 50",
         "  staging sweep reads",
+        "8. Python tasks",
     ] {
         assert!(
             stdout.contains(heading),

@@ -16,6 +16,7 @@ mod outputs;
 mod parallel;
 mod pg;
 mod postgres;
+mod python;
 mod retries;
 mod s3;
 mod sandbox;

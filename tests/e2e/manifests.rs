@@ -94,6 +94,25 @@ fn a_component_of_another_world_is_rejected_naming_what_is_missing() {
     assert!(stderr.contains("run"), "names the missing export: {stderr}");
 }
 
+/// Issue 15 added the cursor's `next-rows` (sluice:task 0.2.1): a task built
+/// against 0.2.0 still deploys and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_of_the_previous_compatible_contract_still_runs() {
+    let home = TestHome::new();
+    let run = home
+        .run(
+            "contract_0_2_0",
+            "[tasks.a]\nplugin = \"contract-0-2-0\"\n",
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(run.state.as_str(), "success", "{:?}", run.error);
+    assert_eq!(
+        home.output(&run.run_id, "a"),
+        serde_json::json!({ "task": "a", "batches": 1 })
+    );
+}
+
 /// Issue 11 changed `sql-error` and `connection-error` (sluice:task 0.1.0 to
 /// 0.2.0): a task built before is refused at deploy, saying so.
 #[test]
@@ -106,7 +125,7 @@ fn a_component_of_an_earlier_contract_is_rejected_naming_its_version() {
     );
     assert!(
         stderr.contains(
-            "it was built against sluice:task@0.1.0 and this host implements sluice:task@0.2.0; rebuild it with the current sluice-sdk"
+            "it was built against sluice:task@0.1.0 and this host implements sluice:task@0.2.1; rebuild it with the current sluice-sdk"
         ),
         "{stderr}"
     );

@@ -135,6 +135,7 @@ enum Request {
     Execute(String, Reply<u64>),
     Query(String, Reply<(u32, Vec<u8>)>),
     NextBatch(u32, Reply<Option<Vec<u8>>>),
+    NextRows(u32, u32, Reply<Option<String>>),
     CloseCursor(u32),
     QueryJson(String, u32, Reply<String>),
     /// Streams a query's batches to the host (bounded by the channel).
@@ -264,6 +265,12 @@ impl SqlSession {
     /// The next batch of a cursor as an Arrow IPC stream, or `None` at the end.
     pub fn next_batch(&mut self, cursor: u32) -> Result<Option<Vec<u8>>, SqlError> {
         self.call(|r| Request::NextBatch(cursor, r))
+    }
+
+    /// The next rows of a cursor (at most `max_rows`, at most one batch) as a
+    /// JSON array of objects, or `None` at the end.
+    pub fn next_rows(&mut self, cursor: u32, max_rows: u32) -> Result<Option<String>, SqlError> {
+        self.call(|r| Request::NextRows(cursor, max_rows, r))
     }
 
     /// Releases a cursor.
@@ -523,6 +530,13 @@ fn serve(conn: &Connection, inbox: &mpsc::Receiver<Request>) {
                 };
                 let _ = reply.send(batch);
             }
+            Request::NextRows(id, max_rows, reply) => {
+                let rows = match cursors.get_mut(&id) {
+                    None => Err(SqlError::permanent(format!("cursor {id} is closed"))),
+                    Some(cursor) => next_rows(cursor, max_rows),
+                };
+                let _ = reply.send(rows);
+            }
             Request::CloseCursor(id) => {
                 cursors.remove(&id);
             }
@@ -645,6 +659,33 @@ struct Cursor<'c> {
 }
 
 fn next_batch(cursor: &mut Cursor<'_>) -> Result<Option<Vec<u8>>, SqlError> {
+    match next_slice(cursor, usize::MAX)? {
+        None => Ok(None),
+        Some(batch) => Ok(Some(ipc_stream(&batch.schema(), Some(&batch))?)),
+    }
+}
+
+/// The next at most `max_rows` rows (at most one batch) as a JSON array.
+fn next_rows(cursor: &mut Cursor<'_>, max_rows: u32) -> Result<Option<String>, SqlError> {
+    let max_rows = usize::try_from(max_rows.max(1)).unwrap_or(usize::MAX);
+    let Some(batch) = next_slice(cursor, max_rows)? else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    {
+        let mut writer = duckdb::arrow::json::ArrayWriter::new(&mut out);
+        writer.write(&batch)?;
+        writer.finish()?;
+    }
+    let json =
+        String::from_utf8(out).map_err(|e| SqlError::retryable(format!("JSON encoding: {e}")))?;
+    // arrow-json writes nothing at all for a batch without rows.
+    Ok(Some(if json.is_empty() { "[]".into() } else { json }))
+}
+
+/// The next slice of the result: at most one batch of about
+/// [`MAX_BATCH_BYTES`], and at most `max_rows` rows; the rest is kept.
+fn next_slice(cursor: &mut Cursor<'_>, max_rows: usize) -> Result<Option<RecordBatch>, SqlError> {
     let (batch, rows_per_batch) = match cursor.rest.take() {
         Some(rest) => rest,
         None => match cursor.stmt.step()? {
@@ -658,14 +699,15 @@ fn next_batch(cursor: &mut Cursor<'_>) -> Result<Option<Vec<u8>>, SqlError> {
             }
         },
     };
-    let head = if batch.num_rows() > rows_per_batch {
-        let rest = batch.slice(rows_per_batch, batch.num_rows() - rows_per_batch);
+    let take = rows_per_batch.min(max_rows);
+    let head = if batch.num_rows() > take {
+        let rest = batch.slice(take, batch.num_rows() - take);
         cursor.rest = Some((rest, rows_per_batch));
-        batch.slice(0, rows_per_batch)
+        batch.slice(0, take)
     } else {
         batch
     };
-    Ok(Some(ipc_stream(&head.schema(), Some(&head))?))
+    Ok(Some(head))
 }
 
 /// Encodes a self-contained Arrow IPC stream: the schema and at most one batch.
@@ -906,5 +948,32 @@ mod handler_tests {
         )
         .expect("capped by rows");
         assert!(json.len() < 200_000);
+    }
+
+    #[test]
+    fn next_rows_returns_each_row_once_in_pieces_of_at_most_max_rows() {
+        let conn = Connection::open_in_memory().expect("db");
+        let sql = "SELECT range AS i, 'r' || range AS s FROM range(5000)";
+        let (stmt, _schema) = open_cursor(&conn, sql).expect("cursor");
+        let mut cursor = Cursor { stmt, rest: None };
+        let mut seen = Vec::new();
+        while let Some(json) = next_rows(&mut cursor, 3000).expect("rows") {
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&json).expect("JSON");
+            assert!(!rows.is_empty() && rows.len() <= 3000, "{}", rows.len());
+            seen.extend(rows);
+        }
+        assert_eq!(seen.len(), 5000);
+        for (n, row) in seen.iter().enumerate() {
+            assert_eq!(row["i"], n);
+            assert_eq!(row["s"], format!("r{n}"));
+        }
+        // Mixed with Arrow batches, nothing is returned twice.
+        let (stmt, _schema) =
+            open_cursor(&conn, "SELECT range AS i FROM range(10)").expect("cursor");
+        let mut cursor = Cursor { stmt, rest: None };
+        let first = next_rows(&mut cursor, 4).expect("rows").expect("some");
+        assert_eq!(first, r#"[{"i":0},{"i":1},{"i":2},{"i":3}]"#);
+        assert!(next_batch(&mut cursor).expect("batch").is_some());
+        assert_eq!(next_rows(&mut cursor, 4).expect("end"), None);
     }
 }

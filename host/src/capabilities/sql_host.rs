@@ -102,6 +102,16 @@ impl HostCursor for SqlView<'_> {
         Ok(self.session.next_batch(id).map_err(guest_error))
     }
 
+    fn next_rows(
+        &mut self,
+        cursor: Resource<Cursor>,
+        max_rows: u32,
+    ) -> wasmtime::Result<Result<Option<String>, SqlError>> {
+        self.deadline.check()?;
+        let id = handles::get::<CursorHandle, _>(self.table, &cursor)?.id;
+        Ok(self.session.next_rows(id, max_rows).map_err(guest_error))
+    }
+
     fn drop(&mut self, cursor: Resource<Cursor>) -> wasmtime::Result<()> {
         let handle: CursorHandle = handles::delete(self.table, cursor)?;
         self.session.close_cursor(handle.id);

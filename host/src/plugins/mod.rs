@@ -1,5 +1,8 @@
 //! `sluice build`: compiles the `plugins/` workspace to WebAssembly components
-//! and copies them to `plugins/dist/`.
+//! and copies them to `plugins/dist/`: the Rust crates with cargo, then the
+//! Python tasks with componentize-py ([`python`]).
+
+pub mod python;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,6 +28,24 @@ pub enum BuildError {
         /// cargo's stderr (when captured).
         stderr: String,
     },
+    /// A Python task cannot be built.
+    #[error("Python task {task}: {message}")]
+    Python {
+        /// Its directory or `pyproject.toml`.
+        task: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// No componentize-py of the pinned version.
+    #[error(
+        "Python tasks need componentize-py {version} ({found}); install it with `python3 -m venv ~/.cache/sluice/componentize-py-{version} && ~/.cache/sluice/componentize-py-{version}/bin/pip install componentize-py=={version}` (what .ci/run does), or name it in ${env}",
+        version = python::COMPONENTIZE_PY_VERSION,
+        env = python::COMPONENTIZE_PY_ENV
+    )]
+    NoComponentizePy {
+        /// What was found instead.
+        found: String,
+    },
     /// Copying the components failed.
     #[error("cannot copy components to {dir}: {source}")]
     Copy {
@@ -44,8 +65,9 @@ pub fn default_target_dir(plugins_dir: &Path) -> PathBuf {
 }
 
 /// Builds every crate of the workspace at `plugins_dir` in release mode and
-/// copies the components to `plugins_dir/dist`. With `quiet`, cargo's output is
-/// captured and only shown on failure. Returns the component paths.
+/// every Python task of `plugins_dir`, and copies the components to
+/// `plugins_dir/dist`. With `quiet`, the compilers' output is captured and
+/// only shown on failure. Returns the component paths.
 pub fn build_plugins(plugins_dir: &Path, quiet: bool) -> Result<Vec<PathBuf>, BuildError> {
     let target_dir = default_target_dir(plugins_dir);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -103,6 +125,14 @@ pub fn build_plugins(plugins_dir: &Path, quiet: bool) -> Result<Vec<PathBuf>, Bu
             let dest = dist.join(name);
             std::fs::copy(&path, &dest).map_err(copy_err)?;
             copied.push(dest);
+        }
+    }
+    let python_tasks = python::find_tasks(plugins_dir)?;
+    if !python_tasks.is_empty() {
+        let componentize_py = python::componentize_py()?;
+        let work = target_dir.join("python");
+        for task in &python_tasks {
+            copied.push(python::build_task(&componentize_py, task, &work, &dist, quiet)?.component);
         }
     }
     copied.sort();

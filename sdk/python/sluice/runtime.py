@@ -1,0 +1,114 @@
+"""The entry point: the ``@task`` decorator and the ``WitWorld`` export that
+componentize-py binds to the world's ``run``.
+
+Nothing raised by a task reaches componentize-py (where an uncaught exception
+traps the component): every exception becomes a ``task-error``.
+"""
+
+import json
+import logging
+import traceback
+
+from componentize_py_types import Err
+from wit_world.imports import log as _log
+from wit_world.imports import types as _types
+
+from .context import Context, Input
+from .errors import PERMANENT, SluiceError
+
+_task = None
+
+
+def task(function):
+    """Declares ``function(ctx, input)`` as the module's task. Its return value
+    (JSON-serializable, at most 64 KiB encoded) is the task's output."""
+    global _task
+    if _task is not None:
+        raise RuntimeError(
+            f"a component holds one task: {_task.__qualname__} is already declared, "
+            f"so {function.__qualname__} cannot be"
+        )
+    _task = function
+    return function
+
+
+def declared():
+    """The function ``@task`` declared, or ``None``."""
+    return _task
+
+
+class _HostLogHandler(logging.Handler):
+    """Sends records of the standard ``logging`` module to the task's log."""
+
+    def emit(self, record):
+        try:
+            message = self.format(record)
+        except Exception:  # noqa: BLE001 - a bad format argument must not fail the task
+            message = f"{record.msg!r} {record.args!r}"
+        if record.levelno >= logging.ERROR:
+            level = _log.Level.ERROR
+        elif record.levelno >= logging.WARNING:
+            level = _log.Level.WARN
+        elif record.levelno >= logging.INFO:
+            level = _log.Level.INFO
+        elif record.levelno >= logging.DEBUG:
+            level = _log.Level.DEBUG
+        else:
+            level = _log.Level.TRACE
+        _log.log(level, message)
+
+
+def _route_logging():
+    root = logging.getLogger()
+    if not any(isinstance(h, _HostLogHandler) for h in root.handlers):
+        handler = _HostLogHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
+def _describe(error):
+    """The task error's message for an exception: its type and message."""
+    name = type(error).__qualname__
+    module = type(error).__module__
+    if module not in ("builtins", "__main__") and not module.startswith("sluice"):
+        name = f"{module}.{name}"
+    text = str(error)
+    return f"{name}: {text}" if text else name
+
+
+def run_task(function, text):
+    """Runs ``function`` on the input document ``text``; returns the output
+    document, or raises ``Err(TaskError)`` for every failure."""
+    _route_logging()
+    try:
+        output = function(Context(), Input.decode(text))
+        try:
+            return json.dumps(output, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise SluiceError(f"the task's output is not JSON: {e}", PERMANENT) from None
+    except BaseException as error:  # noqa: BLE001 - nothing may trap the component
+        # The traceback goes to the task's log; the error carries type and message.
+        _log.log(_log.Level.ERROR, "".join(traceback.format_exception(error)).rstrip())
+        if isinstance(error, SluiceError):
+            kind, message = error.kind, error.message
+        else:
+            kind, message = "retryable", _describe(error)
+        wit_kind = (
+            _types.ErrorKind.PERMANENT if kind == PERMANENT else _types.ErrorKind.RETRYABLE
+        )
+        raise Err(_types.TaskError(wit_kind, message)) from None
+
+
+class WitWorld:
+    """The world's export, bound by componentize-py."""
+
+    def run(self, input: str) -> str:
+        function = _task
+        if function is None:
+            raise Err(
+                _types.TaskError(
+                    _types.ErrorKind.PERMANENT, "the component declares no @task function"
+                )
+            )
+        return run_task(function, input)

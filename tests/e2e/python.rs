@@ -1,0 +1,206 @@
+//! Python tasks (issue 15): built by `sluice build` with componentize-py, run
+//! in a DAG next to Rust tasks through real DuckDB. One DAG covers every
+//! case, so its Python components are compiled once in one home (the first
+//! costs ~20 CPU-s, the next ones less through the function cache).
+
+use serde_json::json;
+
+use crate::support::{TestHome, repo_root};
+
+const DAG: &str = r#"
+[tasks.extract]
+plugin = "etl-extract-py"
+params = { rows = 20000 }
+
+[tasks.transform]
+plugin = "etl-transform"
+after = ["extract"]
+
+[tasks.load]
+plugin = "etl-load"
+after = ["transform"]
+
+[tasks.transform_py]
+plugin = "etl-transform-py"
+after = ["extract"]
+params = { file = "agg_py.parquet" }
+
+[tasks.load_py]
+plugin = "etl-load-py"
+after = ["transform_py"]
+params = { file = "output_py.csv" }
+
+[tasks.context]
+plugin = "py-testkit"
+after = ["extract"]
+params = { mode = "context", answer = 42 }
+
+[tasks.permanent]
+plugin = "py-testkit"
+params = { mode = "permanent" }
+retries = 2
+retry_delay = "10ms"
+
+[tasks.boom]
+plugin = "py-testkit"
+params = { mode = "boom" }
+retries = 1
+retry_delay = "10ms"
+
+[tasks.sql_error]
+plugin = "py-testkit"
+params = { mode = "sql-error" }
+retries = 2
+retry_delay = "10ms"
+
+[tasks.escape]
+plugin = "py-testkit"
+params = { mode = "escape" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_tasks_run_beside_rust_tasks_and_fail_as_they_should() {
+    let home = TestHome::new();
+    let run = home.run("python_tasks", DAG, json!({})).await;
+    assert_eq!(run.state.as_str(), "failed", "three tasks fail on purpose");
+    let id = &run.run_id;
+
+    // The Python extract feeds the Rust transform and load, and their Python
+    // versions, which write the same aggregate.
+    for task in [
+        "extract",
+        "transform",
+        "load",
+        "transform_py",
+        "load_py",
+        "context",
+        "escape",
+    ] {
+        let record = home.task(id, task);
+        assert_eq!(record.state.as_str(), "success", "{task}: {record:?}");
+    }
+    assert_eq!(
+        home.output(id, "extract"),
+        json!({ "rows": 20000, "file": "raw.parquet" })
+    );
+    assert_eq!(home.output(id, "load")["rows"], 50);
+    let staging = home.sluice.store.run(id).expect("run").staging_dir;
+    let csv = |name: &str| {
+        std::fs::read_to_string(std::path::Path::new(&staging).join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    assert_eq!(
+        csv("output.csv").lines().count(),
+        51,
+        "header and 50 categories"
+    );
+    assert_eq!(csv("output_py.csv"), csv("output.csv"));
+    assert!(
+        home.log_text(id, "extract")
+            .contains("extract: wrote 20000 rows to raw.parquet"),
+        "logging reaches the task log: {}",
+        home.log_text(id, "extract")
+    );
+
+    // Context values, input, SQL (rows, one row, a cursor in pieces).
+    let out = home.output(id, "context");
+    assert_eq!(out["dag_id"], "python_tasks");
+    assert_eq!(out["task_id"], "context");
+    assert_eq!(out["try_number"], 1);
+    assert_eq!(out["staging"], format!("{staging}/x"));
+    let ds = out["ds"].as_str().expect("ds");
+    assert_eq!(out["ds_nodash"], ds.replace('-', ""));
+    assert_eq!(out["params"], json!({ "mode": "context", "answer": 42 }));
+    assert_eq!(
+        out["upstream"],
+        json!({ "extract": { "rows": 20000, "file": "raw.parquet" } })
+    );
+    assert_eq!(out["first"], json!({ "i": 0, "s": "v0" }));
+    assert_eq!(out["cursor_rows"], 2500);
+    assert_eq!(out["last"], json!({ "i": 2499, "s": "v2499" }));
+    assert_eq!(out["one"], json!({ "n": 2500, "total": 3_123_750 }));
+    assert_eq!(out["none"], json!(null));
+    assert_eq!(out["rows"], json!([{ "i": 0 }, { "i": 1 }, { "i": 2 }]));
+    let log = home.log_text(id, "context");
+    for line in [
+        "warn a warning from ctx",
+        "info testkit: hello from logging",
+        "hello from print",
+    ] {
+        assert!(log.contains(line), "{line:?} not in the log:\n{log}");
+    }
+
+    // PermanentError: one try, retries unspent.
+    let permanent = home.task(id, "permanent");
+    assert_eq!(
+        (permanent.state.as_str(), permanent.try_number),
+        ("failed", 1)
+    );
+    assert_eq!(permanent.error.as_deref(), Some("the input can never work"));
+
+    // Any other exception: retryable (two tries), type and message as the
+    // error, the traceback in the log, never a trap.
+    let boom = home.task(id, "boom");
+    assert_eq!((boom.state.as_str(), boom.try_number), ("failed", 2));
+    assert_eq!(boom.error.as_deref(), Some("KeyError: 'missing'"));
+    let log = home.log_text(id, "boom");
+    assert!(
+        log.contains("Traceback (most recent call last)") && log.contains("in boom"),
+        "traceback in the log:\n{log}"
+    );
+    assert!(
+        !log.contains("wasm trap") && !log.contains("unreachable"),
+        "{log}"
+    );
+
+    // An uncaught SQL error keeps the host's kind: a parser error is permanent.
+    let sql_error = home.task(id, "sql_error");
+    assert_eq!(
+        (sql_error.state.as_str(), sql_error.try_number),
+        ("failed", 1)
+    );
+    assert!(
+        sql_error
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("Parser Error")),
+        "{sql_error:?}"
+    );
+
+    // Every way out of the sandbox is closed; the environment is empty.
+    let tried = home.output(id, "escape");
+    let tried = tried.as_object().expect("attempts");
+    assert_eq!(tried.len(), 6, "{tried:?}");
+    for (attempt, outcome) in tried {
+        let outcome = outcome.as_str().expect("text");
+        if attempt == "environ" {
+            assert_eq!(outcome, "allowed: {}", "no host environment");
+        } else {
+            assert!(outcome.starts_with("denied: "), "{attempt}: {outcome}");
+        }
+    }
+
+    // An unchanged task builds to the same bytes: its re-deploy records no
+    // new version.
+    let plugins = repo_root().join("plugins");
+    let first = home.deploy(&home.dir.path().join("dags/python_tasks/dag.toml"));
+    let task = sluice::plugins::python::find_tasks(&plugins)
+        .expect("Python tasks")
+        .into_iter()
+        .find(|t| t.name == "py-testkit")
+        .expect("py-testkit");
+    let before = std::fs::read(plugins.join("dist/py-testkit.wasm")).expect("built");
+    let built = sluice::plugins::python::build_task(
+        &sluice::plugins::python::componentize_py().expect("componentize-py"),
+        &task,
+        &sluice::plugins::default_target_dir(&plugins).join("python"),
+        &plugins.join("dist"),
+        true,
+    )
+    .expect("rebuilt");
+    assert!(built.reused, "unchanged inputs reuse the last build");
+    assert_eq!(std::fs::read(&built.component).expect("rebuilt"), before);
+    let again = home.deploy(&home.dir.path().join("dags/python_tasks/dag.toml"));
+    assert_eq!(again.version, first.version);
+    assert!(!again.new_version);
+}
