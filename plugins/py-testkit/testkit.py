@@ -61,6 +61,12 @@ def sql_error(ctx, input):
     ctx.sql.execute("SELEC nonsense")
 
 
+def spin(ctx, input):
+    n = 0
+    while True:
+        n += 1
+
+
 def escape(ctx, input):
     """Tries each way out of the sandbox; returns what each one did."""
     tried = {}
@@ -86,6 +92,7 @@ MODES = {
     "boom": boom,
     "sql-error": sql_error,
     "escape": escape,
+    "spin": spin,
 }
 
 

@@ -56,13 +56,18 @@ retry_delay = "10ms"
 [tasks.escape]
 plugin = "py-testkit"
 params = { mode = "escape" }
+
+[tasks.spin]
+plugin = "py-testkit"
+params = { mode = "spin" }
+timeout = "1s"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_tasks_run_beside_rust_tasks_and_fail_as_they_should() {
     let home = TestHome::new();
     let run = home.run("python_tasks", DAG, json!({})).await;
-    assert_eq!(run.state.as_str(), "failed", "three tasks fail on purpose");
+    assert_eq!(run.state.as_str(), "failed", "four tasks fail on purpose");
     let id = &run.run_id;
 
     // The Python extract feeds the Rust transform and load, and their Python
@@ -165,6 +170,16 @@ async fn python_tasks_run_beside_rust_tasks_and_fail_as_they_should() {
             .as_deref()
             .is_some_and(|e| e.starts_with("Parser Error")),
         "{sql_error:?}"
+    );
+
+    // A Python loop is stopped at the task's timeout.
+    let spin = home.task(id, "spin");
+    assert_eq!((spin.state.as_str(), spin.try_number), ("failed", 1));
+    assert!(
+        spin.error
+            .as_deref()
+            .is_some_and(|e| e.contains("timed out after 1s")),
+        "{spin:?}"
     );
 
     // Every way out of the sandbox is closed; the environment is empty.
