@@ -43,6 +43,8 @@ struct State {
     logs: HashMap<String, String>,
     faults: VecDeque<Fault>,
     counter: u64,
+    /// Requests served, by method and resource (for the figures printed).
+    requests: BTreeMap<String, u64>,
     /// Pod uid → its kill switch.
     kills: HashMap<String, tokio::sync::oneshot::Sender<()>>,
 }
@@ -143,6 +145,11 @@ impl FakeCluster {
             .collect()
     }
 
+    /// Requests served so far, by method and resource.
+    pub fn requests(&self) -> BTreeMap<String, u64> {
+        lock(&self.shared).requests.clone()
+    }
+
     /// Every pod log.
     pub fn logs(&self) -> Vec<String> {
         lock(&self.shared).logs.values().cloned().collect()
@@ -195,6 +202,26 @@ fn query(uri: &Uri, key: &str) -> Option<String> {
 
 async fn handle(shared: Arc<Shared>, method: Method, uri: Uri, body: Bytes) -> Response {
     let path = uri.path().to_owned();
+    if !path.starts_with("/fake/") {
+        let resource = path
+            .rsplit('/')
+            .find(|p| {
+                matches!(
+                    *p,
+                    "jobs"
+                        | "pods"
+                        | "configmaps"
+                        | "persistentvolumeclaims"
+                        | "tokenreviews"
+                        | "log"
+                )
+            })
+            .unwrap_or("other");
+        *lock(&shared)
+            .requests
+            .entry(format!("{method} {resource}"))
+            .or_default() += 1;
+    }
     if path == "/fake/audit" {
         return axum::Json(Value::Array(lock(&shared).audit.clone())).into_response();
     }

@@ -207,6 +207,14 @@ fn the_seed_etl_runs_as_jobs_and_no_secret_enters_the_cluster() {
     }
     assert!(!kube.home.log_text(&run.run_id, "load").contains(PASSWORD));
 
+    // A figure for BENCHMARKS.md, printed, not asserted.
+    let requests = kube.cluster.requests();
+    let total: u64 = requests.values().sum();
+    eprintln!(
+        "API requests for 3 tries: {total} ({:.1} per try): {requests:?}",
+        total as f64 / 3.0
+    );
+
     let anchors = kube.stored("ConfigMap");
     assert_eq!(anchors.len(), 1);
     let anchor_uid = anchors[0]["metadata"]["uid"].as_str().expect("uid");
