@@ -45,6 +45,8 @@ struct Cli {
         default_value = "process"
     )]
     executor: ExecutorChoice,
+    #[command(flatten)]
+    kubernetes: cli::kubernetes::KubeArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,13 +58,16 @@ enum ExecutorChoice {
     Process,
     /// Threads of this process.
     Local,
+    /// A Kubernetes Job per try (needs `--namespace` and `--image`).
+    Kubernetes,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one try handed over on stdin (started by the process executor).
+    /// Run one try handed over on stdin (started by the process executor), or
+    /// fetched from the host endpoint (in a Kubernetes pod).
     #[command(hide = true)]
-    Worker,
+    Worker(cli::kubernetes::WorkerArgs),
     /// Compile the plugins workspace to components in `<plugins>/dist`.
     Build {
         /// The plugins workspace.
@@ -171,24 +176,34 @@ fn main() -> ExitCode {
 
 /// Carries out `cli`'s command; `runtime` is the process's one async runtime.
 fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> Result<ExitCode> {
-    let workers = match (cli.executor, &cli.command) {
+    let worker = matches!(cli.command, Command::Worker(_));
+    let workers = match (cli.executor, worker) {
         // A worker runs its try in itself.
-        (_, Command::Worker) | (ExecutorChoice::Local, _) => None,
-        (ExecutorChoice::Process, _) => {
+        (_, true) | (ExecutorChoice::Local | ExecutorChoice::Kubernetes, _) => None,
+        (ExecutorChoice::Process, false) => {
             Some(std::env::current_exe().context("cannot find the sluice executable")?)
         }
+    };
+    let kubernetes = match (cli.executor, worker) {
+        (ExecutorChoice::Kubernetes, false) => Some(cli.kubernetes.settings()?),
+        _ => None,
     };
     let config = AppConfig {
         home: cli.home.unwrap_or_else(Home::default_root),
         staging_ttl: cli.staging_ttl,
         allow_unconfined: cli.allow_unconfined,
         workers,
-        worker: matches!(cli.command, Command::Worker),
+        worker,
+        kubernetes,
     };
     let open = || App::open(&config);
     match cli.command {
-        Command::Worker => {
-            runtime.block_on(open()?.serve_worker())?;
+        Command::Worker(args) => {
+            let app = open()?;
+            match args.pod_try()? {
+                Some(pod) => runtime.block_on(app.serve_pod_worker(pod))?,
+                None => runtime.block_on(app.serve_worker())?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Build { plugins } => cli::deploy::build(&plugins),

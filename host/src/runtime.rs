@@ -6,7 +6,8 @@ use std::sync::Arc;
 use crate::capabilities::SqlPool;
 use crate::confine::Sandbox;
 use crate::engine::{Engine, EngineError};
-use crate::executor::{Executor, LocalExecutor, ProcessExecutor};
+use crate::executor::kubernetes::KubeSettings;
+use crate::executor::{Executor, KubernetesExecutor, LocalExecutor, ProcessExecutor};
 use crate::home::Home;
 use crate::store::{Store, StoreError};
 
@@ -48,6 +49,8 @@ pub struct Sluice {
     /// The `sluice` binary tries run in, one worker process each (none: in
     /// this process).
     workers: Option<std::path::PathBuf>,
+    /// Tries run as Kubernetes Jobs with these settings (overrides `workers`).
+    kubernetes: Option<KubeSettings>,
 }
 
 impl Sluice {
@@ -67,6 +70,7 @@ impl Sluice {
             sql_pool,
             executor,
             workers: None,
+            kubernetes: None,
             home,
             store,
             engine,
@@ -93,31 +97,52 @@ impl Sluice {
         self.choose_executor();
     }
 
+    /// Runs each try as a Kubernetes Job ([`KubernetesExecutor`]).
+    pub fn run_tries_on_kubernetes(&mut self, settings: KubeSettings) {
+        self.kubernetes = Some(settings);
+        self.choose_executor();
+    }
+
+    /// An in-process executor on this home (what a worker runs its try with).
+    pub fn local_executor(&self) -> Arc<LocalExecutor> {
+        local_executor(
+            &self.home,
+            &self.store,
+            &self.engine,
+            &self.sql_pool,
+            &self.sandbox,
+        )
+    }
+
     /// For a process that serves one try (`sluice worker`): databases are
     /// opened when asked for, since a pool's refills would only compete with
     /// the try for the CPU.
     pub fn serve_one_try(&mut self) {
         self.sql_pool = Arc::new(SqlPool::on_demand());
         self.workers = None;
+        self.kubernetes = None;
         self.choose_executor();
     }
 
     fn choose_executor(&mut self) {
-        let local = local_executor(
-            &self.home,
-            &self.store,
-            &self.engine,
-            &self.sql_pool,
-            &self.sandbox,
-        );
+        let local = self.local_executor();
+        // Workers need the operator's opt-out only where it took effect.
+        let unconfined = matches!(self.sandbox, Sandbox::Unconfined { .. });
+        if let Some(settings) = &self.kubernetes {
+            let settings = KubeSettings {
+                allow_unconfined: unconfined,
+                ..settings.clone()
+            };
+            self.executor = Arc::new(KubernetesExecutor::new(local, self.home.clone(), settings));
+            return;
+        }
         self.executor = match &self.workers {
             None => local,
             Some(exe) => Arc::new(ProcessExecutor::new(
                 local,
                 exe.clone(),
                 self.home.root().to_path_buf(),
-                // The worker needs the operator's opt-out only where it took effect.
-                matches!(self.sandbox, Sandbox::Unconfined { .. }),
+                unconfined,
             )),
         };
     }

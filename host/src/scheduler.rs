@@ -607,6 +607,9 @@ impl<'a> RunLoop<'a> {
             .set_run_state(&self.run.run_id, state, error.as_deref())?;
         // Every database must be closed before its files may be deleted.
         self.executor.release(&self.run.run_id);
+        if state == RunState::Success && !self.staging.keep {
+            self.executor.discard_staging(&self.run.run_id);
+        }
         if self.staging_gone()?.is_none() {
             staging::release(
                 &self.sluice.store,

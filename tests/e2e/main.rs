@@ -9,6 +9,7 @@ mod connections;
 mod deploy;
 mod error_kinds;
 mod etl;
+mod kubernetes;
 mod lifecycle;
 mod limits;
 mod manifests;

@@ -13,6 +13,9 @@ pub enum AppError {
     /// A worker could not serve its try.
     #[error(transparent)]
     Worker(#[from] crate::executor::worker::WorkerError),
+    /// A Kubernetes pod's worker could not serve its try.
+    #[error(transparent)]
+    PodWorker(#[from] crate::executor::kubernetes::pod_worker::PodWorkerError),
     /// The Sluice home could not be opened.
     #[error(transparent)]
     Open(#[from] crate::runtime::OpenError),

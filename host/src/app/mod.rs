@@ -42,6 +42,8 @@ pub struct AppConfig {
     pub workers: Option<PathBuf>,
     /// This process serves one try for a parent (`sluice worker`).
     pub worker: bool,
+    /// Run each try as a Kubernetes Job (overrides `workers`).
+    pub kubernetes: Option<crate::executor::kubernetes::KubeSettings>,
 }
 
 /// An opened Sluice home and the operator's settings; cheap to clone and
@@ -59,6 +61,9 @@ impl App {
         sluice.allow_unconfined(config.allow_unconfined);
         if let Some(exe) = &config.workers {
             sluice.run_tries_in_workers(exe.clone());
+        }
+        if let Some(settings) = &config.kubernetes {
+            sluice.run_tries_on_kubernetes(settings.clone());
         }
         if config.worker {
             sluice.serve_one_try();
@@ -78,6 +83,16 @@ impl App {
     /// (`sluice worker`): the try on stdin, its reports on stdout.
     pub async fn serve_worker(&self) -> Result<(), AppError> {
         Ok(crate::executor::worker::serve(self.sluice.executor.as_ref()).await?)
+    }
+
+    /// Serves the try of this Kubernetes pod (`sluice worker --endpoint ...`):
+    /// the try, its component and connections from the host endpoint.
+    pub async fn serve_pod_worker(
+        &self,
+        pod: crate::executor::kubernetes::pod_worker::PodTry,
+    ) -> Result<(), AppError> {
+        let local = self.sluice.local_executor();
+        Ok(crate::executor::kubernetes::pod_worker::serve(&local, &self.sluice.home, pod).await?)
     }
 
     /// Fails when tasks must be refused (no kernel confinement, no opt-out).
@@ -131,6 +146,7 @@ mod tests {
             allow_unconfined: false,
             workers: None,
             worker: false,
+            kubernetes: None,
         })
         .expect("open");
         (home, app)

@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod deploy;
+pub mod kubernetes;
 pub mod runs;
 pub mod schedules;
 pub mod staging;

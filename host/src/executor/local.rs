@@ -79,7 +79,10 @@ impl LocalExecutor {
 
     /// The connections granted to the try, decrypted: read at the start of the
     /// try, inside the executor, so the run loop never holds a secret.
-    fn resolve_connections(&self, request: &TryRequest) -> Result<Vec<Connection>, String> {
+    pub(crate) fn resolve_connections(
+        &self,
+        request: &TryRequest,
+    ) -> Result<Vec<Connection>, String> {
         if request.connections.is_empty() {
             return Ok(Vec::new());
         }
@@ -124,6 +127,36 @@ impl Executor for LocalExecutor {
     }
 
     fn run(&self, request: TryRequest, events: UnboundedSender<RunEvent>) -> TryFuture {
+        match self.resolve_connections(&request) {
+            Ok(connections) => self.run_granted(request, connections, events),
+            Err(error) => Box::pin(async move {
+                TryOutcome::Failed {
+                    error,
+                    retryable: false,
+                }
+            }),
+        }
+    }
+
+    fn release(&self, run_id: &str) {
+        let threads = lock(&self.closing).remove(run_id).unwrap_or_default();
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a thread closing a DuckDB database of run {run_id} panicked");
+            }
+        }
+    }
+}
+
+impl LocalExecutor {
+    /// Starts a try with its granted connections already resolved (by the
+    /// caller: a Kubernetes worker receives them from the host).
+    pub fn run_granted(
+        &self,
+        request: TryRequest,
+        connections: Vec<Connection>,
+        events: UnboundedSender<RunEvent>,
+    ) -> TryFuture {
         let env = TryEnv {
             engine: self.engine.clone(),
             sql_pool: self.sql_pool.clone(),
@@ -140,26 +173,16 @@ impl Executor for LocalExecutor {
             .and_then(|()| {
                 self.load(&request.component)
                     .map_err(|e| format!("cannot load component {}: {e}", request.component))
-            })
-            .and_then(|pre| Ok((pre, self.resolve_connections(&request)?)));
+            });
         Box::pin(async move {
             match ready {
-                Ok((pre, connections)) => run_try(env, pre, request, connections, events).await,
+                Ok(pre) => run_try(env, pre, request, connections, events).await,
                 Err(error) => TryOutcome::Failed {
                     error,
                     retryable: false,
                 },
             }
         })
-    }
-
-    fn release(&self, run_id: &str) {
-        let threads = lock(&self.closing).remove(run_id).unwrap_or_default();
-        for thread in threads {
-            if thread.join().is_err() {
-                tracing::error!("a thread closing a DuckDB database of run {run_id} panicked");
-            }
-        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! touches either; [`ProcessExecutor`] runs the same code in a child process per
 //! try, so a try that will not stop can be killed.
 
+pub mod kubernetes;
 mod local;
 mod process;
 pub mod worker;
@@ -24,6 +25,7 @@ use crate::dag::TaskPolicy;
 use crate::events::{RunEvent, TaskKey};
 use crate::schedule::Interval;
 
+pub use kubernetes::KubernetesExecutor;
 pub use local::{LocalExecutor, MAX_OUTPUT_BYTES};
 pub use process::{KILL_GRACE, ProcessExecutor, WorkerMessage};
 pub use sluice_core::run::TryOutcome;
@@ -92,4 +94,8 @@ pub trait Executor: Send + Sync {
     /// Waits until nothing left by the run's tries holds files in its staging
     /// directory; called before the directory may be deleted.
     fn release(&self, run_id: &str);
+
+    /// The run's staging is being deleted (the run succeeded): an executor
+    /// that keeps staging elsewhere (a Kubernetes volume) deletes it too.
+    fn discard_staging(&self, _run_id: &str) {}
 }

@@ -77,7 +77,7 @@ impl WorkerMessage {
     }
 
     /// The event this line reports for try `key`, or the outcome.
-    fn into_event(self, key: &TaskKey) -> Result<RunEvent, TryOutcome> {
+    pub(crate) fn into_event(self, key: &TaskKey) -> Result<RunEvent, TryOutcome> {
         Ok(match self {
             Self::Log { ts, level, message } => RunEvent::Log {
                 key: key.clone(),

@@ -1,0 +1,387 @@
+//! The Kubernetes executor: each try runs as a Job whose pod runs `sluice
+//! worker`; each run has an anchor and a volume claim (its staging volume).
+//!
+//! - [`objects`]: the objects, built from names and settings (pure).
+//! - [`endpoint`]: the host endpoint workers fetch their try from and report
+//!   to, authenticated by projected service-account tokens.
+//! - [`status`]: how a try ended when its worker could not report.
+//! - [`pod_worker`]: the worker's side (inside the pod).
+//!
+//! The worker's own report wins; the executor polls the Job and its pods to
+//! learn of a try whose worker could not report. Jobs are deleted when the
+//! run ends ([`Executor::release`]), after every outcome and log line has been
+//! stored, or at once when a try failed for good (image pull, host timeout).
+
+pub mod endpoint;
+pub mod objects;
+pub mod pod_worker;
+pub mod settings;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{OnceCell, oneshot};
+
+use super::{Executor, ExecutorError, LocalExecutor, TryFuture, TryOutcome, TryRequest};
+use crate::events::RunEvent;
+use crate::home::Home;
+use endpoint::Endpoint;
+use objects::Anchor;
+pub use settings::{AccessMode, ImageRef, KubeSettings};
+use status::{MemoryBudget, Verdict};
+
+/// How often a try's Job and pods are read while its worker has not reported.
+const POLL: Duration = Duration::from_millis(500);
+
+/// How long after its Job ended a worker's report may still arrive.
+const REPORT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long past its Job's deadline the host waits before it gives up on a try.
+const HOST_GRACE: Duration = Duration::from_secs(30);
+
+/// The field manager of Sluice's server-side applies.
+const FIELD_MANAGER: &str = "sluice";
+
+/// Runs each try as a Kubernetes Job.
+pub struct KubernetesExecutor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    local: Arc<LocalExecutor>,
+    home: Home,
+    settings: KubeSettings,
+    started: OnceCell<Started>,
+    anchors: Mutex<HashMap<String, Anchor>>,
+}
+
+/// The client, and the endpoint once it listens.
+struct Started {
+    client: kube::Client,
+    endpoint: Arc<Endpoint>,
+    url: url::Url,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn failed(error: String) -> TryOutcome {
+    TryOutcome::Failed {
+        error,
+        retryable: true,
+    }
+}
+
+impl KubernetesExecutor {
+    /// An executor with `settings`; `local` resolves connections and checks
+    /// components on the host, `home` holds the components workers fetch.
+    /// Nothing is contacted before the first try.
+    pub fn new(local: Arc<LocalExecutor>, home: Home, settings: KubeSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                local,
+                home,
+                settings,
+                started: OnceCell::new(),
+                anchors: Mutex::default(),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    /// Connects to the cluster (in-cluster configuration, else the
+    /// kubeconfig) and starts the endpoint, once.
+    async fn start(&self) -> Result<&Started, String> {
+        self.started
+            .get_or_try_init(|| async {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+                let listen = self.settings.endpoint_listen;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| format!("the worker endpoint cannot listen on {listen}: {e}"))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| format!("the worker endpoint on {listen}: {e}"))?;
+                let url = match &self.settings.endpoint_url {
+                    Some(url) => url.clone(),
+                    None => format!("http://{bound}")
+                        .parse()
+                        .map_err(|e| format!("the worker endpoint's URL for {bound}: {e}"))?,
+                };
+                let endpoint = Arc::new(Endpoint::new(
+                    client.clone(),
+                    self.settings.namespace.clone(),
+                    self.home.clone(),
+                    self.local.clone(),
+                ));
+                let router = endpoint.clone().router();
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).await {
+                        tracing::error!("the worker endpoint stopped: {e}");
+                    }
+                });
+                Ok(Started {
+                    client,
+                    endpoint,
+                    url,
+                })
+            })
+            .await
+    }
+
+    /// Applies the run's anchor and volume claim (once per run and process).
+    async fn run_objects(
+        &self,
+        client: &kube::Client,
+        request: &TryRequest,
+    ) -> Result<Anchor, String> {
+        let run_id = &request.key.run_id;
+        if let Some(anchor) = lock(&self.anchors).get(run_id) {
+            return Ok(anchor.clone());
+        }
+        let namespace = &self.settings.namespace;
+        let name = objects::run_object_name(run_id);
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        let anchor_object = objects::anchor(&self.settings, &request.dag_id, run_id);
+        let applied = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .patch(&name, &apply, &Patch::Apply(&anchor_object))
+            .await
+            .map_err(|e| {
+                format!("cannot apply the run's anchor ConfigMap {namespace}/{name}: {e}")
+            })?;
+        let uid = applied
+            .metadata
+            .uid
+            .ok_or_else(|| format!("the API server gave ConfigMap {namespace}/{name} no uid"))?;
+        let anchor = Anchor {
+            name: name.clone(),
+            uid,
+        };
+        let claim = objects::volume_claim(&self.settings, &request.dag_id, run_id, &anchor);
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+            .patch(&name, &apply, &Patch::Apply(&claim))
+            .await
+            .map_err(|e| format!("cannot apply the run's volume claim {namespace}/{name}: {e}"))?;
+        lock(&self.anchors).insert(run_id.clone(), anchor.clone());
+        Ok(anchor)
+    }
+
+    async fn run_try(&self, request: TryRequest, events: UnboundedSender<RunEvent>) -> TryOutcome {
+        let started = match self.start().await {
+            Ok(started) => started,
+            Err(e) => return failed(e),
+        };
+        let anchor = match self.run_objects(&started.client, &request).await {
+            Ok(anchor) => anchor,
+            Err(e) => return failed(e),
+        };
+        let job = objects::job(&request, &self.settings, &anchor, &started.url);
+        let name = objects::job_name(
+            &request.key.run_id,
+            &request.key.task_id,
+            request.key.try_number,
+        );
+        // The try is recorded (the scheduler did, before calling us) and
+        // its slot opened before the Job exists, so its worker finds both.
+        let report = started.endpoint.open(&name, request.clone(), events);
+        let jobs = Api::<Job>::namespaced(started.client.clone(), &self.settings.namespace);
+        let created = jobs.create(&PostParams::default(), &job).await;
+        let outcome = match created {
+            Ok(_) => self.watch(started, &name, &request, report).await,
+            // A Job of this try exists already (a scheduler before this one
+            // created it): adopt it.
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                tracing::info!("adopting the existing Job {name} of {:?}", request.key);
+                self.watch(started, &name, &request, report).await
+            }
+            Err(e) => failed(format!(
+                "cannot create the try's Job {}/{name}: {e}",
+                self.settings.namespace
+            )),
+        };
+        started.endpoint.close(&name);
+        outcome
+    }
+
+    /// Waits for the worker's report, reading the Job's and pods' status
+    /// meanwhile for a try whose worker cannot report.
+    async fn watch(
+        &self,
+        started: &Started,
+        name: &str,
+        request: &TryRequest,
+        mut report: oneshot::Receiver<TryOutcome>,
+    ) -> TryOutcome {
+        let deadline = tokio::time::Instant::now()
+            + objects::active_deadline(request, &self.settings)
+            + HOST_GRACE;
+        let budget = MemoryBudget {
+            memory: request.policy.memory,
+            duckdb_memory: request.policy.duckdb_memory,
+            headroom: self.settings.memory_headroom,
+        };
+        let mut ended: Option<(tokio::time::Instant, TryOutcome)> = None;
+        let mut ticker = tokio::time::interval(POLL);
+        loop {
+            tokio::select! {
+                reported = &mut report => {
+                    return reported.unwrap_or_else(|_| failed("the worker endpoint dropped the try".into()));
+                }
+                _ = ticker.tick() => {
+                    if let Some((since, outcome)) = &ended {
+                        if since.elapsed() >= REPORT_GRACE {
+                            return outcome.clone();
+                        }
+                        continue;
+                    }
+                    match self.observe(started, name, budget).await {
+                        Ok(Verdict::Running) => {}
+                        Ok(Verdict::Failed(outcome)) => {
+                            self.delete_job(started, name).await;
+                            return outcome;
+                        }
+                        Ok(Verdict::Ended(outcome)) => ended = Some((tokio::time::Instant::now(), outcome)),
+                        Err(e) => tracing::warn!("reading the status of Job {name}: {e}"),
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    self.delete_job(started, name).await;
+                    return failed(format!(
+                        "timed out after {}: the try's Job {name} did not report within its deadline and was deleted",
+                        humantime::format_duration(request.policy.timeout)
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn observe(
+        &self,
+        started: &Started,
+        name: &str,
+        budget: MemoryBudget,
+    ) -> Result<Verdict, kube::Error> {
+        let namespace = &self.settings.namespace;
+        let job = Api::<Job>::namespaced(started.client.clone(), namespace)
+            .get_opt(name)
+            .await?;
+        let mut pods = Api::<Pod>::namespaced(started.client.clone(), namespace)
+            .list(&ListParams::default().labels(&format!("{}={name}", objects::TRY_LABEL)))
+            .await?
+            .items;
+        pods.sort_by(|a, b| {
+            a.metadata
+                .creation_timestamp
+                .cmp(&b.metadata.creation_timestamp)
+        });
+        Ok(status::classify(
+            name,
+            job.as_ref(),
+            &pods,
+            &self.settings.image.to_string(),
+            budget,
+        ))
+    }
+
+    async fn delete_job(&self, started: &Started, name: &str) {
+        let jobs = Api::<Job>::namespaced(started.client.clone(), &self.settings.namespace);
+        match jobs.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(e) => tracing::warn!("cannot delete Job {name}: {e}"),
+        }
+    }
+
+    /// Deletes a succeeded run's anchor, and with it (ownerReferences) its
+    /// volume claim.
+    async fn delete_run_objects(&self, run_id: &str) {
+        let Some(started) = self.started.get() else {
+            return;
+        };
+        let name = objects::run_object_name(run_id);
+        let anchors =
+            Api::<ConfigMap>::namespaced(started.client.clone(), &self.settings.namespace);
+        match anchors.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(e) => tracing::warn!(
+                "cannot delete the anchor {name} of run {run_id} (and its volume): {e}"
+            ),
+        }
+    }
+
+    /// Deletes the Jobs of a run that has ended.
+    async fn delete_run_jobs(&self, run_id: &str) {
+        let Some(started) = self.started.get() else {
+            return;
+        };
+        let jobs = Api::<Job>::namespaced(started.client.clone(), &self.settings.namespace);
+        let selector = objects::run_selector(&self.settings, run_id);
+        match jobs.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => {
+                for job in list.items {
+                    if let Some(name) = job.metadata.name {
+                        self.delete_job(started, &name).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot list the Jobs of run {run_id}: {e}"),
+        }
+        lock(&self.anchors).remove(run_id);
+    }
+}
+
+impl Executor for KubernetesExecutor {
+    fn sandbox_label(&self) -> String {
+        format!("kubernetes:{}", self.inner.settings.namespace)
+    }
+
+    fn prepare(&self, components: &[(String, String)]) -> Result<(), ExecutorError> {
+        self.inner.local.prepare(components)
+    }
+
+    fn run(&self, request: TryRequest, events: UnboundedSender<RunEvent>) -> TryFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.run_try(request, events).await })
+    }
+
+    fn release(&self, run_id: &str) {
+        let inner = self.inner.clone();
+        let run_id = run_id.to_owned();
+        block_on_cleanup(async move { inner.delete_run_jobs(&run_id).await });
+    }
+
+    fn discard_staging(&self, run_id: &str) {
+        let inner = self.inner.clone();
+        let run_id = run_id.to_owned();
+        block_on_cleanup(async move { inner.delete_run_objects(&run_id).await });
+    }
+}
+
+/// Runs a cleanup from the run loop's synchronous end of run: to its end on a
+/// multi-threaded runtime, in the background on a single-threaded one.
+fn block_on_cleanup(cleanup: impl Future<Output = ()> + Send + 'static) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!("no async runtime to delete a run's Kubernetes objects with");
+        return;
+    };
+    match runtime.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => {
+            runtime.spawn(cleanup);
+        }
+        _ => tokio::task::block_in_place(|| runtime.block_on(cleanup)),
+    }
+}

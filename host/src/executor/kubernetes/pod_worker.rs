@@ -1,0 +1,301 @@
+//! The worker's side of the [endpoint](super::endpoint), inside a try's pod:
+//! fetch the try and its connections, fetch the component and check its
+//! sha256 before compiling it, run the try with the in-process executor
+//! (same sandbox, limits and DuckDB lockdown as on one machine), stream log
+//! lines and progress, and report the outcome until the host acknowledges it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::endpoint::Assignment;
+use crate::connections::Connection;
+use crate::events::TaskKey;
+use crate::executor::{Executor, LocalExecutor, TryOutcome, WorkerMessage};
+use crate::home::Home;
+
+/// How often buffered log lines and progress are sent.
+const FLUSH: Duration = Duration::from_millis(200);
+
+/// How long past the try's timeout the worker keeps offering its outcome.
+const REPORT_WINDOW: Duration = Duration::from_secs(60);
+
+/// The try a pod serves, from its arguments.
+#[derive(Debug, Clone)]
+pub struct PodTry {
+    /// The host endpoint.
+    pub endpoint: url::Url,
+    /// The projected token (read again for each call: the kubelet rotates it).
+    pub token_file: PathBuf,
+    /// The run's staging directory on the run's volume.
+    pub staging: PathBuf,
+    /// The try's ids, checked against what the host assigns.
+    pub key: TaskKey,
+}
+
+/// Why a pod's worker could not serve its try.
+#[derive(Debug, thiserror::Error)]
+pub enum PodWorkerError {
+    /// The token file cannot be read.
+    #[error("worker: cannot read the token at {path}: {source}")]
+    Token {
+        /// Where.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A call to the host failed.
+    #[error("worker: {what} at {url}: {detail}")]
+    Call {
+        /// Which call.
+        what: &'static str,
+        /// Where.
+        url: String,
+        /// Why (status and body, or the transport error).
+        detail: String,
+    },
+    /// The host assigned a different try than the pod's arguments name.
+    #[error("worker: the host assigned try {assigned:?}, the pod was started for {expected:?}")]
+    WrongTry {
+        /// From the host.
+        assigned: TaskKey,
+        /// From the arguments.
+        expected: TaskKey,
+    },
+    /// The component's bytes do not match its digest.
+    #[error("worker: component {expected} arrived with sha256 {actual}; refusing to compile it")]
+    Digest {
+        /// The digest asked for.
+        expected: String,
+        /// The digest of what came.
+        actual: String,
+    },
+    /// A local file could not be written.
+    #[error("worker: {path}: {source}")]
+    Io {
+        /// Where.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The host never acknowledged the outcome.
+    #[error("worker: the host did not acknowledge the outcome before the deadline: {0}")]
+    Unacknowledged(String),
+}
+
+struct Host {
+    http: reqwest::Client,
+    pod: PodTry,
+}
+
+impl Host {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.pod.endpoint.as_str().trim_end_matches('/'))
+    }
+
+    fn token(&self) -> Result<String, PodWorkerError> {
+        std::fs::read_to_string(&self.pod.token_file)
+            .map(|t| t.trim().to_owned())
+            .map_err(|source| PodWorkerError::Token {
+                path: self.pod.token_file.display().to_string(),
+                source,
+            })
+    }
+
+    async fn call(
+        &self,
+        what: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, PodWorkerError> {
+        let url = || self.pod.endpoint.to_string();
+        let response = request
+            .bearer_auth(self.token()?)
+            .send()
+            .await
+            .map_err(|e| PodWorkerError::Call {
+                what,
+                url: url(),
+                detail: e.to_string(),
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .unwrap_or_else(|e| format!("(unreadable body: {e})"));
+        Err(PodWorkerError::Call {
+            what,
+            url: url(),
+            detail: format!("{status}: {body}"),
+        })
+    }
+
+    async fn post_json<T: serde::Serialize>(
+        &self,
+        what: &'static str,
+        path: &str,
+        body: &T,
+    ) -> Result<(), PodWorkerError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| PodWorkerError::Call {
+            what,
+            url: self.url(path),
+            detail: format!("cannot encode: {e}"),
+        })?;
+        self.call(
+            what,
+            self.http
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .body(bytes),
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// Serves the try of this pod with `local` (an in-process executor on a home
+/// kept on the run's volume, whose blob store receives the component).
+pub async fn serve(local: &LocalExecutor, home: &Home, pod: PodTry) -> Result<(), PodWorkerError> {
+    let host = Host {
+        http: reqwest::Client::new(),
+        pod,
+    };
+    let response = host
+        .call("fetching the try", host.http.get(host.url("/v1/try")))
+        .await?;
+    let bytes = response.bytes().await.map_err(|e| PodWorkerError::Call {
+        what: "fetching the try",
+        url: host.url("/v1/try"),
+        detail: e.to_string(),
+    })?;
+    let Assignment {
+        mut request,
+        connections,
+    } = serde_json::from_slice(&bytes).map_err(|e| PodWorkerError::Call {
+        what: "reading the try",
+        url: host.url("/v1/try"),
+        detail: e.to_string(),
+    })?;
+    if request.key != host.pod.key {
+        return Err(PodWorkerError::WrongTry {
+            assigned: request.key,
+            expected: host.pod.key.clone(),
+        });
+    }
+    fetch_component(&host, home, &request.component).await?;
+    let io = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| PodWorkerError::Io { path, source }
+    };
+    std::fs::create_dir_all(&host.pod.staging).map_err(io(&host.pod.staging))?;
+    request.staging_dir = host
+        .pod
+        .staging
+        .canonicalize()
+        .map_err(io(&host.pod.staging))?;
+    let connections: Vec<Connection> = connections.into_iter().map(Connection::from).collect();
+    let run_id = request.key.run_id.clone();
+    let report_until = tokio::time::Instant::now() + request.policy.timeout + REPORT_WINDOW;
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let try_run = local.run_granted(request, connections, events);
+    let relay = async {
+        let mut ticker = tokio::time::interval(FLUSH);
+        let mut open = true;
+        while open {
+            ticker.tick().await;
+            let mut batch = Vec::new();
+            loop {
+                match received.try_recv() {
+                    Ok(event) => batch.extend(WorkerMessage::from_event(event)),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty()
+                && let Err(e) = host
+                    .post_json("sending log lines", "/v1/events", &batch)
+                    .await
+            {
+                // Log lines are not worth failing the try for; say so where
+                // the pod's log keeps it.
+                eprintln!("{e}");
+            }
+        }
+    };
+    let (outcome, ()) = tokio::join!(try_run, relay);
+    let reported = report(&host, &outcome, report_until).await;
+    local.release(&run_id);
+    reported
+}
+
+async fn fetch_component(host: &Host, home: &Home, digest: &str) -> Result<(), PodWorkerError> {
+    let path = home.blob(digest);
+    if path.is_file() {
+        let bytes = std::fs::read(&path).map_err(|source| PodWorkerError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if hex::encode(Sha256::digest(&bytes)) == digest {
+            return Ok(());
+        }
+    }
+    let response = host
+        .call(
+            "fetching the component",
+            host.http.get(host.url("/v1/component")),
+        )
+        .await?;
+    let bytes = response.bytes().await.map_err(|e| PodWorkerError::Call {
+        what: "fetching the component",
+        url: host.url("/v1/component"),
+        detail: e.to_string(),
+    })?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != digest {
+        return Err(PodWorkerError::Digest {
+            expected: digest.to_owned(),
+            actual,
+        });
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| PodWorkerError::Io {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    crate::home::write_atomically(&path, &bytes).map_err(|source| PodWorkerError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Offers the outcome until the host acknowledges it or `until`.
+async fn report(
+    host: &Host,
+    outcome: &TryOutcome,
+    until: tokio::time::Instant,
+) -> Result<(), PodWorkerError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match host
+            .post_json("reporting the outcome", "/v1/outcome", outcome)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if tokio::time::Instant::now() + delay >= until {
+                    return Err(PodWorkerError::Unacknowledged(e.to_string()));
+                }
+                eprintln!("{e}; trying again in {}", humantime::format_duration(delay));
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

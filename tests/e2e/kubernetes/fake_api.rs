@@ -1,0 +1,675 @@
+//! An in-test fake Kubernetes API server (axum on 127.0.0.1) implementing what
+//! the Kubernetes executor uses and nothing more: create (409 on conflict),
+//! get, list with equality label selectors, server-side apply, delete with
+//! propagation through ownerReferences, pod logs, TokenReview; a small Job
+//! controller (Job → Pod, conditions, `activeDeadlineSeconds`, a replacement
+//! pod for a disrupted one); and a kubelet that really runs the pod's command
+//! (the real `sluice worker`) with the claim mapped to a local directory, the
+//! projected token written, and its output as the pod log.
+//!
+//! Every object ever written is also kept in an audit trail
+//! (`GET /fake/audit`) so a test can read, through a plain HTTP client of its
+//! own, what the executor stored even after it deleted it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+/// What the kubelet does with the next pod instead of running it.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// The image cannot be pulled (the pod waits in ImagePullBackOff).
+    ImagePull,
+    /// The container is OOMKilled (exit 137) before reporting.
+    OomKilled,
+    /// The pod is evicted; the Job replaces it (pod failure policy Ignore).
+    Evicted,
+}
+
+#[derive(Default)]
+struct State {
+    /// By (resource, namespace, name).
+    objects: BTreeMap<(String, String, String), Value>,
+    audit: Vec<Value>,
+    /// Token → (pod name, pod uid, namespace, service account, valid).
+    tokens: HashMap<String, (String, String, String, String, bool)>,
+    logs: HashMap<String, String>,
+    faults: VecDeque<Fault>,
+    counter: u64,
+    /// Requests served, by method and resource (for the figures printed).
+    requests: BTreeMap<String, u64>,
+    /// Pod uid → its kill switch.
+    kills: HashMap<String, tokio::sync::oneshot::Sender<()>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    dir: PathBuf,
+    sluice: PathBuf,
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared.state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running fake cluster.
+pub struct FakeCluster {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    shared: Arc<Shared>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl FakeCluster {
+    /// Starts the server; claims and tokens live under `dir`; pods run `sluice`.
+    pub fn start(dir: &Path, sluice: &Path) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let shared = Arc::new(Shared {
+            state: Mutex::default(),
+            dir: dir.to_owned(),
+            sluice: sluice.to_owned(),
+        });
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = {
+            let shared = shared.clone();
+            axum::Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
+                let shared = shared.clone();
+                async move { handle(shared, method, uri, body).await }
+            })
+        };
+        runtime.spawn(async move {
+            axum::serve(listener, app).await.expect("fake API server");
+        });
+        Self {
+            url,
+            shared,
+            _runtime: runtime,
+        }
+    }
+
+    /// Writes a kubeconfig pointing at this server into `path`.
+    pub fn kubeconfig(&self, path: &Path, namespace: &str) {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\n\
+             current-context: fake\nusers:\n- name: fake\n  user:\n    token: scheduler-token\n",
+            self.url
+        );
+        std::fs::write(path, text).expect("kubeconfig");
+    }
+
+    /// The local directory a claim maps to.
+    pub fn claim_dir(&self, claim: &str) -> PathBuf {
+        self.shared.dir.join("claims").join(claim)
+    }
+
+    /// Makes the kubelet apply `fault` to the next pod it is given.
+    pub fn inject(&self, fault: Fault) {
+        lock(&self.shared).faults.push_back(fault);
+    }
+
+    /// Registers a token for a pod that is no try's (or marks it invalid).
+    pub fn add_token(&self, token: &str, pod: &str, uid: &str, valid: bool) {
+        lock(&self.shared).tokens.insert(
+            token.to_owned(),
+            (
+                pod.to_owned(),
+                uid.to_owned(),
+                "pipelines".into(),
+                "sluice-worker".into(),
+                valid,
+            ),
+        );
+    }
+
+    /// The tokens issued to pods, by pod name.
+    pub fn pod_tokens(&self) -> HashMap<String, String> {
+        lock(&self.shared)
+            .tokens
+            .iter()
+            .map(|(token, (pod, ..))| (pod.clone(), token.clone()))
+            .collect()
+    }
+
+    /// Requests served so far, by method and resource.
+    pub fn requests(&self) -> BTreeMap<String, u64> {
+        lock(&self.shared).requests.clone()
+    }
+
+    /// Every pod log.
+    pub fn logs(&self) -> Vec<String> {
+        lock(&self.shared).logs.values().cloned().collect()
+    }
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code});
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+fn kind_of(resource: &str) -> &'static str {
+    match resource {
+        "jobs" => "Job",
+        "pods" => "Pod",
+        "configmaps" => "ConfigMap",
+        "persistentvolumeclaims" => "PersistentVolumeClaim",
+        _ => "Unknown",
+    }
+}
+
+fn api_version_of(resource: &str) -> &'static str {
+    if resource == "jobs" { "batch/v1" } else { "v1" }
+}
+
+fn matches(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let Some((key, value)) = term.split_once('=') else {
+            return false;
+        };
+        object["metadata"]["labels"][key].as_str() == Some(value)
+    })
+}
+
+fn query(uri: &Uri, key: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+async fn handle(shared: Arc<Shared>, method: Method, uri: Uri, body: Bytes) -> Response {
+    let path = uri.path().to_owned();
+    if !path.starts_with("/fake/") {
+        let resource = path
+            .rsplit('/')
+            .find(|p| {
+                matches!(
+                    *p,
+                    "jobs"
+                        | "pods"
+                        | "configmaps"
+                        | "persistentvolumeclaims"
+                        | "tokenreviews"
+                        | "log"
+                )
+            })
+            .unwrap_or("other");
+        *lock(&shared)
+            .requests
+            .entry(format!("{method} {resource}"))
+            .or_default() += 1;
+    }
+    if path == "/fake/audit" {
+        return axum::Json(Value::Array(lock(&shared).audit.clone())).into_response();
+    }
+    if path == "/apis/authentication.k8s.io/v1/tokenreviews" && method == Method::POST {
+        return token_review(&shared, &body);
+    }
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let rest = match parts.as_slice() {
+        ["api", "v1", "namespaces", rest @ ..] => rest,
+        ["apis", "batch", "v1", "namespaces", rest @ ..] => rest,
+        _ => return status(404, "NotFound", &format!("the fake does not serve {path}")),
+    };
+    match (rest, method.clone()) {
+        ([ns, resource], Method::GET) => {
+            let selector = query(&uri, "labelSelector").unwrap_or_default();
+            let state = lock(&shared);
+            let items: Vec<Value> = state
+                .objects
+                .iter()
+                .filter(|((r, n, _), o)| r == resource && n == ns && matches(o, &selector))
+                .map(|(_, o)| o.clone())
+                .collect();
+            axum::Json(json!({"apiVersion": api_version_of(resource), "kind": format!("{}List", kind_of(resource)),
+                "metadata": {"resourceVersion": state.counter.to_string()}, "items": items}))
+            .into_response()
+        }
+        ([ns, resource], Method::POST) => {
+            let Ok(object) = serde_json::from_slice::<Value>(&body) else {
+                return status(400, "BadRequest", "not JSON");
+            };
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            create(&shared, resource, ns, &name, object)
+        }
+        ([ns, resource, name], Method::GET) => {
+            match lock(&shared)
+                .objects
+                .get(&((*resource).into(), (*ns).into(), (*name).into()))
+            {
+                Some(object) => axum::Json(object.clone()).into_response(),
+                None => status(404, "NotFound", &format!("{resource} \"{name}\" not found")),
+            }
+        }
+        ([ns, resource, name], Method::PATCH) => {
+            let Ok(object) = serde_json::from_slice::<Value>(&body) else {
+                return status(400, "BadRequest", "not JSON");
+            };
+            let key = ((*resource).to_owned(), (*ns).to_owned(), (*name).to_owned());
+            let existing = lock(&shared).objects.get(&key).cloned();
+            match existing {
+                None => create(&shared, resource, ns, name, object),
+                Some(mut current) => {
+                    // Server-side apply of Sluice's own fields: replace them.
+                    for field in ["spec", "data"] {
+                        if !object[field].is_null() {
+                            current[field] = object[field].clone();
+                        }
+                    }
+                    for field in ["labels", "annotations", "ownerReferences"] {
+                        if !object["metadata"][field].is_null() {
+                            current["metadata"][field] = object["metadata"][field].clone();
+                        }
+                    }
+                    let mut state = lock(&shared);
+                    state.counter += 1;
+                    current["metadata"]["resourceVersion"] = json!(state.counter.to_string());
+                    state.audit.push(current.clone());
+                    state.objects.insert(key, current.clone());
+                    axum::Json(current).into_response()
+                }
+            }
+        }
+        ([ns, resource, name], Method::DELETE) => {
+            let key = ((*resource).to_owned(), (*ns).to_owned(), (*name).to_owned());
+            let removed = delete_cascading(&shared, &key);
+            match removed {
+                Some(object) => axum::Json(object).into_response(),
+                None => status(404, "NotFound", &format!("{resource} \"{name}\" not found")),
+            }
+        }
+        ([_, "pods", name, "log"], Method::GET) => match lock(&shared).logs.get(*name) {
+            Some(log) => log.clone().into_response(),
+            None => status(404, "NotFound", &format!("pod \"{name}\" has no log")),
+        },
+        _ => status(405, "MethodNotAllowed", &format!("{method} {path}")),
+    }
+}
+
+fn uid(state: &mut State) -> String {
+    state.counter += 1;
+    format!("uid-{:08}", state.counter)
+}
+
+fn create(
+    shared: &Arc<Shared>,
+    resource: &str,
+    ns: &str,
+    name: &str,
+    mut object: Value,
+) -> Response {
+    let key = (resource.to_owned(), ns.to_owned(), name.to_owned());
+    let mut state = lock(shared);
+    if state.objects.contains_key(&key) {
+        return status(
+            409,
+            "AlreadyExists",
+            &format!("{resource} \"{name}\" already exists"),
+        );
+    }
+    let uid = uid(&mut state);
+    object["apiVersion"] = json!(api_version_of(resource));
+    object["kind"] = json!(kind_of(resource));
+    object["metadata"]["uid"] = json!(uid);
+    object["metadata"]["namespace"] = json!(ns);
+    object["metadata"]["resourceVersion"] = json!(state.counter.to_string());
+    object["metadata"]["creationTimestamp"] =
+        json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    state.audit.push(object.clone());
+    state.objects.insert(key, object.clone());
+    drop(state);
+    if resource == "jobs" {
+        start_pod(shared.clone(), ns.to_owned(), object.clone());
+    }
+    (StatusCode::CREATED, axum::Json(object)).into_response()
+}
+
+fn delete_cascading(shared: &Arc<Shared>, key: &(String, String, String)) -> Option<Value> {
+    let mut state = lock(shared);
+    let removed = state.objects.remove(key)?;
+    let mut doomed = vec![
+        removed["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    ];
+    while let Some(owner) = doomed.pop() {
+        if let Some(kill) = state.kills.remove(&owner) {
+            let _ = kill.send(());
+        }
+        let owned: Vec<_> = state
+            .objects
+            .iter()
+            .filter(|(_, o)| {
+                o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == owner.as_str()))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in owned {
+            if let Some(o) = state.objects.remove(&k) {
+                doomed.push(o["metadata"]["uid"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    Some(removed)
+}
+
+fn token_review(shared: &Arc<Shared>, body: &Bytes) -> Response {
+    let Ok(review) = serde_json::from_slice::<Value>(body) else {
+        return status(400, "BadRequest", "not JSON");
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let audiences = review["spec"]["audiences"].clone();
+    let found = lock(shared).tokens.get(token).cloned();
+    let status_body = match found {
+        Some((pod, uid, ns, sa, true)) if audiences == json!(["sluice"]) => json!({
+            "authenticated": true,
+            "audiences": ["sluice"],
+            "user": {"username": format!("system:serviceaccount:{ns}:{sa}"),
+                "extra": {"authentication.kubernetes.io/pod-name": [pod], "authentication.kubernetes.io/pod-uid": [uid]}}
+        }),
+        Some(..) => json!({"authenticated": false, "error": "token has expired"}),
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    axum::Json(
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "metadata": {}, "spec": review["spec"], "status": status_body}),
+    )
+    .into_response()
+}
+
+/// Job controller: makes the Job's pod and hands it to the kubelet.
+fn start_pod(shared: Arc<Shared>, ns: String, job: Value) {
+    let job_name = job["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let job_uid = job["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let template = job["spec"]["template"].clone();
+    let mut state = lock(&shared);
+    let pod_uid = uid(&mut state);
+    let pod_name = format!("{job_name}-{}", &pod_uid[pod_uid.len() - 5..]);
+    let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": ns, "uid": pod_uid,
+            "labels": template["metadata"]["labels"], "annotations": template["metadata"]["annotations"],
+            "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": job_uid, "controller": true}]},
+        "spec": template["spec"], "status": {"phase": "Pending"}});
+    pod["metadata"]["labels"]["job-name"] = json!(job_name);
+    state.audit.push(pod.clone());
+    state
+        .objects
+        .insert(("pods".into(), ns.clone(), pod_name.clone()), pod.clone());
+    set_job_status(&mut state, &ns, &job_name, json!({"active": 1}));
+    let fault = state.faults.pop_front();
+    drop(state);
+    let deadline = job["spec"]["activeDeadlineSeconds"]
+        .as_u64()
+        .unwrap_or(3600);
+    tokio::spawn(kubelet(
+        shared,
+        ns,
+        job_name,
+        pod,
+        fault,
+        Duration::from_secs(deadline),
+    ));
+}
+
+fn set_job_status(state: &mut State, ns: &str, job: &str, status: Value) {
+    if let Some(object) = state
+        .objects
+        .get_mut(&("jobs".into(), ns.into(), job.into()))
+    {
+        object["status"] = status;
+    }
+}
+
+fn set_pod_status(shared: &Shared, ns: &str, pod: &str, status: Value) {
+    if let Some(object) = lock(shared)
+        .objects
+        .get_mut(&("pods".into(), ns.into(), pod.into()))
+    {
+        object["status"] = status;
+    }
+}
+
+fn job_failed(shared: &Shared, ns: &str, job: &str, reason: &str) {
+    let mut state = lock(shared);
+    set_job_status(
+        &mut state,
+        ns,
+        job,
+        json!({"active": 0, "failed": 1,
+        "conditions": [{"type": "Failed", "status": "True", "reason": reason, "message": reason}]}),
+    );
+}
+
+fn container_status(state: Value) -> Value {
+    json!([{"name": "worker", "image": "", "imageID": "", "ready": false, "restartCount": 0, "state": state}])
+}
+
+/// The kubelet: runs the pod's command with its volumes mapped locally.
+async fn kubelet(
+    shared: Arc<Shared>,
+    ns: String,
+    job: String,
+    pod: Value,
+    fault: Option<Fault>,
+    deadline: Duration,
+) {
+    let name = pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let uid = pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    match fault {
+        Some(Fault::ImagePull) => {
+            set_pod_status(
+                &shared,
+                &ns,
+                &name,
+                json!({"phase": "Pending", "containerStatuses": container_status(
+                json!({"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image: not found"}}))}),
+            );
+            return;
+        }
+        Some(Fault::OomKilled) => {
+            set_pod_status(
+                &shared,
+                &ns,
+                &name,
+                json!({"phase": "Failed", "containerStatuses": container_status(
+                json!({"terminated": {"reason": "OOMKilled", "exitCode": 137}}))}),
+            );
+            job_failed(&shared, &ns, &job, "BackoffLimitExceeded");
+            return;
+        }
+        Some(Fault::Evicted) => {
+            set_pod_status(
+                &shared,
+                &ns,
+                &name,
+                json!({"phase": "Failed", "reason": "Evicted",
+                "message": "The node was low on resource: memory.",
+                "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}]}),
+            );
+            // The pod failure policy ignores a disruption: the Job makes a new pod.
+            let object = lock(&shared)
+                .objects
+                .get(&("jobs".into(), ns.clone(), job.clone()))
+                .cloned();
+            if let Some(object) = object {
+                start_pod(shared.clone(), ns, object);
+            }
+            return;
+        }
+        None => {}
+    }
+    // Volumes: the claim to a local directory, the projected token to a file.
+    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    let volumes = pod["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let containers = pod["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let container = containers.first().cloned().unwrap_or(Value::Null);
+    for mount in container["volumeMounts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let volume = volumes
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .cloned()
+            .unwrap_or(Value::Null);
+        let local = if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
+            shared.dir.join("claims").join(claim)
+        } else if volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "sluice" {
+            let dir = shared.dir.join("tokens").join(&uid);
+            std::fs::create_dir_all(&dir).expect("token dir");
+            let token = {
+                let mut state = lock(&shared);
+                state.counter += 1;
+                format!("token-{}-{}", state.counter, std::process::id())
+            };
+            std::fs::write(dir.join("token"), &token).expect("token");
+            let sa = pod["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap_or("default")
+                .to_owned();
+            lock(&shared)
+                .tokens
+                .insert(token, (name.clone(), uid.clone(), ns.clone(), sa, true));
+            dir
+        } else {
+            continue;
+        };
+        std::fs::create_dir_all(&local).expect("volume dir");
+        mounts.push((
+            mount["mountPath"].as_str().unwrap_or_default().to_owned(),
+            local,
+        ));
+    }
+    let map = |arg: &str| {
+        for (path, local) in &mounts {
+            if let Some(rest) = arg.strip_prefix(path.as_str()) {
+                return format!("{}{rest}", local.display());
+            }
+        }
+        arg.to_owned()
+    };
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a.as_str().map(map))
+        .collect();
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or_default().to_owned(),
+                e["value"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    set_pod_status(
+        &shared,
+        &ns,
+        &name,
+        json!({"phase": "Running", "containerStatuses": container_status(json!({"running": {}}))}),
+    );
+    let (kill, killed) = tokio::sync::oneshot::channel();
+    lock(&shared).kills.insert(uid.clone(), kill);
+    let child = Command::new(&shared.sluice)
+        .args(&args)
+        .envs(env)
+        .env_remove("SLUICE_HOME")
+        .env_remove("KUBECONFIG")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let (phase, exit, reason) = tokio::select! {
+        out = child => match out {
+            Ok(out) => {
+                let mut log = String::from_utf8_lossy(&out.stdout).into_owned();
+                log.push_str(&String::from_utf8_lossy(&out.stderr));
+                lock(&shared).logs.insert(name.clone(), log);
+                let code = out.status.code().unwrap_or(128);
+                (if code == 0 { "Succeeded" } else { "Failed" }, code, if code == 0 { "Completed" } else { "Error" })
+            }
+            Err(e) => {
+                lock(&shared).logs.insert(name.clone(), format!("cannot start: {e}"));
+                ("Failed", 128, "StartError")
+            }
+        },
+        _ = killed => return,
+        () = tokio::time::sleep(deadline) => {
+            job_failed(&shared, &ns, &job, "DeadlineExceeded");
+            return;
+        }
+    };
+    lock(&shared).kills.remove(&uid);
+    set_pod_status(
+        &shared,
+        &ns,
+        &name,
+        json!({"phase": phase, "containerStatuses": container_status(
+        json!({"terminated": {"reason": reason, "exitCode": exit}}))}),
+    );
+    if phase == "Succeeded" {
+        let mut state = lock(&shared);
+        set_job_status(
+            &mut state,
+            &ns,
+            &job,
+            json!({"active": 0, "succeeded": 1,
+            "conditions": [{"type": "Complete", "status": "True"}]}),
+        );
+    } else {
+        job_failed(&shared, &ns, &job, "BackoffLimitExceeded");
+    }
+}
