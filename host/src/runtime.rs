@@ -3,9 +3,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use tokio::sync::broadcast;
+
 use crate::capabilities::SqlPool;
 use crate::confine::Sandbox;
 use crate::engine::{Engine, EngineError};
+use crate::events::RunNotice;
 use crate::executor::{Executor, LocalExecutor, ProcessExecutor};
 use crate::home::Home;
 use crate::store::{Store, StoreError};
@@ -48,7 +51,13 @@ pub struct Sluice {
     /// The `sluice` binary tries run in, one worker process each (none: in
     /// this process).
     workers: Option<std::path::PathBuf>,
+    /// Every event of every run this process carries out, for live watchers
+    /// (the HTTP API); a watcher that falls behind is told how much it missed.
+    notices: broadcast::Sender<RunNotice>,
 }
+
+/// How many run events a slow watcher may fall behind before it misses some.
+const NOTICE_BACKLOG: usize = 4096;
 
 impl Sluice {
     /// Opens (creating if needed) the home at `root`.
@@ -67,10 +76,22 @@ impl Sluice {
             sql_pool,
             executor,
             workers: None,
+            notices: broadcast::channel(NOTICE_BACKLOG).0,
             home,
             store,
             engine,
         })
+    }
+
+    /// Tells every watcher what happened in a run (nobody watching: nothing).
+    pub fn notify(&self, notice: RunNotice) {
+        // No receiver is not an error: nobody is watching.
+        let _ = self.notices.send(notice);
+    }
+
+    /// Watches every run event of this process from now on.
+    pub fn watch(&self) -> broadcast::Receiver<RunNotice> {
+        self.notices.subscribe()
     }
 
     /// How the host threads working for tasks are confined.

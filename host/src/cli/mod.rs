@@ -5,6 +5,7 @@ pub mod connections;
 pub mod deploy;
 pub mod runs;
 pub mod schedules;
+pub mod serve;
 pub mod staging;
 pub mod trust;
 
