@@ -2,13 +2,17 @@
 //! sandbox", each printed next to a baseline measured in the same run.
 //!
 //! 1. Sandbox tax: the `etl_local` DAG through `sluice run` vs the same three
-//!    statements through the `duckdb` crate, both as fresh processes.
+//!    statements through the `duckdb` crate and through DuckDB's official
+//!    build ([`crate::official`]), all as fresh processes, wall and CPU time.
 //! 2. Start-up: cold compile, warm deploy, instantiate from a pre-instantiated
 //!    component, opening a task's DuckDB session.
 //! 3. Host call cost: a context read from the guest vs a local call.
 //! 4. Scheduling overhead: chains and fan-outs of no-op tasks.
 //! 5. Data out of the sandbox: a query streamed to the guest as Arrow batches
 //!    vs read in the host.
+//! 6. Postgres load and extract vs `psql \copy` (with `--postgres`).
+//! 7. The metadatabase: the reads behind `runs list`, `runs show`, a
+//!    scheduler pass and the staging sweep over 100,000 runs ([`metadb`]).
 //!
 //! Nothing here asserts on time; `--smoke` runs every case at tiny sizes.
 
@@ -28,6 +32,9 @@ use sluice::manifest::Manifest;
 use sluice::scheduler::{RunOptions, run_dag};
 use sluice::{Sluice, capabilities, connections, engine, registry, vault};
 
+use crate::metadb;
+use crate::official::Official;
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -43,16 +50,26 @@ pub struct BenchOptions {
     pub bench_exe: PathBuf,
     /// A Postgres server (Airflow-style URI) for the load/extract case; `psql` must be on PATH.
     pub postgres: Option<String>,
+    /// The cases to run (empty: all).
+    pub cases: Vec<u8>,
+}
+
+impl BenchOptions {
+    fn runs(&self, case: u8) -> bool {
+        self.cases.is_empty() || self.cases.contains(&case)
+    }
 }
 
 /// A bench failure.
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Wall time and peak resident memory of a child process.
+/// Wall time, CPU time and peak resident memory of a child process.
 #[derive(Debug, Clone, Copy)]
 pub struct ChildCost {
     /// Wall clock from spawn to exit.
     pub wall: Duration,
+    /// User plus system CPU time of the child (its threads included).
+    pub cpu: Duration,
     /// Peak RSS in bytes.
     pub max_rss: u64,
 }
@@ -75,8 +92,12 @@ pub fn measure_child(command: &mut Command) -> BenchResult<ChildCost> {
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         return Err(format!("{command:?} failed with status {status}").into());
     }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
     Ok(ChildCost {
         wall,
+        cpu: time(usage.ru_utime) + time(usage.ru_stime),
         max_rss: (usage.ru_maxrss.max(0) as u64) * 1024,
     })
 }
@@ -88,10 +109,19 @@ pub fn baseline_etl(dir: &Path, rows: u64, threads: u32, memory: u64) -> BenchRe
         .threads(i64::from(threads))?
         .max_memory(&format!("{memory}B"))?;
     let conn = duckdb::Connection::open_in_memory_with_flags(config)?;
+    // One statement at a time through a prepared statement, as a task's `execute` does.
+    for statement in etl_statements(dir, rows) {
+        conn.execute(&statement, [])?;
+    }
+    Ok(())
+}
+
+/// The seed ETL's three statements over `rows` rows, writing in `dir`: what
+/// both baselines run.
+pub fn etl_statements(dir: &Path, rows: u64) -> [String; 3] {
     let path = |name: &str| format!("'{}'", dir.join(name).display());
     let (raw, agg, csv) = (path("raw.parquet"), path("agg.parquet"), path("output.csv"));
-    // One statement at a time through a prepared statement, as a task's `execute` does.
-    for statement in [
+    [
         format!(
             "COPY (SELECT i AS id, 'cat_' || (i % 50) AS category, (random() * 1000)::DECIMAL(10,2) AS amount \
              FROM range({rows}) t(i)) TO {raw} (FORMAT parquet)"
@@ -101,10 +131,7 @@ pub fn baseline_etl(dir: &Path, rows: u64, threads: u32, memory: u64) -> BenchRe
              GROUP BY category ORDER BY category) TO {agg} (FORMAT parquet)"
         ),
         format!("COPY (SELECT * FROM read_parquet({agg}) ORDER BY category) TO {csv} (HEADER)"),
-    ] {
-        conn.execute(&statement, [])?;
-    }
-    Ok(())
+    ]
 }
 
 fn median(mut xs: Vec<Duration>) -> Duration {
@@ -128,17 +155,41 @@ pub fn run(options: &BenchOptions) -> BenchResult<()> {
         if options.smoke { " (smoke)" } else { "" },
         duckdb_version()?
     );
-    sandbox_tax(options)?;
+    if options.runs(1) {
+        sandbox_tax(options)?;
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     let work = tempfile::tempdir()?;
     let sluice = Sluice::open(&work.path().join("home"))?;
-    startup(options, &sluice, work.path())?;
-    runtime.block_on(host_calls(options, &sluice, work.path()))?;
-    runtime.block_on(scheduling(options, &sluice, work.path()))?;
-    runtime.block_on(data_out(options, &sluice, work.path()))?;
-    if let Some(uri) = &options.postgres {
+    if options.runs(2) {
+        startup(options, &sluice, work.path())?;
+    }
+    if options.runs(3) {
+        runtime.block_on(host_calls(options, &sluice, work.path()))?;
+    }
+    if options.runs(4) {
+        runtime.block_on(scheduling(options, &sluice, work.path()))?;
+    }
+    if options.runs(5) {
+        runtime.block_on(data_out(options, &sluice, work.path()))?;
+    }
+    if let Some(uri) = options.postgres.as_ref().filter(|_| options.runs(6)) {
         runtime.block_on(postgres_throughput(options, &sluice, work.path(), uri))?;
     }
+    if !options.runs(7) {
+        return Ok(());
+    }
+    println!();
+    let shape = if options.smoke {
+        metadb::Shape {
+            runs: 1_000,
+            samples: 3,
+            ..metadb::Shape::default()
+        }
+    } else {
+        metadb::Shape::default()
+    };
+    println!("7. {}", metadb::metadb(work.path(), shape)?);
     Ok(())
 }
 
@@ -165,7 +216,8 @@ async fn postgres_throughput(
         "SELECT i AS id, 'cat_' || (i % 50) AS category, ((i % 100000) / 100.0)::DECIMAL(10,2) AS amount FROM range({rows}) t(i)"
     );
     let vault = vault::Vault::open(&sluice.store, sluice.home.root())?;
-    let connection = connections::from_uri("bench_pg", uri)?;
+    let connection =
+        sluice::capabilities::connections::CONNECTION_TYPES.parse_uri("bench_pg", uri)?;
     connections::add(&sluice.store, &vault, &connection, true)?;
     psql(
         uri,
@@ -252,14 +304,31 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
         .unwrap_or(policy);
     println!();
     println!(
-        "1. sandbox tax: etl_local via `sluice run` vs the same SQL via the duckdb crate \
-         (both fresh processes; threads {}, memory_limit {})",
+        "1. sandbox tax: etl_local via `sluice run` vs the same SQL via the duckdb crate and via \
+         DuckDB's official build (all fresh processes; threads {}, memory_limit {}; median of 3)",
         example.threads,
         mib(example.duckdb_memory)
     );
+    let official = Official::locate(&duckdb_version()?, options.smoke)?;
+    match &official {
+        Some(official) => println!(
+            "   official build: the duckdb {} wheel from PyPI",
+            official.version
+        ),
+        None => println!("   official build: not installed (a full run installs it), skipped"),
+    }
     println!(
-        "   {:>10}  {:>9}  {:>9}  {:>7}  {:>12}  {:>12}",
-        "rows", "duckdb", "sluice", "ratio", "duckdb RSS", "sluice RSS"
+        "   {:>10}  {:>14}  {:>14}  {:>14}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}",
+        "rows",
+        "crate wall/cpu",
+        "official",
+        "sluice",
+        "×crate",
+        "×official",
+        "cpu×crate",
+        "cpu×offic",
+        "crate RSS",
+        "sluice RSS"
     );
     let home = tempfile::tempdir()?;
     let exe = &options.sluice_exe;
@@ -272,12 +341,11 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
             .arg(&example_dir),
     )?;
     for &rows in &options.etl_rows {
-        let reps = 3;
-        let (mut base, mut sandboxed) = (Vec::new(), Vec::new());
-        let (mut base_rss, mut sandboxed_rss) = (0, 0);
-        for _ in 0..reps {
+        let (mut base, mut official_costs, mut sandboxed) = (Vec::new(), Vec::new(), Vec::new());
+        // Alternated, so that a noisy neighbour hurts all three alike.
+        for _ in 0..3 {
             let dir = tempfile::tempdir()?;
-            let cost = measure_child(
+            base.push(measure_child(
                 Command::new(&options.bench_exe)
                     .args([
                         "baseline",
@@ -288,11 +356,17 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
                     ])
                     .args(["--memory", &example.duckdb_memory.to_string(), "--dir"])
                     .arg(dir.path()),
-            )?;
-            base.push(cost.wall);
-            base_rss = base_rss.max(cost.max_rss);
+            )?);
             drop(dir);
-            let cost = measure_child(
+            if let Some(official) = &official {
+                let dir = tempfile::tempdir()?;
+                official_costs.push(measure_child(&mut official.command(
+                    &etl_statements(dir.path(), rows),
+                    example.threads,
+                    example.duckdb_memory,
+                ))?);
+            }
+            sandboxed.push(measure_child(
                 Command::new(exe)
                     .arg("--home")
                     .arg(home.path())
@@ -304,24 +378,52 @@ fn sandbox_tax(options: &BenchOptions) -> BenchResult<()> {
                         &format!("rows={rows}"),
                     ])
                     .stderr(std::process::Stdio::null()),
-            )?;
-            sandboxed.push(cost.wall);
-            sandboxed_rss = sandboxed_rss.max(cost.max_rss);
+            )?);
             let staging = home.path().join("staging");
             std::fs::remove_dir_all(&staging)?;
             std::fs::create_dir_all(&staging)?;
         }
-        let (b, s) = (median(base), median(sandboxed));
+        let (b, s) = (Median::of(&base), Median::of(&sandboxed));
+        let o = (!official_costs.is_empty()).then(|| Median::of(&official_costs));
+        let ratio = |x: Duration, y: Duration| format!("{:.3}x", x.as_secs_f64() / y.as_secs_f64());
+        let or_dash = |f: &dyn Fn(&Median) -> String| o.as_ref().map_or_else(|| "-".to_owned(), f);
         println!(
-            "   {rows:>10}  {:>9}  {:>9}  {:>6.3}x  {:>12}  {:>12}",
-            secs(b),
-            secs(s),
-            s.as_secs_f64() / b.as_secs_f64(),
-            mib(base_rss),
-            mib(sandboxed_rss)
+            "   {rows:>10}  {:>14}  {:>14}  {:>14}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}",
+            b.shown(),
+            or_dash(&Median::shown),
+            s.shown(),
+            ratio(s.wall, b.wall),
+            or_dash(&|o| ratio(s.wall, o.wall)),
+            ratio(s.cpu, b.cpu),
+            or_dash(&|o| ratio(s.cpu, o.cpu)),
+            mib(b.max_rss),
+            mib(s.max_rss)
         );
     }
     Ok(())
+}
+
+/// The medians of a child's repeated costs (each figure on its own), and the
+/// largest RSS.
+struct Median {
+    wall: Duration,
+    cpu: Duration,
+    max_rss: u64,
+}
+
+impl Median {
+    fn of(costs: &[ChildCost]) -> Self {
+        Self {
+            wall: median(costs.iter().map(|c| c.wall).collect()),
+            cpu: median(costs.iter().map(|c| c.cpu).collect()),
+            max_rss: costs.iter().map(|c| c.max_rss).max().unwrap_or(0),
+        }
+    }
+
+    /// `wall/cpu` in seconds.
+    fn shown(&self) -> String {
+        format!("{}/{}", secs(self.wall), secs(self.cpu))
+    }
 }
 
 fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<()> {

@@ -5,6 +5,13 @@
 //! again in its `baseline` mode for that case's DuckDB-only baseline.
 
 mod cases;
+mod metadb;
+mod official;
+
+/// mimalloc, for Rust and (through its `override` feature) for DuckDB's C++:
+/// glibc's malloc cost DuckDB 20-30% more CPU on the ETL (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +36,9 @@ struct Cli {
         default_value = "1000000,10000000,70000000"
     )]
     rows: Vec<u64>,
+    /// Only these cases (numbers as in BENCHMARKS.md, e.g. `--case 1,7`) [default: all].
+    #[arg(long = "case", value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=7))]
+    cases: Vec<u8>,
     /// The repository holding examples/ and plugins/dist.
     #[arg(long, default_value = ".")]
     repo: PathBuf,
@@ -102,6 +112,7 @@ fn run(cli: Cli) -> Result<()> {
         sluice_exe,
         bench_exe,
         postgres: cli.postgres,
+        cases: cli.cases,
     };
     cases::run(&options).map_err(|e| anyhow::anyhow!("bench failed: {e}"))
 }

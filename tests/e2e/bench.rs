@@ -27,6 +27,9 @@ fn every_benchmark_case_runs_in_smoke_mode() {
         "4. scheduling overhead",
         "5. data out",
         "6. Postgres",
+        "7. metadatabase: 1000 runs x 10 task instances",
+        "  runs list --limit 50",
+        "  staging sweep reads",
     ] {
         assert!(
             stdout.contains(heading),

@@ -131,7 +131,9 @@ async fn a_server_that_refuses_the_connection_gets_every_retry() {
     let vault =
         sluice::vault::Vault::open(&home.sluice.store, home.sluice.home.root()).expect("vault");
     let uri = format!("postgresql://etl:pw@127.0.0.1:{port}/warehouse");
-    let connection = sluice::connections::from_uri("down", &uri).expect("uri");
+    let connection = sluice::capabilities::connections::CONNECTION_TYPES
+        .parse_uri("down", &uri)
+        .expect("uri");
     sluice::connections::add(&home.sluice.store, &vault, &connection, false).expect("add");
     let body = retried(
         "t",
@@ -158,7 +160,9 @@ async fn postgres_errors_carry_their_kind() {
     let vault =
         sluice::vault::Vault::open(&home.sluice.store, home.sluice.home.root()).expect("vault");
     for (id, uri) in [("pg", server.uri()), ("admin", server.superuser_uri())] {
-        let connection = sluice::connections::from_uri(id, &uri).expect("uri");
+        let connection = sluice::capabilities::connections::CONNECTION_TYPES
+            .parse_uri(id, &uri)
+            .expect("uri");
         sluice::connections::add(&home.sluice.store, &vault, &connection, false).expect("add");
     }
     let body = [

@@ -12,7 +12,9 @@ fn home_with_pg() -> (TestHome, &'static pg::PgServer) {
     let home = TestHome::new();
     let vault =
         sluice::vault::Vault::open(&home.sluice.store, home.sluice.home.root()).expect("vault");
-    let connection = sluice::connections::from_uri("pg", &server.uri()).expect("uri");
+    let connection = sluice::capabilities::connections::CONNECTION_TYPES
+        .parse_uri("pg", &server.uri())
+        .expect("uri");
     sluice::connections::add(&home.sluice.store, &vault, &connection, false).expect("add");
     (home, server)
 }
@@ -441,13 +443,14 @@ async fn no_call_log_error_or_output_ever_holds_the_password() {
     // A connection that cannot log in fails with a reason, not the password.
     let vault =
         sluice::vault::Vault::open(&home.sluice.store, home.sluice.home.root()).expect("vault");
-    let wrong = sluice::connections::from_uri(
-        "pg",
-        &pg::server()
-            .uri()
-            .replace(PASSWORD, &format!("{PASSWORD}x")),
-    )
-    .expect("uri");
+    let wrong = sluice::capabilities::connections::CONNECTION_TYPES
+        .parse_uri(
+            "pg",
+            &pg::server()
+                .uri()
+                .replace(PASSWORD, &format!("{PASSWORD}x")),
+        )
+        .expect("uri");
     sluice::connections::add(&home.sluice.store, &vault, &wrong, true).expect("replace");
     let failed = home
         .run(

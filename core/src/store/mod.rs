@@ -25,8 +25,6 @@ use rusqlite::{Connection, Row, ToSql};
 
 use crate::state::{RunState, RunType, TaskState, VolumeState};
 
-#[cfg(feature = "bench")]
-pub mod bench;
 pub mod connections;
 pub mod logs;
 pub mod runs;

@@ -1,16 +1,24 @@
-//! The `connections` interface: the one WIT interface that `open-postgres`
-//! and `open-bucket` (and their resources) share. This module only
+//! The connection types this build knows, and the `connections` interface:
+//! the one WIT interface that `open-postgres` and `open-bucket` (and their
+//! resources) share. This module lists the types ([`CONNECTION_TYPES`]) and
 //! dispatches the two opens to the [`postgres`](super::postgres) and
-//! [`bucket`](super::bucket) capabilities, which own their handles, their
-//! clients, their errors and their resources' `Host` traits; the grant
-//! check is [`Grants`](super::grants::Grants)'.
+//! [`bucket`](super::bucket) capabilities, which own their configuration,
+//! their handles, their clients, their errors and their resources' `Host`
+//! traits; the grant check is [`Grants`](super::grants::Grants)'.
 
 use wasmtime::component::{Linker, Resource};
 
 use crate::bindings::sluice::task::connections::{self, Bucket, ConnectionError, Host, Postgres};
 
+use crate::connections::ConnectionTypes;
+
 use super::view::{ConnectionCapability, ConnectionView};
 use super::{bucket, postgres};
+
+/// Every connection type, one line each: what `connections add`, `show`,
+/// `test` and Airflow imports consult.
+pub const CONNECTION_TYPES: ConnectionTypes =
+    ConnectionTypes(&[&postgres::PostgresType, &bucket::S3Type]);
 
 /// Registers the `connections` interface, served from the
 /// [`ConnectionView`] `get` returns.

@@ -119,13 +119,11 @@ pub(crate) mod tests {
     pub(crate) fn postgres(id: &str, secret: &str, allow_privileged: bool) -> Connection {
         Connection {
             id: id.into(),
-            config: ConnectionConfig::Postgres {
-                host: "db.example".into(),
-                port: 5432,
-                database: "d".into(),
-                user: "u".into(),
-                extras: Default::default(),
-            },
+            config: ConnectionConfig::new(
+                "postgres",
+                &serde_json::json!({"host": "db.example", "port": 5432, "database": "d", "user": "u", "extras": {}}),
+            )
+            .expect("an object"),
             secret: secret.into(),
             allow_privileged,
         }

@@ -63,13 +63,11 @@ mod tests {
     fn redaction_covers_plain_and_url_encoded_secrets() {
         let c = Connection {
             id: "pg".into(),
-            config: ConnectionConfig::Postgres {
-                host: "h".into(),
-                port: 5432,
-                database: "d".into(),
-                user: "u".into(),
-                extras: Default::default(),
-            },
+            config: ConnectionConfig::new(
+                "postgres",
+                &serde_json::json!({"host": "h", "port": 5432, "database": "d", "user": "u", "extras": {}}),
+            )
+            .expect("an object"),
             secret: "p@ss word".into(),
             allow_privileged: false,
         };

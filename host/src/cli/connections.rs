@@ -2,42 +2,48 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
 use clap::Subcommand;
 use tokio::runtime::Runtime;
 
 use sluice::app::App;
 use sluice::app::connections::{
-    CheckResult, ConnectionDetails, ConnectionInput, NewMasterKey, S3Fields, S3Secret,
+    CheckResult, ConnectionDetails, ConnectionInput, NewMasterKey, SecretInput,
 };
-use sluice::connections::ConnectionConfig;
 
 /// `sluice connections`.
 #[derive(Subcommand)]
 pub enum ConnectionsCommand {
-    /// Add a connection from an Airflow-style URI, or an S3-compatible store from flags.
+    /// Add a connection from an Airflow-style URI, or from its type and fields
+    /// (an S3-compatible store has flags of its own).
     Add {
         /// Connection id (what a DAG grants to a task).
         id: String,
         /// `postgresql://user:pw@host:5432/db?sslmode=...`, `s3://KEY:SECRET@bucket?endpoint_url=...`.
         #[arg(long, conflicts_with = "kind")]
         uri: Option<String>,
-        /// `s3` to give the store's fields one by one.
-        #[arg(long = "type", value_name = "TYPE", requires_all = ["bucket", "access_key_id"])]
+        /// The type (`s3`, `postgres`), to give its fields one by one.
+        #[arg(long = "type", value_name = "TYPE")]
         kind: Option<String>,
+        /// A field of the type (`--field host=db --field user=etl`), repeatable.
+        #[arg(long = "field", value_name = "KEY=VALUE", requires = "kind", value_parser = field)]
+        fields: Vec<(String, String)>,
         /// S3 endpoint URL (none: AWS).
         #[arg(long)]
         endpoint: Option<String>,
-        /// S3 region.
-        #[arg(long, default_value = "us-east-1")]
-        region: String,
+        /// S3 region [default: us-east-1].
+        #[arg(long)]
+        region: Option<String>,
         /// S3 bucket.
         #[arg(long)]
         bucket: Option<String>,
         /// S3 access key id.
         #[arg(long)]
         access_key_id: Option<String>,
-        /// The environment variable holding the S3 secret key (kept out of shell history).
+        /// The environment variable holding the secret key or password (kept
+        /// out of shell history), with `--type`; an unset one is an error.
         #[arg(long, default_value = "SLUICE_S3_SECRET_KEY")]
         secret_key_env: String,
         /// Path-style addressing.
@@ -81,6 +87,7 @@ pub fn run(app: &App, runtime: &Runtime, command: ConnectionsCommand) -> Result<
             id,
             uri,
             kind,
+            fields,
             endpoint,
             region,
             bucket,
@@ -89,18 +96,30 @@ pub fn run(app: &App, runtime: &Runtime, command: ConnectionsCommand) -> Result<
             path_style,
             replace,
         } => {
-            let input = ConnectionInput {
-                id,
-                uri,
-                kind,
-                s3: S3Fields {
-                    endpoint,
-                    region,
-                    bucket,
-                    access_key_id,
-                    secret: S3Secret::Env(secret_key_env),
-                    path_style,
-                },
+            let input = match (uri, kind) {
+                (Some(uri), _) => ConnectionInput::Uri { id, uri },
+                (None, Some(kind)) => {
+                    let mut fields: BTreeMap<String, String> = fields.into_iter().collect();
+                    let flags = [
+                        ("endpoint", endpoint),
+                        ("region", region),
+                        ("bucket", bucket),
+                        ("access_key_id", access_key_id),
+                        ("path_style", path_style.then(|| "true".to_owned())),
+                    ];
+                    for (key, value) in flags {
+                        if let Some(value) = value {
+                            fields.insert(key.to_owned(), value);
+                        }
+                    }
+                    ConnectionInput::Fields {
+                        id,
+                        kind,
+                        fields,
+                        secret: SecretInput::Env(secret_key_env),
+                    }
+                }
+                (None, None) => bail!("give --uri or --type (s3, postgres) and its fields"),
             };
             let added = runtime.block_on(app.add_connection(input, replace))?;
             let id = &added.connection.id;
@@ -180,42 +199,16 @@ fn warn_if_privileged(id: &str, warning: Option<&str>) {
 }
 
 fn show(connection: &ConnectionDetails) {
-    println!("id       {}", connection.id);
-    match &connection.config {
-        ConnectionConfig::Postgres {
-            host,
-            port,
-            database,
-            user,
-            extras,
-        } => {
-            println!(
-                "type     postgres\nhost     {host}\nport     {port}\ndatabase {database}\nuser     {user}"
-            );
-            let password = if connection.has_secret {
-                "***"
-            } else {
-                "(none)"
-            };
-            println!("password {password}");
-            for (k, v) in extras {
-                println!("extra    {k}={v}");
-            }
-        }
-        ConnectionConfig::S3 {
-            endpoint,
-            region,
-            bucket,
-            access_key_id,
-            path_style,
-        } => {
-            println!(
-                "type     s3\nendpoint {}\nregion   {region}",
-                endpoint.as_deref().unwrap_or("AWS")
-            );
-            println!(
-                "bucket   {bucket}\nkey id   {access_key_id}\nsecret   ***\npath     {path_style}"
-            );
-        }
+    println!("{:<8} {}", "id", connection.id);
+    for (label, value) in &connection.details {
+        println!("{label:<8} {value}");
+    }
+}
+
+/// `KEY=VALUE` of `--field`.
+fn field(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{arg}` is not KEY=VALUE")),
     }
 }

@@ -2,8 +2,10 @@
 //! connection, what a server error means for a retry, what the connected role
 //! may do, and the check `sluice connections test` runs.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -11,15 +13,15 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::bindings::sluice::task::types::ErrorKind;
 use crate::capabilities::failure::Failure;
 use crate::capabilities::redact::{Redacted, Redactor};
-use crate::connections::{Connection, ConnectionConfig};
+use crate::connections::{Connection, ConnectionConfig, ConnectionError, invalid};
 
 /// Why a stored Postgres connection gives no client configuration: the same
 /// at every try (a permanent failure when a task opens it).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The connection is of another type.
-    #[error("is a {0} connection, not postgres")]
-    NotPostgres(&'static str),
+    /// The stored configuration is not a Postgres one, or does not fit (why).
+    #[error("{0}")]
+    Stored(String),
     /// `sslmode` is none of libpq's names.
     #[error("unknown sslmode `{0}` (use disable, prefer, require, verify-ca or verify-full)")]
     SslMode(String),
@@ -99,6 +101,41 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The type's name, stored with each of its connections.
+pub(super) const NAME: &str = "postgres";
+
+/// A PostgreSQL server, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresConfig {
+    /// Host name or address.
+    pub host: String,
+    /// Port (5432 by default).
+    pub port: u16,
+    /// Database.
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Query-string extras (`sslmode`, `sslrootcert`, ...).
+    pub extras: BTreeMap<String, String>,
+}
+
+impl PostgresConfig {
+    /// The configuration of connection `id`, which must be a Postgres one.
+    pub fn of(id: &str, config: &ConnectionConfig) -> Result<Self, ConnectionError> {
+        if config.kind() != NAME {
+            return Err(invalid(
+                id,
+                format!("is a {} connection, not postgres", config.kind()),
+            ));
+        }
+        config.typed(id)
+    }
+
+    pub(super) fn stored(self, id: &str) -> Result<ConnectionConfig, ConnectionError> {
+        ConnectionConfig::new(NAME, &self).map_err(|e| invalid(id, e.to_string()))
+    }
+}
+
 /// The client configuration of a Postgres connection and its TLS connector.
 ///
 /// `sslmode` (libpq's names): absent, `disable` or `allow` connect in plain
@@ -111,16 +148,16 @@ pub(super) fn client_config(
     connection: &Connection,
     application: &str,
 ) -> Result<(tokio_postgres::Config, MakeRustlsConnect), ConfigError> {
-    let ConnectionConfig::Postgres {
+    let PostgresConfig {
         host,
         port,
         database,
         user,
         extras,
-    } = &connection.config
-    else {
-        return Err(ConfigError::NotPostgres(connection.config.kind()));
-    };
+    } = PostgresConfig::of(&connection.id, &connection.config).map_err(|e| match e {
+        ConnectionError::Invalid { message, .. } => ConfigError::Stored(message),
+        other => ConfigError::Stored(other.to_string()),
+    })?;
     let ssl_mode = match extras.get("sslmode").map(String::as_str) {
         None | Some("disable" | "allow") => SslMode::Disable,
         Some("prefer") => SslMode::Prefer,
@@ -136,10 +173,10 @@ pub(super) fn client_config(
     };
     let mut config = tokio_postgres::Config::new();
     config
-        .host(host)
-        .port(*port)
-        .dbname(database)
-        .user(user)
+        .host(&host)
+        .port(port)
+        .dbname(&database)
+        .user(&user)
         .password(connection.secret.as_bytes())
         .application_name(application)
         .ssl_mode(ssl_mode)
@@ -185,9 +222,9 @@ fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, Conf
 
 /// `host:port` of a Postgres connection, for messages.
 pub(super) fn endpoint(connection: &Connection) -> String {
-    match &connection.config {
-        ConnectionConfig::Postgres { host, port, .. } => format!("{host}:{port}"),
-        other => other.describe(),
+    match PostgresConfig::of(&connection.id, &connection.config) {
+        Ok(c) => format!("{}:{}", c.host, c.port),
+        Err(_) => format!("connection `{}`", connection.id),
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod client;
 pub(crate) mod copy;
+pub mod kind;
 
 use std::sync::Arc;
 
@@ -23,11 +24,13 @@ use crate::bindings::sluice::task::connections::{ConnectionError, HostPostgres, 
 use crate::connections::Connection;
 
 pub use client::{
-    ConfigError, PostgresReport, RolePrivileges, privileged_opt_in_hint, test_connection,
+    ConfigError, PostgresConfig, PostgresReport, RolePrivileges, privileged_opt_in_hint,
+    test_connection,
 };
 use client::{client_config, endpoint, pg_failure, role_privileges};
 pub use copy::{CodecError, UnsupportedType};
 use copy::{arrow_schema, duckdb_type, quote_ident};
+pub use kind::PostgresType;
 
 use super::context::TaskContext;
 use super::failure::Failure;

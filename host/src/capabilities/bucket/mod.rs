@@ -10,11 +10,16 @@
 //! the `connections` module), the `bucket` resource's methods by
 //! [`HostBucket`] here.
 
+pub mod kind;
+
+pub use kind::{S3Config, S3Type, StoreConfigError, test_connection};
+
+use kind::store_for;
+
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -23,12 +28,10 @@ use wasmtime::component::{Resource, ResourceTable};
 
 use crate::bindings::sluice::task::connections::{Bucket, ConnectionError, HostBucket};
 use crate::confine::Sandbox;
-use crate::connections::{Connection, ConnectionConfig};
 
 use super::failure::Failure;
 use super::handles;
 use super::limits::Deadline;
-use super::redact::{Redacted, Redactor};
 use super::view::ConnectionView;
 
 /// Uploads larger than this go multipart, in parts of this size.
@@ -133,62 +136,6 @@ pub(crate) fn open_staging(
         opened.map_err(|e| Failure::retryable(format!("`{arg}`: {e}")))
     });
     opened.map_err(|e| Failure::retryable(e.to_string()))?
-}
-
-/// Why a stored S3 connection gives no object store: the same at every try
-/// (a permanent failure when a task opens it).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreConfigError {
-    /// The connection is of another type.
-    #[error("is a {0} connection, not s3")]
-    NotS3(&'static str),
-    /// `object_store` refuses the configuration.
-    #[error(transparent)]
-    Build(object_store::Error),
-}
-
-/// The object store of an S3 connection.
-fn store_for(connection: &Connection) -> Result<Arc<dyn ObjectStore>, StoreConfigError> {
-    let ConnectionConfig::S3 {
-        endpoint,
-        region,
-        bucket,
-        access_key_id,
-        path_style,
-    } = &connection.config
-    else {
-        return Err(StoreConfigError::NotS3(connection.config.kind()));
-    };
-    let mut builder = AmazonS3Builder::new()
-        .with_region(region)
-        .with_bucket_name(bucket)
-        .with_access_key_id(access_key_id)
-        .with_secret_access_key(&connection.secret)
-        .with_virtual_hosted_style_request(!path_style);
-    if let Some(endpoint) = endpoint {
-        builder = builder
-            .with_endpoint(endpoint)
-            .with_allow_http(endpoint.starts_with("http://"));
-    }
-    Ok(Arc::new(builder.build().map_err(StoreConfigError::Build)?))
-}
-
-/// Lists one key of the bucket: what `sluice connections test` reports. Errors are redacted.
-pub async fn test_connection(connection: &Connection) -> Result<String, Redacted> {
-    let redactor = Redactor::for_connections(std::slice::from_ref(connection));
-    let store = store_for(connection).map_err(|e| redactor.redacted(&e))?;
-    let mut listing = store.list(None);
-    match listing.next().await {
-        Some(Err(e)) => Err(redactor.redacted(&e)),
-        Some(Ok(_)) => Ok(format!(
-            "{} is reachable and not empty",
-            connection.config.describe()
-        )),
-        None => Ok(format!(
-            "{} is reachable and empty",
-            connection.config.describe()
-        )),
-    }
 }
 
 /// The object key of the guest's `arg`; an invalid one is a permanent failure.

@@ -1,9 +1,7 @@
-//! The metadatabase benchmark case (cargo feature `bench`): fills a
-//! metadatabase with runs of several task instances each, then times the
-//! store reads behind `sluice runs list --limit 50`, `sluice runs show`, a
-//! scheduler pass over due intervals and the staging sweep. A benchmark
-//! program calls [`metadb`]; `cargo run --release -p sluice-core --features
-//! bench --example metadb_bench` prints its figures.
+//! Case 7, the metadatabase: fills a metadatabase with runs of several task
+//! instances each (through SQL, as many runs would have written it), then
+//! times the store reads behind `sluice runs list --limit 50`, `sluice runs
+//! show`, a scheduler pass over due intervals and the staging sweep.
 
 use std::fmt;
 use std::path::Path;
@@ -12,32 +10,17 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::params;
 
-use super::{Store, StoreError, ts};
-use crate::dag::{DagSpec, TaskPolicy, TaskSpec};
-use crate::schedule::{Schedule, ScheduleError, ScheduleSpec};
-use crate::state::{RunState, RunType, TaskState, VolumeState};
+use sluice::dag::{DagSpec, TaskPolicy, TaskSpec};
+use sluice::schedule::{Schedule, ScheduleSpec};
+use sluice::state::{RunState, RunType, TaskState, VolumeState};
+use sluice::store::Store;
 
-/// Why the benchmark could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    /// The metadatabase failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The metadatabase to fill is already there.
-    #[error("{} exists; the benchmark fills a new metadatabase", .0.display())]
-    Exists(std::path::PathBuf),
-    /// A benchmark DAG's schedule does not parse.
-    #[error(transparent)]
-    Schedule(#[from] ScheduleError),
+use crate::cases::BenchResult;
+
+/// A timestamp as the metadatabase stores it (RFC 3339, microseconds, UTC).
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
-
-impl From<rusqlite::Error> for BenchError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Store(e.into())
-    }
-}
-
-type Result<T> = std::result::Result<T, BenchError>;
 
 /// How big a metadatabase to fill.
 #[derive(Debug, Clone, Copy)]
@@ -111,19 +94,24 @@ impl fmt::Display for Figures {
 }
 
 /// Fills a new metadatabase in `dir` (which must not hold one) to `shape` and
-/// times each case.
-pub fn metadb(dir: &Path, shape: Shape) -> Result<Figures> {
+/// times each case. `store` reads it as `sluice` does; the filling writes
+/// through a connection of its own, in one transaction.
+pub fn metadb(dir: &Path, shape: Shape) -> BenchResult<Figures> {
     let path = dir.join("metadb-bench.sqlite");
     if path.exists() {
-        return Err(BenchError::Exists(path));
+        return Err(format!(
+            "{} exists; the benchmark fills a new metadatabase",
+            path.display()
+        )
+        .into());
     }
     let store = Store::open(&path)?;
     let base = Utc
         .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
         .single()
-        .expect("midnight of 2026-01-01 exists in UTC");
+        .ok_or("midnight of 2026-01-01 is not one instant in UTC")?;
     let started = Instant::now();
-    let run_ids = fill(&store, shape, base)?;
+    let run_ids = fill(&store, &path, shape, base)?;
     let fill = started.elapsed();
 
     let runs_list = median(shape.samples, || {
@@ -176,7 +164,7 @@ pub fn metadb(dir: &Path, shape: Shape) -> Result<Figures> {
     })
 }
 
-fn median(samples: usize, mut case: impl FnMut() -> Result<()>) -> Result<Duration> {
+fn median(samples: usize, mut case: impl FnMut() -> BenchResult<()>) -> BenchResult<Duration> {
     let mut times = Vec::with_capacity(samples.max(1));
     for _ in 0..samples.max(1) {
         let started = Instant::now();
@@ -191,7 +179,7 @@ fn median(samples: usize, mut case: impl FnMut() -> Result<()>) -> Result<Durati
 /// transaction: the newest of each DAG running, one in 20 failed (its volume
 /// retained for a day, then deleted), the rest succeeded; one in 10 manual.
 /// Returns the run ids, oldest first.
-fn fill(store: &Store, shape: Shape, base: DateTime<Utc>) -> Result<Vec<String>> {
+fn fill(store: &Store, path: &Path, shape: Shape, base: DateTime<Utc>) -> BenchResult<Vec<String>> {
     let dags = shape.dags.max(1);
     let per_dag = shape.runs / dags;
     let start_date = base - chrono::Duration::hours(i64::from(per_dag) + 1);
@@ -227,8 +215,9 @@ fn fill(store: &Store, shape: Shape, base: DateTime<Utc>) -> Result<Vec<String>>
         store.record_version("v1", "bench", &spec, "bench")?;
     }
     let mut ids = Vec::with_capacity(shape.runs as usize);
-    store.with(|c| {
-        let tx = c.transaction()?;
+    let mut db = rusqlite::Connection::open(path)?;
+    {
+        let tx = db.transaction()?;
         {
             let mut run = tx.prepare(
                 "INSERT INTO dag_runs (run_id, dag_id, version, state, logical_date, run_type,
@@ -254,9 +243,8 @@ fn fill(store: &Store, shape: Shape, base: DateTime<Utc>) -> Result<Vec<String>>
                 let (d, k) = (i % dags, i / dags);
                 let age = per_dag - k;
                 let interval = base - chrono::Duration::hours(i64::from(age));
-                let created = interval
-                    + chrono::Duration::hours(1)
-                    + chrono::Duration::seconds(i64::from(d));
+                let created =
+                    interval + chrono::Duration::hours(1) + chrono::Duration::seconds(i64::from(d));
                 let ended = created + chrono::Duration::minutes(1);
                 let running = age == 1;
                 let failed = !running && i % 20 == 0;
@@ -327,7 +315,6 @@ fn fill(store: &Store, shape: Shape, base: DateTime<Utc>) -> Result<Vec<String>>
             }
         }
         tx.commit()?;
-        Ok(())
-    })?;
+    }
     Ok(ids)
 }
