@@ -2,8 +2,9 @@
 //! chromedriver over WebDriver (fantoccini), both binaries given by path so
 //! nothing tries to download a browser. Opens the DAGs page, triggers
 //! `etl_local` with `rows=100000`, watches the grid turn green without a
-//! reload, opens the run and the `load` task's log. Saves a screenshot of
-//! each page under `docs/ui/`.
+//! reload, opens the run and the `load` task's log, adds a Postgres
+//! connection through the form and checks that its password is not in the
+//! page. Saves a screenshot of each page under `docs/ui/`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -159,6 +160,52 @@ fn the_ui_triggers_etl_local_shows_it_go_green_live_and_opens_a_task_log() {
         let text = log.text().await.expect("log text");
         assert!(text.contains("loaded"), "{text}");
         screenshot(&client, "task").await;
+
+        // A Postgres connection through the form: the password is write-only.
+        let password = "pw-browser-9d1c";
+        client
+            .goto(&format!("{base}/#/connections"))
+            .await
+            .expect("open connections");
+        wait_css(&client, "#conn-form").await;
+        let fill = |css: &'static str, value: String| {
+            let client = client.clone();
+            async move {
+                client
+                    .find(Locator::Css(css))
+                    .await
+                    .unwrap_or_else(|e| panic!("{css}: {e}"))
+                    .send_keys(&value)
+                    .await
+                    .unwrap_or_else(|e| panic!("typing into {css}: {e}"));
+            }
+        };
+        fill(r#"input[name="id"]"#, "warehouse".into()).await;
+        fill(
+            r#"textarea[name="fields"]"#,
+            "host=127.0.0.1\nport=1\nuser=etl\ndatabase=w".into(),
+        )
+        .await;
+        fill(r#"input[name="secret"]"#, password.into()).await;
+        client
+            .find(Locator::Css(r#"#conn-form button[type="submit"]"#))
+            .await
+            .expect("add button")
+            .click()
+            .await
+            .expect("add");
+        wait_css(&client, r#"tr[data-connection="warehouse"]"#).await;
+        let page = client.source().await.expect("page source");
+        assert!(!page.contains(password), "the password is in the page");
+        let typed = client
+            .find(Locator::Css(r#"input[name="secret"]"#))
+            .await
+            .expect("secret field")
+            .prop("value")
+            .await
+            .expect("its value");
+        assert_eq!(typed.as_deref(), Some(""), "the password field was emptied");
+        screenshot(&client, "connections").await;
         client.close().await.expect("close the browser");
     });
 }

@@ -132,6 +132,7 @@ pub enum ErrorKind {
 impl AppError {
     /// What kind of refusal this is.
     pub fn kind(&self) -> ErrorKind {
+        use crate::connections::ConnectionError;
         use crate::scheduler::RunError;
         use crate::store::StoreError;
         match self {
@@ -141,14 +142,17 @@ impl AppError {
             | Self::NotTrusted(_)
             | Self::NoSuchToken(_)
             | Self::Store(StoreError::NotFound(_))
-            | Self::Run(RunError::Store(StoreError::NotFound(_))) => ErrorKind::NotFound,
+            | Self::Run(RunError::Store(StoreError::NotFound(_)))
+            | Self::Connection(ConnectionError::NotFound(_)) => ErrorKind::NotFound,
             Self::InvalidInput { .. }
             | Self::InvalidDate { .. }
             | Self::ConnectionInput(_)
             | Self::Manifest(_)
-            | Self::BuildNeedsManifest(_) => ErrorKind::Invalid,
+            | Self::BuildNeedsManifest(_)
+            | Self::Connection(ConnectionError::Invalid { .. }) => ErrorKind::Invalid,
             Self::Run(RunError::Invalid(_) | RunError::Clear { .. } | RunError::Trust(_))
-            | Self::Trust(_) => ErrorKind::Conflict,
+            | Self::Trust(_)
+            | Self::Connection(ConnectionError::Exists(_)) => ErrorKind::Conflict,
             Self::Sandbox(_) => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         }

@@ -37,6 +37,21 @@ pub fn task_id<'a>(field: &str, id: &'a str) -> Result<&'a str, ApiError> {
     }
 }
 
+/// A connection id from the request field `field`.
+pub fn connection_id<'a>(field: &str, id: &'a str) -> Result<&'a str, ApiError> {
+    if crate::dag::is_valid_id(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::field(
+            field,
+            format!(
+                "`{}` is not a connection id (letters, digits, `_` and `-`)",
+                shown(id)
+            ),
+        ))
+    }
+}
+
 /// A run id from the request field `field`.
 pub fn run_id<'a>(field: &str, id: &'a str) -> Result<&'a str, ApiError> {
     if is_run_id(id) {

@@ -148,3 +148,23 @@ where
         )),
     }
 }
+
+/// Runs the async `App` call `f` on the blocking pool (it reads or writes
+/// the metadatabase before or after awaiting) and turns its error into a
+/// response.
+pub async fn blocking_async<T, F, Fut>(app: &App, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(App) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, AppError>>,
+{
+    let app = app.clone();
+    let handle = tokio::runtime::Handle::current();
+    match tokio::task::spawn_blocking(move || handle.block_on(f(app))).await {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the request's worker thread failed: {e}"),
+        )),
+    }
+}

@@ -8,7 +8,7 @@ use axum::routing::get;
 use utoipa::OpenApi;
 
 use super::Server;
-use super::api::{dags, runs, system};
+use super::api::{connections, dags, runs, system};
 use super::{auth, error, live};
 use crate::app;
 
@@ -34,6 +34,11 @@ use crate::app;
         runs::clear,
         system::staging,
         system::trust,
+        connections::list,
+        connections::show,
+        connections::add,
+        connections::test,
+        connections::delete,
         live::all_events,
         live::run_events,
         live::log_tail,
@@ -69,6 +74,7 @@ use crate::app;
         app::trust::TrustedKey,
         app::tokens::Role,
         dags::TriggerBody,
+        connections::NewConnection,
         runs::ClearBody,
         runs::Cleared,
         system::TrustStatus,

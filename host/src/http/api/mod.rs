@@ -1,7 +1,8 @@
 //! The JSON endpoints, one module per area: [`dags`] (DAGs, grid, versions,
 //! trigger), [`runs`] (runs, task instances, logs, clear), [`system`]
-//! (staging, trust).
+//! (staging, trust), [`connections`] (admin only; secrets write-only).
 
+pub mod connections;
 pub mod dags;
 pub mod runs;
 pub mod system;
@@ -34,4 +35,16 @@ pub fn routes() -> Router<Server> {
         )
         .route("/api/staging", get(system::staging))
         .route("/api/trust", get(system::trust))
+        .route(
+            "/api/connections",
+            get(connections::list).post(connections::add),
+        )
+        .route(
+            "/api/connections/{connection_id}",
+            get(connections::show).delete(connections::delete),
+        )
+        .route(
+            "/api/connections/{connection_id}/test",
+            post(connections::test),
+        )
 }

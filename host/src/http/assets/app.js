@@ -313,6 +313,58 @@ async function trustPage() {
       t.policy.keys.map((k) => h("tr", {}, h("td", {}, k.name), h("td", { class: "mono" }, k.public_key)))));
 }
 
+async function connectionsPage() {
+  const out = h("div", { id: "conn-out" });
+  const id = h("input", { name: "id", placeholder: "id", "aria-label": "connection id" });
+  const uri = h("input", { name: "uri", type: "password", autocomplete: "off", placeholder: "postgresql://user:password@host:5432/db (or leave empty and use the fields)", size: 60, "aria-label": "URI" });
+  const kind = h("select", { name: "type", "aria-label": "type" }, h("option", { value: "postgres" }, "postgres"), h("option", { value: "s3" }, "s3"));
+  const fields = h("textarea", { name: "fields", placeholder: "host=db.internal\nport=5432\nuser=etl\ndatabase=warehouse", "aria-label": "fields" });
+  const secret = h("input", { name: "secret", type: "password", autocomplete: "new-password", placeholder: "password or secret key (write-only)", "aria-label": "secret" });
+  const form = h("form", { id: "conn-form", onsubmit: async (ev) => {
+    ev.preventDefault();
+    let body;
+    if (uri.value) body = { id: id.value, uri: uri.value };
+    else {
+      const f = {};
+      for (const line of fields.value.split("\n")) {
+        const i = line.indexOf("=");
+        if (i > 0) f[line.slice(0, i).trim()] = line.slice(i + 1).trim();
+      }
+      body = { id: id.value, type: kind.value, fields: f };
+      if (secret.value) body.secret = secret.value;
+    }
+    // Write-only: the secret leaves the page with the request and nowhere else.
+    uri.value = ""; secret.value = "";
+    try {
+      const added = await api("POST", "/api/connections", body);
+      const c = added.check;
+      out.replaceChildren(h("p", {}, "Added ", added.connection.id, c ? " — " + (c.status === "reachable" ? c.summary : "unreachable: " + c.reason) : ""));
+      await drawList();
+    } catch (e) { out.replaceChildren(h("p", { class: "error" }, e.message)); }
+  } },
+    h("p", {}, id, " ", h("button", { class: "primary", type: "submit" }, "Add")),
+    h("p", {}, "By URI: ", uri),
+    h("p", {}, "Or by type and fields: ", kind), fields, h("p", {}, secret));
+  const table = h("div", {});
+  const drawList = async () => {
+    const rows = await get("/api/connections");
+    table.replaceChildren(h("table", { id: "connections" }, h("tr", {}, ["id", "type", "description", ""].map((t) => h("th", {}, t))),
+      rows.map((c) => h("tr", { "data-connection": c.id }, h("td", {}, c.id), h("td", {}, c.kind), h("td", {}, c.description), h("td", {},
+        h("button", { onclick: async () => {
+          try {
+            const r = await api("POST", "/api/connections/" + encodeURIComponent(c.id) + "/test");
+            out.replaceChildren(h("p", {}, c.id, ": ", r.status === "reachable" ? r.summary : "unreachable: " + r.reason));
+          } catch (e) { out.replaceChildren(h("p", { class: "error" }, e.message)); }
+        } }, "Test"), " ",
+        h("button", { onclick: async () => {
+          if (!confirm("Delete connection " + c.id + "?")) return;
+          try { await api("DELETE", "/api/connections/" + encodeURIComponent(c.id)); await drawList(); } catch (e) { out.replaceChildren(h("p", { class: "error" }, e.message)); }
+        } }, "Delete"))))));
+  };
+  main(h("h1", {}, "Connections"), table, h("h2", {}, "Add a connection"), form, out);
+  await drawList();
+}
+
 function loginPage(message) {
   const token = h("input", { type: "password", autocomplete: "off", placeholder: "sluice_…", "aria-label": "API token" });
   const out = h("p", { class: "error" }, message || "");
@@ -354,6 +406,7 @@ async function route() {
     else if (parts[0] === "runs") await runsPage();
     else if (parts[0] === "staging") await stagingPage();
     else if (parts[0] === "trust") await trustPage();
+    else if (parts[0] === "connections") await connectionsPage();
     else await dagsPage();
   } catch (e) { showError(e); }
 }
