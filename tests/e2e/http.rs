@@ -196,7 +196,7 @@ fn the_api_runs_etl_local_live_and_serves_its_runs_tasks_logs_and_versions() {
         .expect("events"));
     let (status, run) = send(server.post(
         "/api/dags/etl_local/runs",
-        &json!({ "params": { "rows": 100_000 } }),
+        &json!({ "params": { "rows": 100_000 }, "keep_staging": true }),
     ));
     assert_eq!(status, StatusCode::CREATED, "{run}");
     let run_id = run["run_id"].as_str().expect("run id").to_owned();
@@ -282,7 +282,7 @@ fn the_api_runs_etl_local_live_and_serves_its_runs_tasks_logs_and_versions() {
         server.json(&format!("/api/runs/{run_id}/tasks/load"))["task"]["state"],
         "success"
     );
-    // The real clear re-runs them in the server.
+    // The real clear re-runs them in the server, on the kept staging directory.
     let (status, cleared) =
         send(server.post(&format!("/api/runs/{run_id}/tasks/load/clear"), &json!({})));
     assert_eq!(status, StatusCode::OK, "{cleared}");

@@ -111,10 +111,10 @@ impl LogTail {
             if key.task_id != self.task_id || self.try_number.is_some_and(|t| t != key.try_number) {
                 continue;
             }
-            if let Some((last, messages)) = &self.seen {
-                if ts < *last || (ts == *last && messages.contains(&message)) {
-                    continue;
-                }
+            if let Some((last, messages)) = &self.seen
+                && (ts < *last || (ts == *last && messages.contains(&message)))
+            {
+                continue;
             }
             return Watched::Item(LogLine {
                 id: 0,

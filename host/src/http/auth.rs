@@ -124,10 +124,7 @@ fn host_name(authority: &str) -> &str {
     authority.split(':').next().unwrap_or(authority)
 }
 
-fn header<'h>(
-    headers: &'h HeaderMap,
-    name: impl axum::http::header::AsHeaderName,
-) -> Option<&'h str> {
+fn header(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
