@@ -16,8 +16,10 @@ pub struct TaskKey {
     pub try_number: u32,
 }
 
-/// Something that happened in a run.
-#[derive(Debug, Clone)]
+/// Something that happened in a run. Serialized with its kind in `kind`
+/// (`task_state`, `log`, `progress`, `sql_progress`, `run_finished`).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RunEvent {
     /// A task instance changed state.
     TaskState {
@@ -62,4 +64,16 @@ pub enum RunEvent {
         /// Final state.
         state: RunState,
     },
+}
+
+/// A [`RunEvent`] and the run it happened in: what the run loop broadcasts
+/// to every watcher of the host (the HTTP API's live views).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunNotice {
+    /// Run id.
+    pub run_id: String,
+    /// DAG id.
+    pub dag_id: String,
+    /// What happened.
+    pub event: RunEvent,
 }

@@ -1,7 +1,7 @@
 //! Sluice: runs data-pipeline tasks as sandboxed WebAssembly components, with
 //! DuckDB in the host doing the heavy lifting.
 //!
-//! Data flows one way: a front end (the CLI, the HTTP API) calls the [`app`]
+//! Data flows one way: a front end (the CLI, the HTTP API in [`http`]) calls the [`app`]
 //! layer, which asks the [`scheduler`] to run a deployed DAG version; the
 //! scheduler hands each try to the [`executor`], which instantiates the
 //! component with the [`engine`]; the guest reaches the world
@@ -21,6 +21,7 @@ mod function_cache;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod home;
+pub mod http;
 pub mod plugins;
 pub mod registry;
 pub mod runtime;

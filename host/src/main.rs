@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 use cli::connections::ConnectionsCommand;
 use cli::runs::{ClearArgs, RunArgs, RunsCommand};
+use cli::serve::TokensCommand;
 use cli::staging::StagingCommand;
 use cli::trust::{KeysCommand, TrustCommand};
 use sluice::app::{App, AppConfig};
@@ -144,6 +145,24 @@ enum Command {
         #[command(subcommand)]
         command: StagingCommand,
     },
+    /// Serve the JSON API (OpenAPI at /api/openapi.json) and the web UI
+    /// until Ctrl-C; a non-loopback address requires API tokens.
+    Serve {
+        /// Address to listen on (port 0: any free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: std::net::SocketAddr,
+        /// Also run the scheduler loop in this process.
+        #[arg(long)]
+        scheduler: bool,
+        /// Require API tokens even on a loopback address (other local users).
+        #[arg(long)]
+        require_tokens: bool,
+    },
+    /// API tokens for `sluice serve` on a non-loopback address.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
     /// Print the log of a task instance.
     Logs {
         /// Run id.
@@ -227,6 +246,12 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> Result<ExitCode> {
             cli::schedules::backfill(&app, runtime, &dag_id, &from, &to)
         }
         Command::Connections { command } => cli::connections::run(&open()?, runtime, command),
+        Command::Serve {
+            bind,
+            scheduler,
+            require_tokens,
+        } => cli::serve::serve(&open()?, runtime, bind, require_tokens, scheduler),
+        Command::Tokens { command } => cli::serve::tokens(&open()?, command),
         Command::Gc { dry_run } => cli::staging::gc(&open()?, dry_run),
         Command::Staging { command } => cli::staging::run(&open()?, command),
     }

@@ -3,9 +3,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use tokio::sync::broadcast;
+
 use crate::capabilities::SqlPool;
 use crate::confine::Sandbox;
 use crate::engine::{Engine, EngineError};
+use crate::events::RunNotice;
 use crate::executor::kubernetes::KubeSettings;
 use crate::executor::{Executor, KubernetesExecutor, LocalExecutor, ProcessExecutor};
 use crate::home::Home;
@@ -51,7 +54,13 @@ pub struct Sluice {
     workers: Option<std::path::PathBuf>,
     /// Tries run as Kubernetes Jobs with these settings (overrides `workers`).
     kubernetes: Option<KubeSettings>,
+    /// Every event of every run this process carries out, for live watchers
+    /// (the HTTP API); a watcher that falls behind is told how much it missed.
+    notices: broadcast::Sender<RunNotice>,
 }
+
+/// How many run events a slow watcher may fall behind before it misses some.
+const NOTICE_BACKLOG: usize = 4096;
 
 impl Sluice {
     /// Opens (creating if needed) the home at `root`.
@@ -71,10 +80,22 @@ impl Sluice {
             executor,
             workers: None,
             kubernetes: None,
+            notices: broadcast::channel(NOTICE_BACKLOG).0,
             home,
             store,
             engine,
         })
+    }
+
+    /// Tells every watcher what happened in a run (nobody watching: nothing).
+    pub fn notify(&self, notice: RunNotice) {
+        // No receiver is not an error: nobody is watching.
+        let _ = self.notices.send(notice);
+    }
+
+    /// Watches every run event of this process from now on.
+    pub fn watch(&self) -> broadcast::Receiver<RunNotice> {
+        self.notices.subscribe()
     }
 
     /// How the host threads working for tasks are confined.

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 
 use crate::dag::DagSpec;
-use crate::events::{RunEvent, TaskKey};
+use crate::events::{RunEvent, RunNotice, TaskKey};
 use crate::executor::{Executor, TryOutcome, TryRequest};
 use crate::runtime::Sluice;
 use crate::schedule::Interval;
@@ -129,6 +129,18 @@ pub async fn run_dag(
     observer: Option<UnboundedSender<RunEvent>>,
 ) -> Result<RunSummary, RunError> {
     let record = create_run(sluice, version, &options)?;
+    carry_out(sluice, version, record, options, observer).await
+}
+
+/// Carries `record`, a run of `version` just made by [`create_run`] with
+/// `options`, to its end. Events go to `observer`.
+pub async fn carry_out(
+    sluice: &Sluice,
+    version: &VersionRecord,
+    record: RunRecord,
+    options: RunOptions,
+    observer: Option<UnboundedSender<RunEvent>>,
+) -> Result<RunSummary, RunError> {
     let mut run = RunLoop::load(
         sluice,
         &version.spec,
@@ -594,6 +606,18 @@ impl<'a> RunLoop<'a> {
     }
 
     fn notify(&self, event: RunEvent) {
+        // Progress lines are for the command's own display; the host's
+        // watchers get state changes, log lines and the end.
+        if !matches!(
+            event,
+            RunEvent::Progress { .. } | RunEvent::SqlProgress { .. }
+        ) {
+            self.sluice.notify(RunNotice {
+                run_id: self.run.run_id.clone(),
+                dag_id: self.run.dag_id.clone(),
+                event: event.clone(),
+            });
+        }
         if let Some(observer) = &self.observer {
             // A watcher that went away does not stop the run.
             let _ = observer.send(event);

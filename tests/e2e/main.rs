@@ -4,11 +4,13 @@
 mod support;
 
 mod bench;
+mod browser;
 mod confinement;
 mod connections;
 mod deploy;
 mod error_kinds;
 mod etl;
+mod http;
 mod kubernetes;
 mod lifecycle;
 mod limits;

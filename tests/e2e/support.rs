@@ -233,6 +233,14 @@ impl Spawned {
             .expect("the child is held until consumed")
     }
 
+    /// Its piped stdout, to read as it runs.
+    pub fn take_stdout(&mut self) -> std::process::ChildStdout {
+        self.child()
+            .stdout
+            .take()
+            .expect("stdout was piped and not taken yet")
+    }
+
     pub fn id(&mut self) -> u32 {
         self.child().id()
     }

@@ -21,6 +21,8 @@ CREATE INDEX IF NOT EXISTS task_logs_by_task ON task_logs (run_id, task_id, try_
 /// One stored log line.
 #[derive(Debug, Clone)]
 pub struct LogRecord {
+    /// The line's id: increasing in the order lines were stored.
+    pub id: i64,
     /// Try number.
     pub try_number: u32,
     /// When.
@@ -93,6 +95,38 @@ impl Store {
                 |r| {
                     let f = Fields::new(r, "task_logs", &[4])?;
                     Ok(LogRecord {
+                        id: f.get(4)?,
+                        try_number: f.get(0)?,
+                        ts: f.ts(1)?,
+                        level: f.get(2)?,
+                        message: f.get(3)?,
+                    })
+                },
+            )
+        })
+    }
+
+    /// At most `limit` log lines of a task instance (one try or all) stored
+    /// after line `after` (an id; 0 for the first page), in order.
+    pub fn logs_page(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        try_number: Option<u32>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<LogRecord>> {
+        self.with(|c| {
+            query_all(
+                c,
+                "SELECT try_number, ts, level, message, id FROM task_logs
+                 WHERE run_id = ?1 AND task_id = ?2 AND (?3 IS NULL OR try_number = ?3) AND id > ?4
+                 ORDER BY id LIMIT ?5",
+                params![run_id, task_id, try_number, after, limit],
+                |r| {
+                    let f = Fields::new(r, "task_logs", &[4])?;
+                    Ok(LogRecord {
+                        id: f.get(4)?,
                         try_number: f.get(0)?,
                         ts: f.ts(1)?,
                         level: f.get(2)?,

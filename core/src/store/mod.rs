@@ -8,7 +8,8 @@
 //! - [`logs`]: task log lines;
 //! - [`volumes`]: run staging directories and what became of them;
 //! - [`connections`]: connections (secrets sealed) and the vault's check value;
-//! - [`trust`]: signatures, trusted keys and the signature policy.
+//! - [`trust`]: signatures, trusted keys and the signature policy;
+//! - [`tokens`]: API tokens of `sluice serve` (hashed).
 //!
 //! States and run types are stored by their names (see [`crate::state`]); a
 //! stored value that does not decode is a [`StoreError::Corrupt`] naming the
@@ -27,6 +28,7 @@ use crate::state::{RunState, RunType, TaskState, VolumeState};
 pub mod connections;
 pub mod logs;
 pub mod runs;
+pub mod tokens;
 pub mod trust;
 pub mod versions;
 pub mod volumes;
@@ -34,6 +36,7 @@ pub mod volumes;
 pub use connections::{Sealed, StoredConnection};
 pub use logs::{LogRecord, NewLog};
 pub use runs::{IntervalRuns, RunRecord, TaskRecord, TryRecord};
+pub use tokens::TokenRecord;
 pub use versions::VersionRecord;
 pub use volumes::VolumeRecord;
 
@@ -80,6 +83,8 @@ const MIGRATIONS: &[&[&str]] = &[
     &["ALTER TABLE task_tries ADD COLUMN sandbox TEXT;"],
     // 3: indexes for the lookups that used to read every row.
     &[runs::INDEXES_V3, volumes::INDEXES_V3],
+    // 4: API tokens of `sluice serve`.
+    &[tokens::SCHEMA],
 ];
 
 /// The version the tables' `SCHEMA`s describe: the first, plus one per migration.
@@ -95,6 +100,7 @@ const SCHEMAS: &[&str] = &[
     volumes::INDEXES_V3,
     connections::SCHEMA,
     trust::SCHEMA,
+    tokens::SCHEMA,
 ];
 
 /// Whether the metadatabase is new or older than this sluice (so `open` must

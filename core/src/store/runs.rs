@@ -286,6 +286,31 @@ impl Store {
         })
     }
 
+    /// A page of runs, newest first: at most `limit` after skipping
+    /// `offset`, optionally only of one DAG and in one state.
+    pub fn runs_page(
+        &self,
+        dag_id: Option<&str>,
+        state: Option<RunState>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<RunRecord>> {
+        // One statement per filter combination, so each can use its index.
+        let (filter, params): (&str, Vec<&dyn rusqlite::ToSql>) = match (&dag_id, &state) {
+            (Some(d), Some(s)) => ("WHERE dag_id = ?3 AND state = ?4", vec![d, s]),
+            (Some(d), None) => ("WHERE dag_id = ?3", vec![d]),
+            (None, Some(s)) => ("WHERE state = ?3", vec![s]),
+            (None, None) => ("", vec![]),
+        };
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM dag_runs {filter}
+             ORDER BY created_at DESC, rowid DESC LIMIT ?1 OFFSET ?2"
+        );
+        let mut all: Vec<&dyn rusqlite::ToSql> = vec![&limit, &offset];
+        all.extend(params);
+        self.with(|c| query_all(c, &sql, &all, decode_run))
+    }
+
     /// Runs in state `state`, oldest first, optionally of one DAG.
     pub fn runs_in_state(&self, state: RunState, dag_id: Option<&str>) -> Result<Vec<RunRecord>> {
         self.with(|c| {

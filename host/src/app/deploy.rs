@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{App, AppError};
 use crate::manifest::Manifest;
@@ -38,7 +39,7 @@ impl From<crate::registry::Deployment> for Deployed {
 }
 
 /// A deployed version of a DAG.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct VersionInfo {
     /// Version digest (sha256 hex).
     pub digest: String,

@@ -71,6 +71,30 @@ pub enum AppError {
         /// Task id.
         task_id: String,
     },
+    /// A version that `dag_id` does not have (or a prefix matching several).
+    #[error("DAG `{dag_id}` has {} version `{version}`", if *.ambiguous { "more than one" } else { "no" })]
+    NoSuchVersion {
+        /// DAG id.
+        dag_id: String,
+        /// The digest (or prefix) asked for.
+        version: String,
+        /// Whether the prefix matched several versions.
+        ambiguous: bool,
+    },
+    /// A request a front end parsed is out of range or contradictory.
+    #[error("{field}: {reason}")]
+    InvalidInput {
+        /// The field (parameter, body field) that is wrong.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Revoking a token that does not exist.
+    #[error("no API token `{0}`")]
+    NoSuchToken(String),
+    /// The system's random number source failed.
+    #[error("cannot read random bytes from the system: {0}")]
+    Random(String),
     /// Removing a key that is not trusted.
     #[error("`{0}` is not trusted")]
     NotTrusted(String),
@@ -89,4 +113,51 @@ pub enum AppError {
         /// The TTL given.
         ttl: Duration,
     },
+}
+
+/// What kind of refusal an [`AppError`] is, for a front end to map (the HTTP
+/// API to a status code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Something named does not exist (a DAG, version, run, task, connection, key).
+    NotFound,
+    /// The input is malformed or out of range.
+    Invalid,
+    /// The input is well-formed but the current state forbids it (a running
+    /// run cannot be cleared, a signature policy refuses).
+    Conflict,
+    /// The host cannot do it at all (tasks cannot be confined).
+    Unavailable,
+    /// The host failed (the metadatabase, the file system).
+    Internal,
+}
+
+impl AppError {
+    /// What kind of refusal this is.
+    pub fn kind(&self) -> ErrorKind {
+        use crate::connections::ConnectionError;
+        use crate::scheduler::RunError;
+        use crate::store::StoreError;
+        match self {
+            Self::NotDeployed(_)
+            | Self::NoSuchTask { .. }
+            | Self::NoSuchVersion { .. }
+            | Self::NotTrusted(_)
+            | Self::NoSuchToken(_)
+            | Self::Store(StoreError::NotFound(_))
+            | Self::Run(RunError::Store(StoreError::NotFound(_)))
+            | Self::Connection(ConnectionError::NotFound(_)) => ErrorKind::NotFound,
+            Self::InvalidInput { .. }
+            | Self::InvalidDate { .. }
+            | Self::ConnectionInput(_)
+            | Self::Manifest(_)
+            | Self::BuildNeedsManifest(_)
+            | Self::Connection(ConnectionError::Invalid { .. }) => ErrorKind::Invalid,
+            Self::Run(RunError::Invalid(_) | RunError::Clear { .. } | RunError::Trust(_))
+            | Self::Trust(_)
+            | Self::Connection(ConnectionError::Exists(_)) => ErrorKind::Conflict,
+            Self::Sandbox(_) => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        }
+    }
 }

@@ -4,14 +4,18 @@
 //! prints. One module per concern: [`deploy`] (build, deploy, versions),
 //! [`runs`] (trigger, resume, clear, inspect, logs), [`schedules`] (the
 //! scheduler and backfills), [`connections`], [`staging`] and [`trust`]
-//! (signing keys and the signature policy).
+//! (signing keys and the signature policy); [`dags`] and [`live`] (what the
+//! web UI shows, and its live views); [`tokens`] (API tokens of `sluice serve`).
 
 pub mod connections;
+pub mod dags;
 pub mod deploy;
 mod error;
+pub mod live;
 pub mod runs;
 pub mod schedules;
 pub mod staging;
+pub mod tokens;
 pub mod trust;
 
 use std::fmt::Display;
@@ -21,7 +25,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use error::AppError;
+pub use error::{AppError, ErrorKind};
 
 use crate::Sluice;
 use crate::confine::Sandbox;
@@ -72,6 +76,12 @@ impl App {
             sluice: Arc::new(sluice),
             staging_ttl: config.staging_ttl,
         })
+    }
+
+    /// Watches every run event this process carries out from now on (runs
+    /// started by other processes are not seen: read them from the store).
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<crate::events::RunNotice> {
+        self.sluice.watch()
     }
 
     /// How tasks started by this application are confined, for a front end to show.

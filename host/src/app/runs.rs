@@ -8,11 +8,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc::UnboundedSender;
+use utoipa::ToSchema;
 
 use super::{App, AppError, as_text, elapsed};
 use crate::dag::DagSpec;
 use crate::events::RunEvent;
-use crate::scheduler::{ClearScope, RunOptions, RunSummary, resume_run, run_dag};
+use crate::scheduler::{ClearScope, RunOptions, RunSummary, carry_out, resume_run, run_dag};
 use crate::state::{RunState, TaskState};
 use crate::store::{RunRecord, TaskRecord, VersionRecord};
 
@@ -31,12 +32,13 @@ pub struct RunRequest {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FinishedRun {
     /// Run id.
     pub run_id: String,
     /// Final state.
     #[serde(serialize_with = "as_text")]
+    #[schema(value_type = String)]
     pub state: RunState,
     /// Why it failed, if it did.
     pub error: Option<String>,
@@ -53,7 +55,7 @@ impl From<RunSummary> for FinishedRun {
 }
 
 /// A run as recorded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RunInfo {
     /// Run id.
     pub run_id: String,
@@ -63,6 +65,7 @@ pub struct RunInfo {
     pub version: String,
     /// Run state.
     #[serde(serialize_with = "as_text")]
+    #[schema(value_type = String)]
     pub state: RunState,
     /// `manual`, `scheduled` or `backfill`.
     pub run_type: String,
@@ -81,6 +84,7 @@ pub struct RunInfo {
     /// Ended.
     pub ended_at: Option<DateTime<Utc>>,
     /// From start to end, once ended.
+    #[schema(value_type = Option<Object>)]
     pub duration: Option<Duration>,
     /// Why it failed.
     pub error: Option<String>,
@@ -112,12 +116,13 @@ impl From<RunRecord> for RunInfo {
 }
 
 /// A task instance of a run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TaskInfo {
     /// Task id.
     pub task_id: String,
     /// State.
     #[serde(serialize_with = "as_text")]
+    #[schema(value_type = String)]
     pub state: TaskState,
     /// Current (or last) try; 0 before the first.
     pub try_number: u32,
@@ -126,6 +131,7 @@ pub struct TaskInfo {
     /// Component digest.
     pub component: String,
     /// Duration of the last try.
+    #[schema(value_type = Option<Object>)]
     pub duration: Option<Duration>,
     /// Output JSON, on success.
     pub output: Option<String>,
@@ -149,7 +155,7 @@ impl From<TaskRecord> for TaskInfo {
 }
 
 /// One run in detail.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RunDetail {
     /// The run.
     pub run: RunInfo,
@@ -162,7 +168,7 @@ pub struct RunDetail {
 }
 
 /// What became of a run's staging directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum StagingStatus {
     /// Deleted, for this reason.
@@ -180,7 +186,7 @@ pub enum StagingStatus {
 }
 
 /// What a run produced: its state, staging, and the tasks nothing depends on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RunResult {
     /// The run.
     pub run: RunInfo,
@@ -190,9 +196,82 @@ pub struct RunResult {
     pub leaves: Vec<TaskInfo>,
 }
 
+/// Which runs a page of [`App::runs_page`] holds.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only runs of this DAG.
+    pub dag_id: Option<String>,
+    /// Only runs in this state.
+    pub state: Option<RunState>,
+    /// At most this many (1 to [`MAX_PAGE`]).
+    pub limit: u32,
+    /// After skipping this many.
+    pub offset: u32,
+}
+
+/// The most rows one page of runs or log lines may hold.
+pub const MAX_PAGE: u32 = 1000;
+
+/// A page of runs, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunPage {
+    /// The runs.
+    pub runs: Vec<RunInfo>,
+    /// The offset of the next page, if there may be one.
+    pub next_offset: Option<u32>,
+}
+
+/// One try of a task instance.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TryInfo {
+    /// Try number (from 1).
+    pub try_number: u32,
+    /// The DAG version digest the try ran.
+    pub version: String,
+    /// The component digest the try ran.
+    pub component: String,
+    /// How it ended (`running` while it runs).
+    #[schema(value_type = String)]
+    pub state: TaskState,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// End.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// From start to end, once ended.
+    #[schema(value_type = Option<Object>)]
+    pub duration: Option<Duration>,
+    /// Error, if it failed.
+    pub error: Option<String>,
+}
+
+/// A task instance and its tries.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TaskDetail {
+    /// Run id.
+    pub run_id: String,
+    /// DAG id.
+    pub dag_id: String,
+    /// The task instance.
+    pub task: TaskInfo,
+    /// Its tries, in order.
+    pub tries: Vec<TryInfo>,
+}
+
+/// A page of a task's log.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LogPage {
+    /// The lines, in order.
+    pub lines: Vec<LogLine>,
+    /// The id to ask for the lines after these (`after`); the same as asked
+    /// when there were none.
+    pub next_after: i64,
+}
+
 /// One line of a task's log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct LogLine {
+    /// The line's id (increasing).
+    pub id: i64,
     /// Try number.
     pub try_number: u32,
     /// When.
@@ -270,6 +349,33 @@ impl App {
         )?)
     }
 
+    /// Clears as [`App::clear`] does and, unless `dry_run`, carries the run
+    /// on in the background on the current tokio runtime (its events reach
+    /// [`App::watch`]ers). Must be called within the runtime.
+    pub fn clear_and_resume(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        scope: ClearScope,
+        dry_run: bool,
+    ) -> Result<Vec<String>, AppError> {
+        if !dry_run {
+            self.check_sandbox()?;
+        }
+        let cleared = self.clear(run_id, task_id, scope, dry_run)?;
+        if !dry_run {
+            let sluice = self.sluice.clone();
+            let policy = self.staging_policy(false);
+            let run_id = run_id.to_owned();
+            tokio::runtime::Handle::current().spawn(async move {
+                if let Err(e) = resume_run(&sluice, &run_id, policy, None).await {
+                    tracing::error!("run `{run_id}` stopped: {e}");
+                }
+            });
+        }
+        Ok(cleared)
+    }
+
     /// The DAG version run `run_id` is bound to.
     pub fn run_version(&self, run_id: &str) -> Result<VersionRecord, AppError> {
         let run = self.sluice.store.run(run_id)?;
@@ -300,6 +406,124 @@ impl App {
             run: run.into(),
             staging,
         })
+    }
+
+    /// Creates a run of `dag_id`'s current version and carries it out in the
+    /// background on the current tokio runtime; returns the run as created.
+    /// Its events reach [`App::watch`]ers. Must be called within the runtime.
+    pub fn start_run(&self, dag_id: &str, request: RunRequest) -> Result<RunInfo, AppError> {
+        self.check_sandbox()?;
+        let version = self.current_version(dag_id)?;
+        let options = RunOptions {
+            params: request.params,
+            logical_date: request.logical_date,
+            staging: self.staging_policy(request.keep_staging),
+            ..RunOptions::default()
+        };
+        let record = crate::scheduler::create_run(&self.sluice, &version, &options)?;
+        let info = RunInfo::from(record.clone());
+        let sluice = self.sluice.clone();
+        tokio::runtime::Handle::current().spawn(async move {
+            let run_id = record.run_id.clone();
+            if let Err(e) = carry_out(&sluice, &version, record, options, None).await {
+                tracing::error!("run `{run_id}` stopped: {e}");
+            }
+        });
+        Ok(info)
+    }
+
+    /// A page of runs, newest first.
+    pub fn runs_page(&self, filter: &RunFilter) -> Result<RunPage, AppError> {
+        if !(1..=MAX_PAGE).contains(&filter.limit) {
+            return Err(AppError::InvalidInput {
+                field: "limit".into(),
+                reason: format!("must be 1 to {MAX_PAGE}, not {}", filter.limit),
+            });
+        }
+        let runs: Vec<RunInfo> = self
+            .sluice
+            .store
+            .runs_page(
+                filter.dag_id.as_deref(),
+                filter.state,
+                filter.limit,
+                filter.offset,
+            )?
+            .into_iter()
+            .map(RunInfo::from)
+            .collect();
+        let next_offset = (runs.len() == filter.limit as usize)
+            .then(|| filter.offset.checked_add(filter.limit))
+            .flatten();
+        Ok(RunPage { runs, next_offset })
+    }
+
+    /// Task instance `task_id` of run `run_id` and its tries.
+    pub fn task_detail(&self, run_id: &str, task_id: &str) -> Result<TaskDetail, AppError> {
+        let store = &self.sluice.store;
+        let run = store.run(run_id)?;
+        let task = store
+            .tasks(run_id)?
+            .into_iter()
+            .find(|t| t.task_id == task_id)
+            .ok_or_else(|| AppError::NoSuchTask {
+                run_id: run_id.to_owned(),
+                task_id: task_id.to_owned(),
+            })?;
+        let tries = store
+            .tries(run_id, task_id)?
+            .into_iter()
+            .map(|t| TryInfo {
+                duration: t.ended_at.map(|end| elapsed(t.started_at, end)),
+                try_number: t.try_number,
+                version: t.version,
+                component: t.component,
+                state: t.state,
+                started_at: t.started_at,
+                ended_at: t.ended_at,
+                error: t.error,
+            })
+            .collect();
+        Ok(TaskDetail {
+            run_id: run.run_id,
+            dag_id: run.dag_id,
+            task: task.into(),
+            tries,
+        })
+    }
+
+    /// At most `limit` lines of the log of `task_id` in run `run_id` (one
+    /// try or all) after line `after` (0: from the start).
+    pub fn logs_page(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        try_number: Option<u32>,
+        after: i64,
+        limit: u32,
+    ) -> Result<LogPage, AppError> {
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(AppError::InvalidInput {
+                field: "limit".into(),
+                reason: format!("must be 1 to {MAX_PAGE}, not {limit}"),
+            });
+        }
+        self.task_detail(run_id, task_id)?;
+        let lines: Vec<LogLine> = self
+            .sluice
+            .store
+            .logs_page(run_id, task_id, try_number, after, limit)?
+            .into_iter()
+            .map(|l| LogLine {
+                id: l.id,
+                try_number: l.try_number,
+                ts: l.ts,
+                level: l.level,
+                message: l.message,
+            })
+            .collect();
+        let next_after = lines.last().map_or(after, |l| l.id);
+        Ok(LogPage { lines, next_after })
     }
 
     /// Recent runs, newest first, of one DAG or all; at most `limit`.
@@ -353,6 +577,7 @@ impl App {
             .logs(run_id, task_id, try_number)?
             .into_iter()
             .map(|l| LogLine {
+                id: l.id,
                 try_number: l.try_number,
                 ts: l.ts,
                 level: l.level,

@@ -2,11 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{App, AppError};
 
 /// A staging directory and what happened to it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StagingDir {
     /// The run it belongs to.
     pub run_id: String,
@@ -25,7 +26,7 @@ pub struct StagingDir {
 }
 
 /// A directory a sweep reclaimed (or would reclaim, on a dry run).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReclaimedDir {
     /// The run it belonged to (its directory name, for an orphan).
     pub run_id: String,

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{App, AppError};
 
@@ -19,7 +20,7 @@ pub struct GeneratedKey {
 }
 
 /// A trusted public key.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TrustedKey {
     /// The public key (hex).
     pub public_key: String,
@@ -28,7 +29,7 @@ pub struct TrustedKey {
 }
 
 /// The signature policy and the keys it trusts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TrustPolicy {
     /// Whether every run needs a version signed by a trusted key.
     pub require_signatures: bool,

@@ -6,6 +6,7 @@ pub mod deploy;
 pub mod kubernetes;
 pub mod runs;
 pub mod schedules;
+pub mod serve;
 pub mod staging;
 pub mod trust;
 
