@@ -4,7 +4,9 @@
 //! `etl_local` with `rows=100000`, watches the grid turn green without a
 //! reload, opens the run and the `load` task's log, adds a Postgres
 //! connection through the form and checks that its password is not in the
-//! page. Saves a screenshot of each page under `docs/ui/`.
+//! page. Saves a screenshot of each page in `$SLUICE_UI_SCREENSHOTS` if set
+//! (`SLUICE_UI_SCREENSHOTS=docs/ui` refreshes the README's), else under the
+//! target directory, so a test run never changes tracked files.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -48,8 +50,11 @@ fn free_port() -> u16 {
 
 async fn screenshot(client: &Client, name: &str) {
     let png = client.screenshot().await.expect("screenshot");
-    let dir = repo_root().join("docs").join("ui");
-    std::fs::create_dir_all(&dir).expect("docs/ui");
+    let dir = std::env::var_os("SLUICE_UI_SCREENSHOTS").map_or_else(
+        || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui"),
+        |dir| repo_root().join(dir),
+    );
+    std::fs::create_dir_all(&dir).expect("the screenshot directory");
     std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
 }
 
