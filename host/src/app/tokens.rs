@@ -168,6 +168,7 @@ mod tests {
             allow_unconfined: false,
             workers: None,
             worker: false,
+            kubernetes: None,
         })
         .expect("open");
         let created = app.create_token(Role::Operator, "ci").expect("create");
