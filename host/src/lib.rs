@@ -17,7 +17,6 @@ pub mod daemon;
 pub mod digest;
 pub mod engine;
 pub mod executor;
-mod function_cache;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod home;

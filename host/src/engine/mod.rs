@@ -10,6 +10,8 @@
 //! is not deserialized: the component is compiled again from its verified blob
 //! and the entry rewritten, with a warning naming the file.
 
+mod function_cache;
+
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -23,8 +25,8 @@ use wasmtime::{Config, Store, UpdateDeadline};
 
 use crate::bindings::TaskPre;
 use crate::capabilities::TaskHost;
-use crate::function_cache::FunctionCache;
 use crate::home::Home;
+use function_cache::FunctionCache;
 
 /// How often the engine's epoch advances; the timeout granularity for guest code.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use wasmtime::CacheStore;
 
-use crate::engine::{CacheKey, TAG_LEN};
+use super::{CacheKey, TAG_LEN};
 
 /// What an entry's tag covers first: entries of no other cache verify here.
 const DOMAIN: &[u8] = b"sluice-function-cache-v1\0";
