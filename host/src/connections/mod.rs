@@ -54,15 +54,31 @@ impl ConnectionConfig {
         &self.fields
     }
 
-    /// The fields read as type `T`, for connection `id`: a stored
-    /// configuration that does not fit is an error naming the connection.
-    pub fn typed<T: serde::de::DeserializeOwned>(&self, id: &str) -> Result<T, ConnectionError> {
+    /// The fields read as type `T` of the type named `kind`, for connection
+    /// `id`: a configuration of another type, or a stored one that does not
+    /// fit, is an error naming the connection.
+    pub fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<T, ConnectionError> {
+        if self.kind != kind {
+            return Err(invalid(
+                id,
+                format!("is a {} connection, not {kind}", self.kind),
+            ));
+        }
         serde_json::from_value(Value::Object(self.fields.clone())).map_err(|e| {
             invalid(
                 id,
                 format!("its stored {} configuration does not fit: {e}", self.kind),
             )
         })
+    }
+
+    /// [`Self::new`] for connection `id`, its error naming the connection.
+    pub fn of_type<T: Serialize>(kind: &str, id: &str, typed: &T) -> Result<Self, ConnectionError> {
+        Self::new(kind, typed).map_err(|e| invalid(id, e.to_string()))
     }
 }
 

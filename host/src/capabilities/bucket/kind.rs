@@ -40,17 +40,11 @@ pub struct S3Config {
 impl S3Config {
     /// The configuration of connection `id`, which must be an S3 one.
     pub fn of(id: &str, config: &ConnectionConfig) -> Result<Self, ConnectionError> {
-        if config.kind() != NAME {
-            return Err(invalid(
-                id,
-                format!("is a {} connection, not s3", config.kind()),
-            ));
-        }
-        config.typed(id)
+        config.typed(NAME, id)
     }
 
     fn stored(self, id: &str) -> Result<ConnectionConfig, ConnectionError> {
-        ConnectionConfig::new(NAME, &self).map_err(|e| invalid(id, e.to_string()))
+        ConnectionConfig::of_type(NAME, id, &self)
     }
 
     /// `s3://bucket (region r, endpoint e)`.

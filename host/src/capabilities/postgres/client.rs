@@ -13,7 +13,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::bindings::sluice::task::types::ErrorKind;
 use crate::capabilities::failure::Failure;
 use crate::capabilities::redact::{Redacted, Redactor};
-use crate::connections::{Connection, ConnectionConfig, ConnectionError, invalid};
+use crate::connections::{Connection, ConnectionConfig, ConnectionError};
 
 /// Why a stored Postgres connection gives no client configuration: the same
 /// at every try (a permanent failure when a task opens it).
@@ -122,17 +122,11 @@ pub struct PostgresConfig {
 impl PostgresConfig {
     /// The configuration of connection `id`, which must be a Postgres one.
     pub fn of(id: &str, config: &ConnectionConfig) -> Result<Self, ConnectionError> {
-        if config.kind() != NAME {
-            return Err(invalid(
-                id,
-                format!("is a {} connection, not postgres", config.kind()),
-            ));
-        }
-        config.typed(id)
+        config.typed(NAME, id)
     }
 
     pub(super) fn stored(self, id: &str) -> Result<ConnectionConfig, ConnectionError> {
-        ConnectionConfig::new(NAME, &self).map_err(|e| invalid(id, e.to_string()))
+        ConnectionConfig::of_type(NAME, id, &self)
     }
 }
 
