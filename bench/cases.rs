@@ -646,6 +646,21 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
         );
         loaded.push(prepared);
     }
+    // What a `sluice worker` does with the code its host verified and handed
+    // over as a sealed memfd: map it, without reading or verifying the cache.
+    for (plugin, digest) in &digests {
+        let code = fresh_engine
+            .sealed_code(digest)
+            .ok_or_else(|| format!("no sealed code for {plugin} after loading it"))?
+            .try_clone()?;
+        let worker_engine = engine::Engine::new(&sluice.home)?;
+        let clock = Instant::now();
+        worker_engine.adopt(digest, code, &sluice.home.blob(digest))?;
+        println!(
+            "   load {plugin} in a worker from the host's sealed code: {}",
+            secs(clock.elapsed())
+        );
+    }
 
     let staging = work.join("python-staging");
     std::fs::create_dir_all(&staging)?;

@@ -213,3 +213,32 @@ fn a_planted_compile_cache_entry_is_never_loaded() {
     );
     assert_eq!(mode & 0o077, 0, "cache.key mode {mode:o}");
 }
+
+/// A worker maps the compiled code its host verified (a sealed memfd handed
+/// over at spawn) and does not read the compile cache again: an entry spoiled
+/// after the host loaded it is neither loaded nor rewritten by the worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_maps_the_code_its_host_verified() {
+    let mut home = TestHome::new();
+    home.sluice
+        .run_tries_in_workers(std::path::PathBuf::from(env!("CARGO_BIN_EXE_sluice")));
+    let body =
+        "[tasks.echo]\nplugin = \"testkit\"\nparams = { mode = \"echo\", marker = \"handed\" }\n";
+    let first = home.run("handover", body, json!({})).await;
+    assert!(first.error.is_none(), "{first:?}");
+    let digest = home.task(&first.run_id, "echo").component;
+    let entry = cache_entry(&home, &digest);
+    std::fs::write(&entry, b"spoiled").expect("spoil the entry");
+
+    let second = home.run("handover", body, json!({})).await;
+    assert!(second.error.is_none(), "{second:?}");
+    assert_eq!(
+        home.output(&second.run_id, "echo")["rest"]["marker"],
+        "handed"
+    );
+    assert_eq!(
+        std::fs::read(&entry).expect("entry"),
+        b"spoiled",
+        "the worker read the compile cache (and rewrote the entry) instead of mapping the code handed over"
+    );
+}

@@ -92,6 +92,7 @@ impl App {
     /// Serves one try for a parent's [`crate::executor::ProcessExecutor`]
     /// (`sluice worker`): the try on stdin, its reports on stdout.
     pub async fn serve_worker(&self) -> Result<(), AppError> {
+        crate::executor::adopt_handed_code(&self.sluice.engine, &self.sluice.home);
         Ok(crate::executor::worker::serve(self.sluice.executor.as_ref()).await?)
     }
 

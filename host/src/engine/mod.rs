@@ -8,12 +8,15 @@
 //! the engine compatibility hash and the serialized code. An entry whose tag
 //! does not verify (planted, copied from another component's name, truncated)
 //! is not deserialized: the component is compiled again from its verified blob
-//! and the entry rewritten, with a warning naming the file.
+//! and the entry rewritten, with a warning naming the file. Verified code is
+//! kept in a [`SealedCode`] memfd, which worker processes map as it is.
 
 mod function_cache;
+mod sealed;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +30,8 @@ use crate::bindings::TaskPre;
 use crate::capabilities::TaskHost;
 use crate::home::Home;
 use function_cache::FunctionCache;
+pub use sealed::SealedCode;
+use sealed::Unsealed;
 
 /// How often the engine's epoch advances; the timeout granularity for guest code.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -234,21 +239,6 @@ impl CacheKey {
         entry.extend_from_slice(code);
         entry
     }
-
-    /// The code in `entry` if its tag verifies for `digest`, else why not.
-    fn open<'a>(&self, digest: &str, compat: &str, entry: &'a [u8]) -> Result<&'a [u8], Rejected> {
-        let Some(rest) = entry.strip_prefix(ENTRY_MAGIC.as_slice()) else {
-            return Err(Rejected::NoHeader);
-        };
-        if rest.len() < TAG_LEN {
-            return Err(Rejected::TruncatedTag);
-        }
-        let (tag, code) = rest.split_at(TAG_LEN);
-        let mut mac = self.mac(digest, compat);
-        mac.update(code);
-        mac.verify_slice(tag).map_err(|_| Rejected::BadTag)?;
-        Ok(code)
-    }
 }
 
 /// The engine shared by every task of a process.
@@ -259,6 +249,7 @@ pub struct Engine {
     cache_key: CacheKey,
     compat: String,
     loaded: Mutex<HashMap<String, TaskPre<TaskHost>>>,
+    sealed: Mutex<HashMap<String, Arc<SealedCode>>>,
     _ticker: EpochTicker,
 }
 
@@ -295,6 +286,7 @@ impl Engine {
             cache_key,
             compat,
             loaded: Mutex::new(HashMap::new()),
+            sealed: Mutex::new(HashMap::new()),
             _ticker: ticker,
         })
     }
@@ -311,22 +303,43 @@ impl Engine {
         let cached = self
             .cache_dir
             .join(format!("{digest}-{}.cwasm", self.compat));
-        let (component, compiled) = match self.load_cached(digest, &cached) {
-            Some(component) => (component, false),
+        let ((component, code), compiled) = match self.load_cached(digest, &cached) {
+            Some(loaded) => (loaded, false),
             None => (self.compile(digest, blob, &cached)?, true),
         };
         let pre = self.pre_instantiate(&component, blob)?;
         self.lock_loaded().insert(digest.to_owned(), pre.clone());
+        lock(&self.sealed).insert(digest.to_owned(), Arc::new(code));
         Ok(Prepared { pre, compiled })
     }
 
-    /// The verified cache entry of `digest`, deserialized; `None` (after a
-    /// warning, unless there is no entry) when it must be compiled again.
-    fn load_cached(&self, digest: &str, cached: &Path) -> Option<Component> {
-        // Read once into memory and verify those bytes: nothing can swap the
-        // file between the check and the load.
-        let entry = match std::fs::read(cached) {
-            Ok(entry) => entry,
+    /// The sealed compiled code of component `digest`, if this engine has
+    /// prepared it: what a worker process is handed (see [`Engine::adopt`]).
+    pub fn sealed_code(&self, digest: &str) -> Option<Arc<SealedCode>> {
+        lock(&self.sealed).get(digest).cloned()
+    }
+
+    /// Prepares component `digest` (stored at `blob`) from `code`, the sealed
+    /// compiled code the parent process verified and handed over, without
+    /// reading or verifying the compile cache again.
+    pub fn adopt(&self, digest: &str, code: SealedCode, blob: &Path) -> Result<(), EngineError> {
+        // SAFETY: the parent (the host that spawned this worker) verified these
+        // bytes under the cache key before sealing them (`load_cached`,
+        // `compile`); the seals keep them so.
+        let component = unsafe { code.deserialize(&self.engine) }
+            .map_err(EngineError::wasmtime("load the compiled code handed over"))?;
+        let pre = self.pre_instantiate(&component, blob)?;
+        self.lock_loaded().insert(digest.to_owned(), pre);
+        lock(&self.sealed).insert(digest.to_owned(), Arc::new(code));
+        Ok(())
+    }
+
+    /// The verified cache entry of `digest`, deserialized, and its sealed
+    /// code; `None` (after a warning, unless there is no entry) when it must
+    /// be compiled again.
+    fn load_cached(&self, digest: &str, cached: &Path) -> Option<(Component, SealedCode)> {
+        let mut file = match std::fs::File::open(cached) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
                 tracing::warn!(
@@ -336,11 +349,18 @@ impl Engine {
                 return None;
             }
         };
-        let code = match self.cache_key.open(digest, &self.compat, &entry) {
-            Ok(code) => code,
-            Err(why) => {
+        let code = match self.copy_verified(digest, &mut file) {
+            Ok(Ok(code)) => code,
+            Ok(Err(why)) => {
                 tracing::warn!(
                     "compile cache entry {} is not used: {why}; compiling component {digest} again and replacing it",
+                    cached.display()
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "compile cache entry {}: cannot read it ({e}); compiling component {digest} again",
                     cached.display()
                 );
                 return None;
@@ -349,9 +369,9 @@ impl Engine {
         // SAFETY: `code` is exactly what `Component::serialize` of an engine with
         // this compatibility hash produced for `digest` in a host holding the
         // cache key: its HMAC tag over the digest, the hash and these bytes
-        // verified above, on the bytes in memory that are deserialized here.
-        match unsafe { Component::deserialize(&self.engine, code) } {
-            Ok(component) => Some(component),
+        // verified as they were copied, and the seals keep them so.
+        match unsafe { code.deserialize(&self.engine) } {
+            Ok(component) => Some((component, code)),
             Err(e) => {
                 tracing::warn!(
                     "compile cache entry {} does not load ({e}); compiling component {digest} again",
@@ -362,13 +382,51 @@ impl Engine {
         }
     }
 
-    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskPre<TaskHost>>> {
-        self.loaded
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Copies the code of the cache entry in `file` into a memfd, verifying
+    /// its tag on the way, and seals it: nothing can swap the bytes between
+    /// the check and the load.
+    fn copy_verified(
+        &self,
+        digest: &str,
+        file: &mut std::fs::File,
+    ) -> std::io::Result<Result<SealedCode, Rejected>> {
+        let mut header = Vec::with_capacity(ENTRY_MAGIC.len() + TAG_LEN);
+        file.by_ref()
+            .take((ENTRY_MAGIC.len() + TAG_LEN) as u64)
+            .read_to_end(&mut header)?;
+        let Some(tag) = header.strip_prefix(ENTRY_MAGIC.as_slice()) else {
+            return Ok(Err(Rejected::NoHeader));
+        };
+        if tag.len() < TAG_LEN {
+            return Ok(Err(Rejected::TruncatedTag));
+        }
+        let mut mac = self.cache_key.mac(digest, &self.compat);
+        let mut code = Unsealed::new(digest)?;
+        let mut chunk = vec![0; 1 << 20];
+        loop {
+            let n = file.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            mac.update(&chunk[..n]);
+            code.write_all(&chunk[..n])?;
+        }
+        if mac.verify_slice(tag).is_err() {
+            return Ok(Err(Rejected::BadTag));
+        }
+        Ok(Ok(code.seal()?))
     }
 
-    fn compile(&self, digest: &str, blob: &Path, cached: &Path) -> Result<Component, EngineError> {
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskPre<TaskHost>>> {
+        lock(&self.loaded)
+    }
+
+    fn compile(
+        &self,
+        digest: &str,
+        blob: &Path,
+        cached: &Path,
+    ) -> Result<(Component, SealedCode), EngineError> {
         let path = blob.display().to_string();
         let bytes = std::fs::read(blob).map_err(|source| EngineError::Io {
             path: path.clone(),
@@ -402,7 +460,16 @@ impl Engine {
             path: cached.display().to_string(),
             source,
         })?;
-        Ok(component)
+        let sealed = Unsealed::new(digest)
+            .and_then(|mut code| {
+                code.write_all(&serialized)?;
+                code.seal()
+            })
+            .map_err(|source| EngineError::Io {
+                path: format!("memfd for the compiled code of {digest}"),
+                source,
+            })?;
+        Ok((component, sealed))
     }
 
     fn pre_instantiate(
@@ -442,6 +509,14 @@ impl Engine {
         });
         store
     }
+}
+
+/// The map behind `mutex` (a panic elsewhere leaves it consistent: every
+/// update is one insert).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 const WASM_MAGIC: &[u8] = b"\0asm";

@@ -68,6 +68,12 @@ impl LocalExecutor {
         }
     }
 
+    /// The sealed compiled code of `component` once [`Executor::prepare`] has
+    /// loaded it, for a worker process to map.
+    pub fn sealed_code(&self, component: &str) -> Option<Arc<crate::engine::SealedCode>> {
+        self.engine.sealed_code(component)
+    }
+
     fn load(&self, component: &str) -> Result<TaskPre<TaskHost>, crate::engine::EngineError> {
         if let Some(pre) = lock(&self.prepared).get(component) {
             return Ok(pre.clone());

@@ -27,7 +27,9 @@ use crate::schedule::Interval;
 
 pub use kubernetes::KubernetesExecutor;
 pub use local::{LocalExecutor, MAX_OUTPUT_BYTES};
-pub use process::{KILL_GRACE, ProcessExecutor, WorkerMessage};
+pub use process::{
+    KILL_GRACE, ProcessExecutor, WORKER_CODE_ENV, WORKER_CODE_FD, WorkerMessage, adopt_handed_code,
+};
 pub use sluice_core::run::TryOutcome;
 
 /// One try, by name.

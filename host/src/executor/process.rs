@@ -7,8 +7,12 @@
 //! The worker gets the [`TryRequest`] (names only) as one JSON line on stdin
 //! and opens the same Sluice home, so it resolves connections from the vault
 //! itself: no secret crosses the pipe. It answers with [`WorkerMessage`] JSON
-//! lines on stdout, the last one the outcome.
+//! lines on stdout, the last one the outcome. The try's compiled component,
+//! verified by the host, is handed over as a sealed memfd on descriptor
+//! [`WORKER_CODE_FD`] (named by `$SLUICE_WORKER_CODE`), which the worker maps
+//! instead of reading and verifying the compile cache again.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -20,7 +24,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{Executor, ExecutorError, LocalExecutor, TryFuture, TryOutcome, TryRequest};
+use crate::engine::{Engine, SealedCode};
 use crate::events::{RunEvent, TaskKey};
+use crate::home::Home;
 
 /// How long after its deadline a worker is killed if it has not reported.
 pub const KILL_GRACE: Duration = Duration::from_secs(1);
@@ -30,6 +36,42 @@ const DIAGNOSTIC_LINES: usize = 5;
 
 /// How long a worker that reported may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// The descriptor on which a worker finds its try's sealed compiled code.
+pub const WORKER_CODE_FD: std::os::fd::RawFd = 3;
+
+/// The environment variable naming the component whose code is on
+/// [`WORKER_CODE_FD`].
+pub const WORKER_CODE_ENV: &str = "SLUICE_WORKER_CODE";
+
+/// In a worker: prepares the component the host handed over (see
+/// [`WORKER_CODE_FD`]), if it did. A handover that cannot be used is
+/// reported and the worker loads the component from the compile cache.
+pub fn adopt_handed_code(engine: &Engine, home: &Home) {
+    let Some(digest) = std::env::var_os(WORKER_CODE_ENV) else {
+        return;
+    };
+    let Some(digest) = digest.to_str().filter(|d| crate::digest::is_sha256_hex(d)) else {
+        tracing::warn!("${WORKER_CODE_ENV} is not a component digest: {digest:?}; ignored");
+        return;
+    };
+    // SAFETY: the host put the memfd on this descriptor for this process
+    // (`ProcessExecutor::run`) and nothing else here uses the number;
+    // `SealedCode::adopt` checks what it is before anything maps it.
+    let fd = unsafe { OwnedFd::from_raw_fd(WORKER_CODE_FD) };
+    let adopted = SealedCode::adopt(fd)
+        .map_err(|e| e.to_string())
+        .and_then(|code| {
+            engine
+                .adopt(digest, code, &home.blob(digest))
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = adopted {
+        tracing::warn!(
+            "the compiled code of component {digest} handed over on fd {WORKER_CODE_FD} is not used ({e}); loading it from the compile cache"
+        );
+    }
+}
 
 /// One line a worker writes on stdout.
 #[derive(Debug, Serialize, Deserialize)]
@@ -157,6 +199,10 @@ impl Executor for ProcessExecutor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        let code = self.local.sealed_code(&request.component);
+        if let Some(code) = &code {
+            hand_over(&mut command, code, &request.component);
+        }
         let exe = self.exe.clone();
         Box::pin(async move {
             let failed = |error: String| TryOutcome::Failed {
@@ -173,6 +219,8 @@ impl Executor for ProcessExecutor {
                     return failed(format!("cannot start a worker ({}): {e}", exe.display()));
                 }
             };
+            // The worker holds its own descriptor now.
+            drop(code);
             let timeout = request.policy.timeout;
             let outcome = supervise(&mut child, &line, &request.key, &events, timeout).await;
             // A worker that reported exits at once; one that did not is killed.
@@ -192,6 +240,30 @@ impl Executor for ProcessExecutor {
     fn release(&self, _run_id: &str) {
         // Each try's future waits for its worker to exit (or kills it), and a
         // process that has exited holds no file of the run.
+    }
+}
+
+/// Has the worker started by `command` find `code`, the compiled code of
+/// `component`, on [`WORKER_CODE_FD`]. `code` must stay open until the spawn.
+fn hand_over(command: &mut tokio::process::Command, code: &SealedCode, component: &str) {
+    let fd = code.fd().as_raw_fd();
+    command.env(WORKER_CODE_ENV, component);
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only `dup2` and `fcntl`, which are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            // `dup2` onto another number leaves the copy open across exec;
+            // onto itself it changes nothing, so clear close-on-exec then.
+            let result = if fd == WORKER_CODE_FD {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, WORKER_CODE_FD)
+            };
+            if result == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
