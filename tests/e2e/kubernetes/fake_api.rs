@@ -1,11 +1,14 @@
 //! An in-test fake Kubernetes API server (axum on 127.0.0.1) implementing what
 //! the Kubernetes executor uses and nothing more: create (409 on conflict),
-//! get, list with equality label selectors, server-side apply, delete with
-//! propagation through ownerReferences, pod logs, TokenReview; a small Job
+//! get, list with equality label selectors, server-side apply, replace with a
+//! `resourceVersion` check (409 on a stale one; Leases), delete with
+//! propagation through ownerReferences, pod logs, TokenReview, a quota
+//! refusal on Job creation (injected); a small Job
 //! controller (Job → Pod, conditions, `activeDeadlineSeconds`, a replacement
 //! pod for a disrupted one); and a kubelet that really runs the pod's command
 //! (the real `sluice worker`) with the claim mapped to a local directory, the
-//! projected token written, and its output as the pod log.
+//! projected token written, and its output as the pod log. A pod deleted
+//! while it runs (its node lost) is killed, and its Job fails.
 //!
 //! Every object ever written is also kept in an audit trail
 //! (`GET /fake/audit`) so a test can read, through a plain HTTP client of its
@@ -16,8 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use axum::body::Bytes;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -47,12 +52,79 @@ struct State {
     requests: BTreeMap<String, u64>,
     /// Pod uid → its kill switch.
     kills: HashMap<String, tokio::sync::oneshot::Sender<()>>,
+    /// Job creations still to refuse with 403 "exceeded quota".
+    quota_refusals: u32,
 }
 
 struct Shared {
     state: Mutex<State>,
     dir: PathBuf,
     sluice: PathBuf,
+    /// (API group, resource, verb) the scheduler's Role and ClusterRole grant.
+    granted: BTreeSet<(String, String, String)>,
+}
+
+/// The token the kubeconfig gives the scheduler (whose requests the Role
+/// governs); a request without it is the test's own (an administrator's).
+const SCHEDULER_TOKEN: &str = "scheduler-token";
+
+/// What `deploy/kubernetes/rbac.yaml` grants the scheduler: (API group,
+/// resource, verb) of every rule of its Role and ClusterRole.
+pub fn granted() -> BTreeSet<(String, String, String)> {
+    let path = crate::support::repo_root().join("deploy/kubernetes/rbac.yaml");
+    let text = std::fs::read_to_string(&path).expect("rbac.yaml");
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).expect("rbac.yaml parses");
+    let mut granted = BTreeSet::new();
+    for document in documents
+        .iter()
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+    {
+        for rule in document["rules"].as_array().expect("rules") {
+            let strings = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .expect(key)
+                    .iter()
+                    .map(|v| v.as_str().expect("a string").to_owned())
+                    .collect()
+            };
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    for verb in strings("verbs") {
+                        granted.insert((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    granted
+}
+
+/// The (API group, resource, verb) a request asks for, as RBAC sees it.
+fn rbac_request(method: &Method, uri: &Uri) -> Option<(String, String, String)> {
+    let parts: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let (resource, named) = match rest {
+        ["namespaces", _, resource] | [resource] => ((*resource).to_owned(), false),
+        ["namespaces", _, resource, _] | [resource, _] => ((*resource).to_owned(), true),
+        ["namespaces", _, resource, _, sub] => (format!("{resource}/{sub}"), true),
+        _ => return None,
+    };
+    let verb = match *method {
+        Method::GET if named => "get",
+        Method::GET if query(uri, "watch").as_deref() == Some("true") => "watch",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PATCH => "patch",
+        Method::PUT => "update",
+        Method::DELETE => "delete",
+        _ => return None,
+    };
+    Some((group.to_owned(), resource, verb.to_owned()))
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, State> {
@@ -79,6 +151,7 @@ impl FakeCluster {
             state: Mutex::default(),
             dir: dir.to_owned(),
             sluice: sluice.to_owned(),
+            granted: granted(),
         });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -86,10 +159,28 @@ impl FakeCluster {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let app = {
             let shared = shared.clone();
-            axum::Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
-                let shared = shared.clone();
-                async move { handle(shared, method, uri, body).await }
-            })
+            axum::Router::new().fallback(
+                move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                    let shared = shared.clone();
+                    async move {
+                        let scheduler = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| v == format!("Bearer {SCHEDULER_TOKEN}"));
+                        if scheduler
+                            && let Some((group, resource, verb)) = rbac_request(&method, &uri)
+                            && !shared.granted.contains(&(group.clone(), resource.clone(), verb.clone()))
+                        {
+                            return status(
+                                403,
+                                "Forbidden",
+                                &format!("the Role in deploy/kubernetes/rbac.yaml does not grant: cannot {verb} resource \"{resource}\" in API group \"{group}\""),
+                            );
+                        }
+                        handle(shared, method, uri, body).await
+                    }
+                },
+            )
         };
         runtime.spawn(async move {
             axum::serve(listener, app).await.expect("fake API server");
@@ -106,7 +197,7 @@ impl FakeCluster {
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
              contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\n\
-             current-context: fake\nusers:\n- name: fake\n  user:\n    token: scheduler-token\n",
+             current-context: fake\nusers:\n- name: fake\n  user:\n    token: {SCHEDULER_TOKEN}\n",
             self.url
         );
         std::fs::write(path, text).expect("kubeconfig");
@@ -120,6 +211,11 @@ impl FakeCluster {
     /// Makes the kubelet apply `fault` to the next pod it is given.
     pub fn inject(&self, fault: Fault) {
         lock(&self.shared).faults.push_back(fault);
+    }
+
+    /// Makes the next `count` Job creations fail as a ResourceQuota would.
+    pub fn refuse_jobs_for_quota(&self, count: u32) {
+        lock(&self.shared).quota_refusals = count;
     }
 
     /// Registers a token for a pod that is no try's (or marks it invalid).
@@ -172,12 +268,17 @@ fn kind_of(resource: &str) -> &'static str {
         "pods" => "Pod",
         "configmaps" => "ConfigMap",
         "persistentvolumeclaims" => "PersistentVolumeClaim",
+        "leases" => "Lease",
         _ => "Unknown",
     }
 }
 
 fn api_version_of(resource: &str) -> &'static str {
-    if resource == "jobs" { "batch/v1" } else { "v1" }
+    match resource {
+        "jobs" => "batch/v1",
+        "leases" => "coordination.k8s.io/v1",
+        _ => "v1",
+    }
 }
 
 fn matches(object: &Value, selector: &str) -> bool {
@@ -213,6 +314,7 @@ async fn handle(shared: Arc<Shared>, method: Method, uri: Uri, body: Bytes) -> R
                         | "configmaps"
                         | "persistentvolumeclaims"
                         | "tokenreviews"
+                        | "leases"
                         | "log"
                 )
             })
@@ -232,6 +334,7 @@ async fn handle(shared: Arc<Shared>, method: Method, uri: Uri, body: Bytes) -> R
     let rest = match parts.as_slice() {
         ["api", "v1", "namespaces", rest @ ..] => rest,
         ["apis", "batch", "v1", "namespaces", rest @ ..] => rest,
+        ["apis", "coordination.k8s.io", "v1", "namespaces", rest @ ..] => rest,
         _ => return status(404, "NotFound", &format!("the fake does not serve {path}")),
     };
     match (rest, method.clone()) {
@@ -296,6 +399,35 @@ async fn handle(shared: Arc<Shared>, method: Method, uri: Uri, body: Bytes) -> R
                 }
             }
         }
+        ([ns, resource, name], Method::PUT) => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return status(400, "BadRequest", "not JSON");
+            };
+            let key = ((*resource).to_owned(), (*ns).to_owned(), (*name).to_owned());
+            let mut state = lock(&shared);
+            let Some(current) = state.objects.get(&key).cloned() else {
+                return status(404, "NotFound", &format!("{resource} \"{name}\" not found"));
+            };
+            if object["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                return status(
+                    409,
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                    ),
+                );
+            }
+            state.counter += 1;
+            object["apiVersion"] = current["apiVersion"].clone();
+            object["kind"] = current["kind"].clone();
+            object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+            object["metadata"]["creationTimestamp"] =
+                current["metadata"]["creationTimestamp"].clone();
+            object["metadata"]["resourceVersion"] = json!(state.counter.to_string());
+            state.audit.push(object.clone());
+            state.objects.insert(key, object.clone());
+            axum::Json(object).into_response()
+        }
         ([ns, resource, name], Method::DELETE) => {
             let key = ((*resource).to_owned(), (*ns).to_owned(), (*name).to_owned());
             let removed = delete_cascading(&shared, &key);
@@ -326,6 +458,16 @@ fn create(
 ) -> Response {
     let key = (resource.to_owned(), ns.to_owned(), name.to_owned());
     let mut state = lock(shared);
+    if resource == "jobs" && state.quota_refusals > 0 {
+        state.quota_refusals -= 1;
+        return status(
+            403,
+            "Forbidden",
+            &format!(
+                "jobs \"{name}\" is forbidden: exceeded quota: compute, requested: count/pods=1, used: count/pods=4, limited: count/pods=4"
+            ),
+        );
+    }
     if state.objects.contains_key(&key) {
         return status(
             409,
@@ -646,7 +788,12 @@ async fn kubelet(
                 ("Failed", 128, "StartError")
             }
         },
-        _ = killed => return,
+        // Deleted while running (its node lost, or `kubectl delete pod`): the
+        // Job counts the pod as failed (no disruption condition: not ignored).
+        _ = killed => {
+            job_failed(&shared, &ns, &job, "BackoffLimitExceeded");
+            return;
+        }
         () = tokio::time::sleep(deadline) => {
             job_failed(&shared, &ns, &job, "DeadlineExceeded");
             return;
