@@ -53,7 +53,7 @@ fn one<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
 fn the_deployment_files_parse_and_grant_exactly_what_the_executor_calls() {
     let documents = documents();
     // What the executor calls (host/src/executor/kubernetes/): Jobs created,
-    // read, listed and deleted; pods read and listed; the anchor ConfigMap
+    // read, listed, watched and deleted; pods read, listed and watched; the anchor ConfigMap
     // and the claim applied server-side (patch, create when the apply makes
     // them), anchors listed and deleted by the sweep; the anchor's
     // finalizers (blockOwnerDeletion); the lease; TokenReview.
@@ -61,9 +61,11 @@ fn the_deployment_files_parse_and_grant_exactly_what_the_executor_calls() {
         ("batch", "jobs", "create"),
         ("batch", "jobs", "get"),
         ("batch", "jobs", "list"),
+        ("batch", "jobs", "watch"),
         ("batch", "jobs", "delete"),
         ("", "pods", "get"),
         ("", "pods", "list"),
+        ("", "pods", "watch"),
         ("", "configmaps", "create"),
         ("", "configmaps", "patch"),
         ("", "configmaps", "list"),

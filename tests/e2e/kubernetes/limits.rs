@@ -1,6 +1,6 @@
 //! Limits and the volumes' lifecycle against the fake cluster: a Job the
 //! namespace's quota refuses is created again with backoff (the try waits, no
-//! retry is spent); `sluice gc` reclaims a failed run's volume once its TTL
+//! retry is spent); `--max-pods` caps the pods in flight across runs; `sluice gc` reclaims a failed run's volume once its TTL
 //! has passed (`ttl_expired`) and a volume no run claims (`orphaned`), both
 //! recorded in `staging_volumes`.
 
@@ -40,6 +40,33 @@ fn a_quota_refusal_is_waited_out_without_spending_a_retry() {
     );
     assert!(log.contains("exceeded quota"), "{log}");
     assert_eq!(kube.cluster.requests().get("POST jobs"), Some(&3));
+}
+
+#[test]
+fn max_pods_caps_the_pods_in_flight() {
+    let kube = Kube::new();
+    let task = |id: &str| {
+        format!(
+            "[tasks.{id}]\nplugin = \"testkit\"\nparams = {{ mode = \"sleep\", ms = 1500 }}\n\n"
+        )
+    };
+    let manifest = kube
+        .home
+        .manifest("kcap", &(task("a") + &task("b") + &task("c")));
+    let out = kube.cli(&[
+        "--max-pods",
+        "1",
+        "run",
+        &manifest.display().to_string(),
+        "--no-progress",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(kube.stored("Job").len(), 3);
+    assert_eq!(
+        kube.cluster.most_running(),
+        1,
+        "three independent tasks, one pod at a time"
+    );
 }
 
 #[test]

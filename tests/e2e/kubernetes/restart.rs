@@ -2,7 +2,9 @@
 //! refuses a second scheduler (naming the holder) and is taken over when
 //! stale; a scheduler killed with SIGKILL while a task's Job runs is
 //! restarted and adopts that Job (finished tasks are not run again); a pod
-//! lost with its node fails its try as retryable, and the retry succeeds.
+//! lost with its node fails its try as retryable, and the retry succeeds; a
+//! watch the server expires (410 Gone) is replaced by a new list, and the
+//! status it then shows still decides a try whose worker could not report.
 
 use std::process::Stdio;
 
@@ -209,4 +211,35 @@ fn a_pod_lost_with_its_node_fails_the_try_as_retryable_and_the_retry_succeeds() 
     let error = tries[0].error.clone().unwrap_or_default();
     assert!(error.contains("pod lost"), "{error}");
     assert_eq!(tries[1].state.as_str(), "success");
+}
+
+#[test]
+fn a_watch_expired_with_410_lists_again_and_still_sees_the_pod_fail() {
+    let kube = Kube::new();
+    // The first two watch requests (on Jobs and pods) are answered 410 Gone.
+    kube.cluster.expire_watches(2);
+    kube.cluster.inject(super::fake_api::Fault::OomKilled);
+    let manifest = kube.home.manifest(
+        "kgone",
+        "[tasks.t]\nplugin = \"testkit\"\nparams = { mode = \"echo\" }\n",
+    );
+    let out = kube.cli(&["run", &manifest.display().to_string(), "--no-progress"]);
+    assert!(!out.status.success(), "{:?}", text(&out));
+    assert_eq!(kube.cluster.watches_to_expire(), 0, "both 410s were served");
+    assert_eq!(kube.cluster.relists(), 2, "each 410 was followed by a list");
+    let run = kube
+        .home
+        .sluice
+        .store
+        .runs(Some("kgone"), 1)
+        .expect("runs")
+        .remove(0);
+    let tries = kube
+        .home
+        .sluice
+        .store
+        .tries(&run.run_id, "t")
+        .expect("tries");
+    let error = tries[0].error.clone().unwrap_or_default();
+    assert!(error.contains("out of memory"), "{error}");
 }

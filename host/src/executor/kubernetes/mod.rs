@@ -9,8 +9,8 @@
 //! - [`lease`]: the single-scheduler lease.
 //! - [`volumes`]: the sweep of the runs' volumes (TTL, orphans).
 //!
-//! The worker's own report wins; the executor polls the Job and its pods to
-//! learn of a try whose worker could not report. Jobs are deleted when the
+//! The worker's own report wins; the executor watches the instance's Jobs
+//! and pods ([`watcher`]) to learn of a try whose worker could not report. Jobs are deleted when the
 //! run ends ([`Executor::release`]), after every outcome and log line has been
 //! stored, or at once when a try failed for good (image pull, host timeout).
 //!
@@ -28,6 +28,7 @@ pub mod pod_worker;
 pub mod settings;
 pub mod status;
 pub mod volumes;
+pub mod watcher;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,8 +53,9 @@ use objects::Anchor;
 pub use settings::{AccessMode, ImageRef, KubeSettings};
 use status::{MemoryBudget, Verdict};
 
-/// How often a try's Job and pods are read while its worker has not reported.
-const POLL: Duration = Duration::from_millis(500);
+/// How often a try's status is looked at even if the watch said nothing
+/// changed (a safety net; the watch wakes a try at every change).
+const RECHECK: Duration = Duration::from_secs(30);
 
 /// How long after its Job ended a worker's report may still arrive.
 const REPORT_GRACE: Duration = Duration::from_secs(5);
@@ -86,11 +88,12 @@ struct Inner {
     pods: Arc<Semaphore>,
 }
 
-/// The client, and the endpoint once it listens.
+/// The client, the endpoint once it listens, and the watch on Jobs and pods.
 struct Started {
     client: kube::Client,
     endpoint: Arc<Endpoint>,
     url: url::Url,
+    watcher: watcher::Watcher,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -175,10 +178,16 @@ impl Inner {
                     }
                 });
                 self.delete_strays(&client).await;
+                let watcher = watcher::Watcher::start(
+                    &client,
+                    &self.settings.namespace,
+                    &objects::instance_selector(&self.settings),
+                );
                 Ok(Started {
                     client,
                     endpoint,
                     url,
+                    watcher,
                 })
             })
             .await
@@ -287,7 +296,7 @@ impl Inner {
             &request.key.task_id,
             request.key.try_number,
         );
-        let Ok(_permit) = self.pods.clone().acquire_owned().await else {
+        let Ok(permit) = self.pods.clone().acquire_owned().await else {
             return failed("the executor's pod limit was closed".into());
         };
         // The try is recorded (the scheduler did, before calling us) and
@@ -303,7 +312,43 @@ impl Inner {
             Err(outcome) => outcome,
         };
         started.endpoint.close(&name);
+        self.release_when_stopped(started, &name, permit);
         outcome
+    }
+
+    /// Gives the pod slot back once the try's pod has stopped (its worker
+    /// exits once its report is acknowledged), so `max_pods` counts pods,
+    /// not tries; at the latest after [`REPORT_GRACE`].
+    fn release_when_stopped(
+        &self,
+        started: &Started,
+        name: &str,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let jobs = Api::<Job>::namespaced(started.client.clone(), &self.settings.namespace);
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + REPORT_GRACE;
+            while tokio::time::Instant::now() < until {
+                let stopped = match jobs.get_opt(&name).await {
+                    Ok(None) => true,
+                    Ok(Some(job)) => job.status.is_some_and(|s| {
+                        s.active.unwrap_or_default() == 0
+                            && (s.succeeded.unwrap_or_default() > 0
+                                || s.failed.unwrap_or_default() > 0)
+                    }),
+                    Err(e) => {
+                        tracing::warn!("reading whether Job {name}'s pod stopped: {e}");
+                        false
+                    }
+                };
+                if stopped {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            drop(permit);
+        });
     }
 
     /// Creates the try's Job; a quota refusal (403 "exceeded quota") is
@@ -392,13 +437,14 @@ impl Inner {
                 ));
             }
         }
-        let Ok(_permit) = self.pods.clone().acquire_owned().await else {
+        let Ok(permit) = self.pods.clone().acquire_owned().await else {
             return failed("the executor's pod limit was closed".into());
         };
         tracing::info!("adopted Job {namespace}/{name} of {:?}", request.key);
         let report = started.endpoint.open(&name, request.clone(), events);
         let outcome = self.watch(started, &name, &request, report).await;
         started.endpoint.close(&name);
+        self.release_when_stopped(started, &name, permit);
         outcome
     }
 
@@ -420,27 +466,30 @@ impl Inner {
             headroom: self.settings.memory_headroom,
         };
         let mut ended: Option<(tokio::time::Instant, TryOutcome)> = None;
-        let mut ticker = tokio::time::interval(POLL);
+        let mut changes = started.watcher.subscribe();
+        let mut recheck = tokio::time::interval(RECHECK);
         loop {
+            let grace_over = ended.as_ref().map(|(since, _)| *since + REPORT_GRACE);
             tokio::select! {
                 reported = &mut report => {
                     return reported.unwrap_or_else(|_| failed("the worker endpoint dropped the try".into()));
                 }
-                _ = ticker.tick() => {
-                    if let Some((since, outcome)) = &ended {
-                        if since.elapsed() >= REPORT_GRACE {
-                            return outcome.clone();
-                        }
-                        continue;
+                () = sleep_until_some(grace_over) => {
+                    if let Some((_, outcome)) = ended {
+                        return outcome;
                     }
-                    match self.observe(started, name, budget).await {
-                        Ok(Verdict::Running) => {}
-                        Ok(Verdict::Failed(outcome)) => {
-                            self.delete_job(started, name).await;
-                            return outcome;
-                        }
-                        Ok(Verdict::Ended(outcome)) => ended = Some((tokio::time::Instant::now(), outcome)),
-                        Err(e) => tracing::warn!("reading the status of Job {name}: {e}"),
+                }
+                changed = changes.changed(), if ended.is_none() => {
+                    if changed.is_err() {
+                        return failed("the watch on Jobs and pods stopped".into());
+                    }
+                    if let Some(outcome) = self.look(started, name, budget, &mut ended).await {
+                        return outcome;
+                    }
+                }
+                _ = recheck.tick(), if ended.is_none() => {
+                    if let Some(outcome) = self.look(started, name, budget, &mut ended).await {
+                        return outcome;
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
@@ -450,6 +499,44 @@ impl Inner {
                         humantime::format_duration(request.policy.timeout)
                     ));
                 }
+            }
+        }
+    }
+
+    /// Classifies the try from the watch's cache; a verdict other than
+    /// "running" is confirmed with direct reads (the cache may lag). Returns
+    /// the outcome of a try that failed for good (its Job deleted); records
+    /// in `ended` one whose worker may still report.
+    async fn look(
+        &self,
+        started: &Started,
+        name: &str,
+        budget: MemoryBudget,
+        ended: &mut Option<(tokio::time::Instant, TryOutcome)>,
+    ) -> Option<TryOutcome> {
+        let cached = status::classify(
+            name,
+            started.watcher.job(name).as_ref(),
+            &started.watcher.pods_of(name),
+            &self.settings.image.to_string(),
+            budget,
+        );
+        if cached == Verdict::Running {
+            return None;
+        }
+        match self.observe(started, name, budget).await {
+            Ok(Verdict::Running) => None,
+            Ok(Verdict::Failed(outcome)) => {
+                self.delete_job(started, name).await;
+                Some(outcome)
+            }
+            Ok(Verdict::Ended(outcome)) => {
+                *ended = Some((tokio::time::Instant::now(), outcome));
+                None
+            }
+            Err(e) => {
+                tracing::warn!("reading the status of Job {name}: {e}");
+                None
             }
         }
     }
@@ -592,6 +679,14 @@ impl Executor for KubernetesExecutor {
             )
             .await
         })
+    }
+}
+
+/// Sleeps until `until`, or forever when there is none.
+async fn sleep_until_some(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
     }
 }
 
