@@ -1,7 +1,9 @@
 //! Restart and adoption against the fake cluster: the single-scheduler lease
 //! refuses a second scheduler (naming the holder) and is taken over when
 //! stale; a scheduler killed with SIGKILL while a task's Job runs is
-//! restarted and adopts that Job (finished tasks are not run again); a pod
+//! restarted and adopts that Job (finished tasks are not run again), or,
+//! when that Job was lost meanwhile, fails the try as a retryable "pod lost"
+//! and deletes the Jobs no try claims; a pod
 //! lost with its node fails its try as retryable, and the retry succeeds; a
 //! watch the server expires (410 Gone) is replaced by a new list, and the
 //! status it then shows still decides a try whose worker could not report.
@@ -104,6 +106,91 @@ fn a_killed_scheduler_is_restarted_and_adopts_the_running_job() {
     let holder = lease["spec"]["holderIdentity"].as_str().expect("holder");
     assert!(!holder.contains(&format!("/{pid}/")), "{holder}");
     assert!(lease["spec"]["leaseTransitions"].as_i64() >= Some(1));
+}
+
+#[test]
+fn a_restarted_scheduler_fails_a_try_whose_job_is_gone_and_deletes_strays() {
+    let kube = Kube::new();
+    let manifest = kube.home.manifest(
+        "kgone_job",
+        "[tasks.a]\nplugin = \"testkit\"\nparams = { mode = \"echo\" }\n\n\
+         [tasks.b]\nplugin = \"testkit\"\nafter = [\"a\"]\nparams = { mode = \"sleep-first\", ms = 60000 }\n\
+         retries = 1\nretry_delay = \"100ms\"\n",
+    );
+    let manifest = manifest.display().to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut first = Spawned::new(
+        kube.command(&listen, &["run", &manifest, "--no-progress"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for("task b's pod to run", CHILD_DEADLINE, || {
+        if let Some(status) = first.exited() {
+            panic!("sluice exited before it could be killed: {status}");
+        }
+        (kube.cluster.pod_tokens().len() == 2).then_some(())
+    });
+    first.kill();
+    // While no scheduler runs, b's Job is lost, and a Job of this instance
+    // that no try claims appears.
+    let jobs = format!("/apis/batch/v1/namespaces/{NAMESPACE}/jobs");
+    let b_job = kube
+        .stored("Job")
+        .into_iter()
+        .find(|j| j["metadata"]["labels"]["sluice.dev/task"] == "b")
+        .expect("b's Job");
+    let b_job = b_job["metadata"]["name"].as_str().expect("name").to_owned();
+    let (code, body) = raw_request(
+        &kube.cluster.url,
+        "DELETE",
+        &format!("{jobs}/{b_job}"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let stray = serde_json::json!({"metadata": {"name": "sluice-stray",
+        "labels": {"app.kubernetes.io/managed-by": "sluice", "app.kubernetes.io/instance": "sluice"}},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "worker", "args": ["--version"]}]}}}});
+    let (code, body) = raw_request(
+        &kube.cluster.url,
+        "POST",
+        &jobs,
+        None,
+        Some(&stray.to_string()),
+    );
+    assert_eq!(code, 201, "{body}");
+
+    let restarted = output_within(
+        &mut kube.command(&listen, &["scheduler", "--once"]),
+        CHILD_DEADLINE,
+    );
+    assert!(restarted.status.success(), "{:?}", text(&restarted));
+    let run = kube
+        .home
+        .sluice
+        .store
+        .runs(Some("kgone_job"), 1)
+        .expect("runs")
+        .remove(0);
+    let store = &kube.home.sluice.store;
+    assert_eq!(
+        store.run(&run.run_id).expect("run").state.as_str(),
+        "success"
+    );
+    assert_eq!(store.tries(&run.run_id, "a").expect("tries").len(), 1);
+    let b = store.tries(&run.run_id, "b").expect("tries");
+    assert_eq!(b.len(), 2, "{b:?}");
+    let error = b[0].error.clone().unwrap_or_default();
+    assert!(error.contains("pod lost"), "{error}");
+    let (code, body) = raw_request(
+        &kube.cluster.url,
+        "GET",
+        &format!("{jobs}/sluice-stray"),
+        None,
+        None,
+    );
+    assert_eq!(code, 404, "the stray Job was deleted: {body}");
 }
 
 #[test]
