@@ -312,7 +312,7 @@ impl Inner {
             Err(outcome) => outcome,
         };
         started.endpoint.close(&name);
-        self.release_when_stopped(started, &name, permit);
+        self.release_when_stopped(started, &name, Some(permit));
         outcome
     }
 
@@ -323,8 +323,11 @@ impl Inner {
         &self,
         started: &Started,
         name: &str,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
+        let Some(permit) = permit else {
+            return;
+        };
         let jobs = Api::<Job>::namespaced(started.client.clone(), &self.settings.namespace);
         let name = name.to_owned();
         tokio::spawn(async move {
@@ -437,9 +440,9 @@ impl Inner {
                 ));
             }
         }
-        let Ok(permit) = self.pods.clone().acquire_owned().await else {
-            return failed("the executor's pod limit was closed".into());
-        };
+        // Its pod exists already: it counts against `max_pods` if a slot is
+        // free, and is followed at once either way.
+        let permit = self.pods.clone().try_acquire_owned().ok();
         tracing::info!("adopted Job {namespace}/{name} of {:?}", request.key);
         let report = started.endpoint.open(&name, request.clone(), events);
         let outcome = self.watch(started, &name, &request, report).await;
