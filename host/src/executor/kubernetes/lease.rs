@@ -66,13 +66,15 @@ pub fn identity() -> String {
     let pid = std::process::id();
     // Without /proc a process cannot be told from a later one of its pid.
     let ticks = start_ticks(pid).unwrap_or_else(|| "unknown".into());
-    format!("{}/{pid}/{ticks}", hostname())
+    let host = hostname().unwrap_or_else(|| "unknown-host".into());
+    format!("{host}/{pid}/{ticks}")
 }
 
-fn hostname() -> String {
+/// This host's name, if `/proc` says it.
+fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
         .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".into())
 }
 
 /// When process `pid` started (clock ticks since boot, field 22 of
@@ -85,13 +87,14 @@ fn start_ticks(pid: u32) -> Option<String> {
 }
 
 /// Whether `holder` is a process of this host that has ended (so its lease
-/// can be taken at once). A holder of another host is never known dead.
+/// can be taken at once). A holder of another host is never known dead, nor
+/// is any when `/proc` cannot tell.
 fn ended_here(holder: &str) -> bool {
     let mut parts = holder.rsplitn(3, '/');
     let (Some(ticks), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
-    if host != hostname() {
+    if hostname().as_deref() != Some(host) || ticks == "unknown" {
         return false;
     }
     let Ok(pid) = pid.parse::<u32>() else {
@@ -280,7 +283,9 @@ mod tests {
         assert!(!ended_here(&me), "{me}");
         // This process exists, but did not start at that tick.
         let pid = std::process::id();
-        assert!(ended_here(&format!("{}/{pid}/999999999999", hostname())));
+        let host = hostname().expect("/proc gives the host name");
+        assert!(ended_here(&format!("{host}/{pid}/999999999999")));
+        assert!(!ended_here(&format!("{host}/{pid}/unknown")));
         assert!(!ended_here("another-host/1/1"));
         assert!(!ended_here("garbage"));
     }
