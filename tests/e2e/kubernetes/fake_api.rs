@@ -11,6 +11,10 @@
 //! projected token written, and its output as the pod log. A pod deleted
 //! while it runs (its node lost) is killed, and its Job fails.
 //!
+//! The scheduler's requests (those with the kubeconfig's token) are refused
+//! (403) unless `deploy/kubernetes/rbac.yaml` grants them, a server-side
+//! apply that creates its object needing `create` too, as upstream.
+//!
 //! Every object ever written is also kept in an audit trail
 //! (`GET /fake/audit`) so a test can read, through a plain HTTP client of its
 //! own, what the executor stored even after it deleted it.
@@ -185,19 +189,21 @@ pub fn granted() -> BTreeSet<(String, String, String)> {
     granted
 }
 
-/// The (API group, resource, verb) a request asks for, as RBAC sees it.
-fn rbac_request(method: &Method, uri: &Uri) -> Option<(String, String, String)> {
+/// The (API group, resource, verb)s a request needs, as RBAC sees it (a
+/// server-side apply that creates its object needs `create` besides
+/// `patch`, as on the Kubernetes API server).
+fn rbac_request(shared: &Shared, method: &Method, uri: &Uri) -> Vec<(String, String, String)> {
     let parts: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
     let (group, rest) = match parts.as_slice() {
         ["api", "v1", rest @ ..] => ("", rest),
         ["apis", group, _version, rest @ ..] => (*group, rest),
-        _ => return None,
+        _ => return Vec::new(),
     };
     let (resource, named) = match rest {
         ["namespaces", _, resource] | [resource] => ((*resource).to_owned(), false),
         ["namespaces", _, resource, _] | [resource, _] => ((*resource).to_owned(), true),
         ["namespaces", _, resource, _, sub] => (format!("{resource}/{sub}"), true),
-        _ => return None,
+        _ => return Vec::new(),
     };
     let verb = match *method {
         Method::GET if named => "get",
@@ -207,9 +213,16 @@ fn rbac_request(method: &Method, uri: &Uri) -> Option<(String, String, String)> 
         Method::PATCH => "patch",
         Method::PUT => "update",
         Method::DELETE => "delete",
-        _ => return None,
+        _ => return Vec::new(),
     };
-    Some((group.to_owned(), resource, verb.to_owned()))
+    let mut needed = vec![(group.to_owned(), resource.clone(), verb.to_owned())];
+    if let ("patch", ["namespaces", ns, _, name]) = (verb, rest) {
+        let key = (resource.clone(), (*ns).to_owned(), (*name).to_owned());
+        if !lock(shared).objects.contains_key(&key) {
+            needed.push((group.to_owned(), resource, "create".to_owned()));
+        }
+    }
+    needed
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, State> {
@@ -253,10 +266,10 @@ impl FakeCluster {
                             .get("authorization")
                             .and_then(|v| v.to_str().ok())
                             .is_some_and(|v| v == format!("Bearer {SCHEDULER_TOKEN}"));
-                        if scheduler
-                            && let Some((group, resource, verb)) = rbac_request(&method, &uri)
-                            && !shared.granted.contains(&(group.clone(), resource.clone(), verb.clone()))
-                        {
+                        let refused = rbac_request(&shared, &method, &uri)
+                            .into_iter()
+                            .find(|asked| !shared.granted.contains(asked));
+                        if scheduler && let Some((group, resource, verb)) = refused {
                             return status(
                                 403,
                                 "Forbidden",
