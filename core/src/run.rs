@@ -74,9 +74,14 @@ pub enum Event {
         /// Task id.
         task_id: String,
     },
-    /// The host process that ran this run died: tries it left running failed,
-    /// and waiting instances are scheduled again.
-    HostRestarted,
+    /// The host process that ran this run died: waiting instances are
+    /// scheduled again, and the tries it left running failed, unless `adopt`
+    /// (the executor runs tries outside the host, e.g. as Kubernetes Jobs):
+    /// then each is followed again ([`Effect::AdoptTry`]).
+    HostRestarted {
+        /// Whether the executor can follow tries a stopped host started.
+        adopt: bool,
+    },
     /// The run cannot go on (its components do not load, its staging is gone):
     /// every instance that would still run fails with `reason`.
     Abort {
@@ -117,6 +122,14 @@ pub enum Effect {
         output: Option<String>,
         /// The error, for a failure.
         error: Option<String>,
+    },
+    /// Follow try `try_number`, already recorded as started by a host that
+    /// stopped, to its end; its end comes back as [`Event::TryFinished`].
+    AdoptTry {
+        /// Task id.
+        task_id: String,
+        /// Which try.
+        try_number: u32,
     },
     /// Send [`Event::RetryDue`] for the task after `delay`.
     ScheduleRetry {
@@ -242,7 +255,7 @@ impl RunMachine {
                     self.set(&task_id, TaskState::Scheduled, None, &mut effects);
                 }
             }
-            Event::HostRestarted => self.recover(&mut effects),
+            Event::HostRestarted { adopt } => self.recover(adopt, &mut effects),
             Event::Abort { reason } => {
                 let pending: Vec<String> = self
                     .spec
@@ -318,7 +331,7 @@ impl RunMachine {
         }
     }
 
-    fn recover(&mut self, effects: &mut Vec<Effect>) {
+    fn recover(&mut self, adopt: bool, effects: &mut Vec<Effect>) {
         let ids: Vec<String> = self.spec.tasks.iter().map(|t| t.id.clone()).collect();
         for id in ids {
             let Some(slot) = self.slots.get(&id) else {
@@ -326,6 +339,13 @@ impl RunMachine {
             };
             let (try_number, max_tries) = (slot.try_number, slot.max_tries);
             match slot.state {
+                TaskState::Running if adopt => {
+                    self.active += 1;
+                    effects.push(Effect::AdoptTry {
+                        task_id: id.clone(),
+                        try_number,
+                    });
+                }
                 TaskState::Running => {
                     let error = format!("the host process stopped during try {try_number}");
                     let retry = try_number < max_tries;

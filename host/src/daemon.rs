@@ -96,6 +96,8 @@ pub async fn serve(
     once: bool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Vec<RunSummary>, RunError> {
+    // Refused here, before anything runs, if another scheduler holds the executor.
+    sluice.executor.start().await.map_err(RunError::Executor)?;
     let mut running: JoinSet<Result<RunSummary, RunError>> = JoinSet::new();
     for run in sluice.store.runs_in_state(RunState::Running, None)? {
         tracing::info!("resuming run {} left running by a stopped host", run.run_id);
@@ -109,6 +111,9 @@ pub async fn serve(
         if let Err(e) = crate::staging::sweep(&sluice.home, &sluice.store, staging.ttl, now, false)
         {
             tracing::warn!("staging sweep failed: {e}");
+        }
+        if let Err(e) = sluice.executor.sweep_volumes(staging.ttl, false).await {
+            tracing::warn!("the sweep of the executor's volumes failed: {e}");
         }
         for due in due_runs(&sluice, now)? {
             if let Err(e) =
@@ -167,6 +172,7 @@ pub async fn backfill(
     to: DateTime<Utc>,
     staging: StagingPolicy,
 ) -> Result<Vec<RunSummary>, RunError> {
+    sluice.executor.start().await.map_err(RunError::Executor)?;
     let version = sluice.store.current_version(dag_id)?;
     let spec =
         version.spec.schedule.clone().ok_or_else(|| {

@@ -252,7 +252,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> Result<ExitCode> {
             require_tokens,
         } => cli::serve::serve(&open()?, runtime, bind, require_tokens, scheduler),
         Command::Tokens { command } => cli::serve::tokens(&open()?, command),
-        Command::Gc { dry_run } => cli::staging::gc(&open()?, dry_run),
+        Command::Gc { dry_run } => cli::staging::gc(&open()?, runtime, dry_run),
         Command::Staging { command } => cli::staging::run(&open()?, command),
     }
 }

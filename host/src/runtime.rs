@@ -154,7 +154,12 @@ impl Sluice {
                 allow_unconfined: unconfined,
                 ..settings.clone()
             };
-            self.executor = Arc::new(KubernetesExecutor::new(local, self.home.clone(), settings));
+            self.executor = Arc::new(KubernetesExecutor::new(
+                local,
+                self.home.clone(),
+                self.store.clone(),
+                settings,
+            ));
             return;
         }
         self.executor = match &self.workers {

@@ -63,6 +63,10 @@ pub enum RunError {
         /// Why.
         source: ClearError,
     },
+    /// The executor cannot carry out runs (e.g. another scheduler holds the
+    /// Kubernetes executor's lease).
+    #[error("{0}")]
+    Executor(String),
     /// The staging directory could not be created.
     #[error("cannot create staging directory {path}: {source}")]
     Staging {
@@ -128,6 +132,7 @@ pub async fn run_dag(
     options: RunOptions,
     observer: Option<UnboundedSender<RunEvent>>,
 ) -> Result<RunSummary, RunError> {
+    sluice.executor.start().await.map_err(RunError::Executor)?;
     let record = create_run(sluice, version, &options)?;
     carry_out(sluice, version, record, options, observer).await
 }
@@ -141,6 +146,7 @@ pub async fn carry_out(
     options: RunOptions,
     observer: Option<UnboundedSender<RunEvent>>,
 ) -> Result<RunSummary, RunError> {
+    sluice.executor.start().await.map_err(RunError::Executor)?;
     let mut run = RunLoop::load(
         sluice,
         &version.spec,
@@ -217,6 +223,7 @@ pub async fn resume_run(
     policy: StagingPolicy,
     observer: Option<UnboundedSender<RunEvent>>,
 ) -> Result<RunSummary, RunError> {
+    sluice.executor.start().await.map_err(RunError::Executor)?;
     let record = sluice.store.run(run_id)?;
     let version = sluice.store.version(&record.dag_id, &record.version)?;
     crate::trust::check(&sluice.store, &record.dag_id, &record.version)?;
@@ -226,7 +233,9 @@ pub async fn resume_run(
             source,
         })?;
     let mut run = RunLoop::load(sluice, &version.spec, record, params, policy, observer)?;
-    run.handle(Event::HostRestarted)?;
+    run.handle(Event::HostRestarted {
+        adopt: sluice.executor.adopts(),
+    })?;
     if let Some(reason) = run.staging_gone()? {
         run.handle(Event::Abort { reason })?;
         return run.finish();
@@ -448,6 +457,10 @@ impl<'a> RunLoop<'a> {
                     task_id,
                     try_number,
                 } => self.start_try(task_id, try_number)?,
+                Effect::AdoptTry {
+                    task_id,
+                    try_number,
+                } => self.adopt_try(task_id, try_number)?,
                 Effect::EndTry {
                     task_id,
                     try_number,
@@ -508,31 +521,22 @@ impl<'a> RunLoop<'a> {
         Ok((now, (now - started).to_std().unwrap_or_default()))
     }
 
-    fn start_try(&mut self, task_id: String, try_number: u32) -> Result<(), RunError> {
+    /// The request of try `try_number` of `task_id`, as the executor gets it.
+    fn try_request(&self, task_id: &str, try_number: u32) -> Result<TryRequest, RunError> {
         let spec = self.machine.spec();
-        let Some(task) = spec.task(&task_id) else {
+        let Some(task) = spec.task(task_id) else {
             return Err(RunError::Invalid(format!(
                 "task `{task_id}` is not in DAG `{}`",
                 spec.id
             )));
         };
-        let started = Utc::now();
-        self.sluice.store.start_try(
-            &self.run.run_id,
-            &task_id,
-            try_number,
-            &self.run.version,
-            &task.component,
-            &self.executor.sandbox_label(),
-            started,
-        )?;
         let mut params = spec.params.clone();
         params.extend(task.params.clone());
         params.extend(self.run_params.clone());
-        let request = TryRequest {
+        Ok(TryRequest {
             key: TaskKey {
                 run_id: self.run.run_id.clone(),
-                task_id: task_id.clone(),
+                task_id: task_id.to_owned(),
                 try_number,
             },
             dag_id: spec.id.clone(),
@@ -543,12 +547,28 @@ impl<'a> RunLoop<'a> {
                 end: self.run.interval_end,
             },
             params: Value::Object(params),
-            upstream: self.machine.upstream_outputs(&task_id),
+            upstream: self.machine.upstream_outputs(task_id),
             staging_dir: PathBuf::from(&self.run.staging_dir),
             policy: task.policy,
             connections: task.connections.clone(),
             privileged_connections: task.privileged_connections.clone(),
-        };
+        })
+    }
+
+    fn start_try(&mut self, task_id: String, try_number: u32) -> Result<(), RunError> {
+        let request = self.try_request(&task_id, try_number)?;
+        let started = Utc::now();
+        // Recorded before the executor hears of it: a host that stops after
+        // this finds the try (and adopts or fails it), never a try it did not record.
+        self.sluice.store.start_try(
+            &self.run.run_id,
+            &task_id,
+            try_number,
+            &self.run.version,
+            &request.component,
+            &self.executor.sandbox_label(),
+            started,
+        )?;
         self.started
             .insert((task_id.clone(), try_number), (started, Instant::now()));
         self.notify(RunEvent::TaskState {
@@ -558,6 +578,24 @@ impl<'a> RunLoop<'a> {
             error: None,
         });
         let try_run = self.executor.run(request, self.events_tx.clone());
+        self.running.spawn(async move {
+            Completion::TryDone {
+                task_id,
+                try_number,
+                outcome: try_run.await,
+            }
+        });
+        Ok(())
+    }
+
+    /// Follows a try a stopped host recorded and left running.
+    fn adopt_try(&mut self, task_id: String, try_number: u32) -> Result<(), RunError> {
+        let request = self.try_request(&task_id, try_number)?;
+        tracing::info!(
+            "adopting try {try_number} of task `{task_id}` of run {}",
+            self.run.run_id
+        );
+        let try_run = self.executor.adopt(request, self.events_tx.clone());
         self.running.spawn(async move {
             Completion::TryDone {
                 task_id,

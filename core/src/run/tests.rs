@@ -430,7 +430,7 @@ fn after_a_host_death_a_running_try_fails_and_is_retried() {
         spec,
         &[("a", TaskState::Running, 1), ("b", TaskState::Scheduled, 0)],
     );
-    let effects = m.handle(Event::HostRestarted);
+    let effects = m.handle(Event::HostRestarted { adopt: false });
     assert_eq!(
         effects[0],
         Effect::EndTry {
@@ -452,7 +452,7 @@ fn after_a_host_death_a_last_try_fails_the_task_and_downstream() {
         spec,
         &[("a", TaskState::Running, 1), ("b", TaskState::Scheduled, 0)],
     );
-    let effects = m.handle(Event::HostRestarted);
+    let effects = m.handle(Event::HostRestarted { adopt: false });
     assert_eq!(
         states(&effects),
         [
@@ -480,7 +480,7 @@ fn after_a_host_death_waiting_instances_are_scheduled_and_successes_kept() {
             ("c", TaskState::Queued, 0),
         ],
     );
-    let effects = m.handle(Event::HostRestarted);
+    let effects = m.handle(Event::HostRestarted { adopt: false });
     assert_eq!(
         states(&effects),
         [
@@ -494,6 +494,53 @@ fn after_a_host_death_waiting_instances_are_scheduled_and_successes_kept() {
         m.upstream_outputs("b").get("a"),
         Some(&Value::from("out-a"))
     );
+}
+
+#[test]
+fn after_a_host_death_an_adopting_executor_follows_running_tries_again() {
+    let spec = dag(
+        &[("a", &[]), ("b", &["a"]), ("c", &[])],
+        retries(1, SECOND),
+        1,
+    );
+    let mut m = stored(
+        spec,
+        &[
+            ("a", TaskState::Success, 1),
+            ("b", TaskState::Running, 2),
+            ("c", TaskState::Queued, 0),
+        ],
+    );
+    let effects = m.handle(Event::HostRestarted { adopt: true });
+    assert_eq!(
+        effects,
+        [
+            Effect::AdoptTry {
+                task_id: s("b"),
+                try_number: 2
+            },
+            Effect::SetState {
+                task_id: s("c"),
+                state: TaskState::Scheduled,
+                error: None
+            }
+        ]
+    );
+    // The adopted try counts against max_active_tasks (1): c waits for it.
+    assert!(started(&m.start_ready()).is_empty());
+    let effects = m.handle(Event::TryFinished {
+        task_id: s("b"),
+        try_number: 2,
+        outcome: TryOutcome::Success { output: "1".into() },
+    });
+    assert!(matches!(
+        effects[0],
+        Effect::EndTry {
+            state: TaskState::Success,
+            ..
+        }
+    ));
+    assert_eq!(started(&m.start_ready()), [(s("c"), 1)]);
 }
 
 #[test]

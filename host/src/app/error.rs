@@ -156,7 +156,7 @@ impl AppError {
             Self::Run(RunError::Invalid(_) | RunError::Clear { .. } | RunError::Trust(_))
             | Self::Trust(_)
             | Self::Connection(ConnectionError::Exists(_)) => ErrorKind::Conflict,
-            Self::Sandbox(_) => ErrorKind::Unavailable,
+            Self::Sandbox(_) | Self::Run(RunError::Executor(_)) => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         }
     }

@@ -57,12 +57,19 @@ impl App {
             .collect()
     }
 
-    /// Reclaims staging directories past their TTL, and orphans; with
+    /// Reclaims staging directories past their TTL, and orphans, then the
+    /// executor's volumes of the same (Kubernetes: the runs' claims); with
     /// `dry_run`, only says which.
-    pub fn gc(&self, dry_run: bool) -> Result<Vec<ReclaimedDir>, AppError> {
+    pub async fn gc(&self, dry_run: bool) -> Result<Vec<ReclaimedDir>, AppError> {
         let s = &self.sluice;
-        let reclaimed =
+        let mut reclaimed =
             crate::staging::sweep(&s.home, &s.store, self.staging_ttl, Utc::now(), dry_run)?;
+        let volumes = s
+            .executor
+            .sweep_volumes(self.staging_ttl, dry_run)
+            .await
+            .map_err(crate::scheduler::RunError::Executor)?;
+        reclaimed.extend(volumes);
         Ok(reclaimed
             .into_iter()
             .map(|r| ReclaimedDir {

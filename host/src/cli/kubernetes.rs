@@ -49,6 +49,14 @@ pub struct KubeArgs {
     /// Mount run volumes ReadWriteMany, so parallel tasks may run on any node.
     #[arg(long, global = true)]
     read_write_many: bool,
+    /// Pods in flight at once across every run; further tries wait.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_KUBE_MAX_PODS",
+        default_value_t = 64
+    )]
+    max_pods: usize,
 }
 
 impl KubeArgs {
@@ -68,6 +76,10 @@ impl KubeArgs {
         settings.endpoint_url = self.endpoint_url.clone();
         settings.volume_size = self.volume_size;
         settings.storage_class = self.storage_class.clone();
+        if self.max_pods == 0 {
+            bail!("--max-pods must be at least 1");
+        }
+        settings.max_pods = self.max_pods;
         if self.read_write_many {
             settings.access_mode = AccessMode::ReadWriteMany;
         }

@@ -15,9 +15,9 @@ pub enum StagingCommand {
     List,
 }
 
-/// `sluice gc [--dry-run]`.
-pub fn gc(app: &App, dry_run: bool) -> Result<ExitCode> {
-    let reclaimed = app.gc(dry_run)?;
+/// `sluice gc [--dry-run]` (with `--executor kubernetes`, the runs' volumes too).
+pub fn gc(app: &App, runtime: &tokio::runtime::Runtime, dry_run: bool) -> Result<ExitCode> {
+    let reclaimed = runtime.block_on(app.gc(dry_run))?;
     let verb = if dry_run {
         "would reclaim"
     } else {

@@ -62,6 +62,9 @@ pub struct TryRequest {
 /// A try under way; resolves to how it ended.
 pub type TryFuture = Pin<Box<dyn Future<Output = TryOutcome> + Send + 'static>>;
 
+/// Work an executor does for the host besides tries (start, sweeps).
+pub type HostFuture<T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'static>>;
+
 /// Why an executor cannot run a run's tasks.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
@@ -100,4 +103,47 @@ pub trait Executor: Send + Sync {
     /// The run's staging is being deleted (the run succeeded): an executor
     /// that keeps staging elsewhere (a Kubernetes volume) deletes it too.
     fn discard_staging(&self, _run_id: &str) {}
+
+    /// Readies the executor for a process that carries out runs, before its
+    /// first try: one that runs tries elsewhere connects, takes what it must
+    /// hold alone (the Kubernetes executor's single-scheduler lease) and
+    /// deletes what an earlier host left that no try claims. Idempotent.
+    fn start(&self) -> HostFuture<()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Whether tries a stopped host left running go on without it (so a
+    /// restarted host [adopts](Executor::adopt) them instead of failing them).
+    fn adopts(&self) -> bool {
+        false
+    }
+
+    /// Follows a try that a stopped host started, to its end; called only
+    /// when [`Executor::adopts`]. By default the try is lost (retryable).
+    fn adopt(&self, request: TryRequest, _events: UnboundedSender<RunEvent>) -> TryFuture {
+        let error = format!(
+            "the host process stopped during try {} and {} cannot follow it",
+            request.key.try_number,
+            self.sandbox_label()
+        );
+        Box::pin(async move {
+            TryOutcome::Failed {
+                error,
+                retryable: true,
+            }
+        })
+    }
+
+    /// Reclaims the staging an executor keeps elsewhere (Kubernetes volumes),
+    /// after the sweep of local staging directories: that of runs whose
+    /// staging the sweep deleted, and orphans (no run record claims them)
+    /// older than `ttl`, recorded in `staging_volumes`. With `dry_run`,
+    /// only says which.
+    fn sweep_volumes(
+        &self,
+        _ttl: std::time::Duration,
+        _dry_run: bool,
+    ) -> HostFuture<Vec<crate::staging::Reclaimed>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }

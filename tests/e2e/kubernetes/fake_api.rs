@@ -1,11 +1,19 @@
 //! An in-test fake Kubernetes API server (axum on 127.0.0.1) implementing what
 //! the Kubernetes executor uses and nothing more: create (409 on conflict),
-//! get, list with equality label selectors, server-side apply, delete with
-//! propagation through ownerReferences, pod logs, TokenReview; a small Job
+//! get, list with equality label selectors, server-side apply, replace with a
+//! `resourceVersion` check (409 on a stale one; Leases), delete with
+//! propagation through ownerReferences, pod logs, TokenReview, a quota
+//! refusal on Job creation (injected), watch as streamed events from a
+//! `resourceVersion` (with an injectable 410 Gone); a small Job
 //! controller (Job → Pod, conditions, `activeDeadlineSeconds`, a replacement
 //! pod for a disrupted one); and a kubelet that really runs the pod's command
 //! (the real `sluice worker`) with the claim mapped to a local directory, the
-//! projected token written, and its output as the pod log.
+//! projected token written, and its output as the pod log. A pod deleted
+//! while it runs (its node lost) is killed, and its Job fails.
+//!
+//! The scheduler's requests (those with the kubeconfig's token) are refused
+//! (403) unless `deploy/kubernetes/rbac.yaml` grants them, a server-side
+//! apply that creates its object needing `create` too, as upstream.
 //!
 //! Every object ever written is also kept in an audit trail
 //! (`GET /fake/audit`) so a test can read, through a plain HTTP client of its
@@ -16,8 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use axum::body::Bytes;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -47,12 +57,172 @@ struct State {
     requests: BTreeMap<String, u64>,
     /// Pod uid → its kill switch.
     kills: HashMap<String, tokio::sync::oneshot::Sender<()>>,
+    /// Job creations still to refuse with 403 "exceeded quota".
+    quota_refusals: u32,
+    /// Pods whose command runs now, and the most there ever were at once.
+    running: u32,
+    most_running: u32,
+    /// Every change, for watches: (resourceVersion, resource, namespace,
+    /// event type, the object as changed).
+    changes: Vec<(u64, String, String, &'static str, Value)>,
+    /// Watch requests still to answer with 410 Gone.
+    gone: u32,
+    /// Resources whose watch got a 410 and that were not listed since.
+    expired: BTreeSet<String>,
+    /// Lists of the whole instance that followed a 410 (the relist).
+    relists: u32,
 }
 
 struct Shared {
     state: Mutex<State>,
     dir: PathBuf,
     sluice: PathBuf,
+    /// (API group, resource, verb) the scheduler's Role and ClusterRole grant.
+    granted: BTreeSet<(String, String, String)>,
+    /// Woken at every change, for watches.
+    changed: tokio::sync::Notify,
+}
+
+/// Gives `object` the next resourceVersion and records the change for watches.
+fn record(
+    shared: &Shared,
+    state: &mut State,
+    resource: &str,
+    ns: &str,
+    kind: &'static str,
+    object: &mut Value,
+) {
+    state.counter += 1;
+    object["metadata"]["resourceVersion"] = json!(state.counter.to_string());
+    let change = (
+        state.counter,
+        resource.to_owned(),
+        ns.to_owned(),
+        kind,
+        object.clone(),
+    );
+    state.changes.push(change);
+    shared.changed.notify_waiters();
+}
+
+/// A watch: the changes after `from` to the objects of `resource` in `ns`
+/// matching `selector`, one JSON event per line, until `seconds` pass.
+fn watch(
+    shared: Arc<Shared>,
+    resource: String,
+    ns: String,
+    selector: String,
+    from: u64,
+    seconds: u64,
+) -> Response {
+    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let events = futures_util::stream::unfold(from, move |mut seen| {
+        let (shared, resource, ns, selector) = (
+            shared.clone(),
+            resource.clone(),
+            ns.clone(),
+            selector.clone(),
+        );
+        async move {
+            loop {
+                let notified = shared.changed.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                let next = lock(&shared)
+                    .changes
+                    .iter()
+                    .find(|(version, r, n, _, o)| {
+                        *version > seen && *r == resource && *n == ns && matches(o, &selector)
+                    })
+                    .cloned();
+                if let Some((version, _, _, kind, object)) = next {
+                    seen = version;
+                    let line = format!("{}\n", json!({"type": kind, "object": object}));
+                    return Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), seen));
+                }
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep_until(until) => return None,
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from_stream(events))
+        .unwrap_or_else(|e| status(500, "InternalError", &e.to_string()))
+}
+
+/// The token the kubeconfig gives the scheduler (whose requests the Role
+/// governs); a request without it is the test's own (an administrator's).
+const SCHEDULER_TOKEN: &str = "scheduler-token";
+
+/// What `deploy/kubernetes/rbac.yaml` grants the scheduler: (API group,
+/// resource, verb) of every rule of its Role and ClusterRole.
+pub fn granted() -> BTreeSet<(String, String, String)> {
+    let path = crate::support::repo_root().join("deploy/kubernetes/rbac.yaml");
+    let text = std::fs::read_to_string(&path).expect("rbac.yaml");
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).expect("rbac.yaml parses");
+    let mut granted = BTreeSet::new();
+    for document in documents
+        .iter()
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+    {
+        for rule in document["rules"].as_array().expect("rules") {
+            let strings = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .expect(key)
+                    .iter()
+                    .map(|v| v.as_str().expect("a string").to_owned())
+                    .collect()
+            };
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    for verb in strings("verbs") {
+                        granted.insert((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    granted
+}
+
+/// The (API group, resource, verb)s a request needs, as RBAC sees it (a
+/// server-side apply that creates its object needs `create` besides
+/// `patch`, as on the Kubernetes API server).
+fn rbac_request(shared: &Shared, method: &Method, uri: &Uri) -> Vec<(String, String, String)> {
+    let parts: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return Vec::new(),
+    };
+    let (resource, named) = match rest {
+        ["namespaces", _, resource] | [resource] => ((*resource).to_owned(), false),
+        ["namespaces", _, resource, _] | [resource, _] => ((*resource).to_owned(), true),
+        ["namespaces", _, resource, _, sub] => (format!("{resource}/{sub}"), true),
+        _ => return Vec::new(),
+    };
+    let verb = match *method {
+        Method::GET if named => "get",
+        Method::GET if query(uri, "watch").as_deref() == Some("true") => "watch",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PATCH => "patch",
+        Method::PUT => "update",
+        Method::DELETE => "delete",
+        _ => return Vec::new(),
+    };
+    let mut needed = vec![(group.to_owned(), resource.clone(), verb.to_owned())];
+    if let ("patch", ["namespaces", ns, _, name]) = (verb, rest) {
+        let key = (resource.clone(), (*ns).to_owned(), (*name).to_owned());
+        if !lock(shared).objects.contains_key(&key) {
+            needed.push((group.to_owned(), resource, "create".to_owned()));
+        }
+    }
+    needed
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, State> {
@@ -79,6 +249,8 @@ impl FakeCluster {
             state: Mutex::default(),
             dir: dir.to_owned(),
             sluice: sluice.to_owned(),
+            granted: granted(),
+            changed: tokio::sync::Notify::new(),
         });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -86,10 +258,28 @@ impl FakeCluster {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let app = {
             let shared = shared.clone();
-            axum::Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
-                let shared = shared.clone();
-                async move { handle(shared, method, uri, body).await }
-            })
+            axum::Router::new().fallback(
+                move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                    let shared = shared.clone();
+                    async move {
+                        let scheduler = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| v == format!("Bearer {SCHEDULER_TOKEN}"));
+                        let refused = rbac_request(&shared, &method, &uri)
+                            .into_iter()
+                            .find(|asked| !shared.granted.contains(asked));
+                        if scheduler && let Some((group, resource, verb)) = refused {
+                            return status(
+                                403,
+                                "Forbidden",
+                                &format!("the Role in deploy/kubernetes/rbac.yaml does not grant: cannot {verb} resource \"{resource}\" in API group \"{group}\""),
+                            );
+                        }
+                        handle(shared, method, uri, body).await
+                    }
+                },
+            )
         };
         runtime.spawn(async move {
             axum::serve(listener, app).await.expect("fake API server");
@@ -106,7 +296,7 @@ impl FakeCluster {
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
              contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\n\
-             current-context: fake\nusers:\n- name: fake\n  user:\n    token: scheduler-token\n",
+             current-context: fake\nusers:\n- name: fake\n  user:\n    token: {SCHEDULER_TOKEN}\n",
             self.url
         );
         std::fs::write(path, text).expect("kubeconfig");
@@ -120,6 +310,32 @@ impl FakeCluster {
     /// Makes the kubelet apply `fault` to the next pod it is given.
     pub fn inject(&self, fault: Fault) {
         lock(&self.shared).faults.push_back(fault);
+    }
+
+    /// Makes the next `count` Job creations fail as a ResourceQuota would.
+    pub fn refuse_jobs_for_quota(&self, count: u32) {
+        lock(&self.shared).quota_refusals = count;
+    }
+
+    /// Makes the next `count` watch requests end at once with 410 Gone (as
+    /// when their resourceVersion is older than the server keeps).
+    pub fn expire_watches(&self, count: u32) {
+        lock(&self.shared).gone = count;
+    }
+
+    /// How many times a 410 Gone was followed by a list of the resource.
+    pub fn relists(&self) -> u32 {
+        lock(&self.shared).relists
+    }
+
+    /// Watch requests still to be answered with 410 Gone.
+    pub fn watches_to_expire(&self) -> u32 {
+        lock(&self.shared).gone
+    }
+
+    /// The most pods whose command ran at the same time.
+    pub fn most_running(&self) -> u32 {
+        lock(&self.shared).most_running
     }
 
     /// Registers a token for a pod that is no try's (or marks it invalid).
@@ -172,12 +388,17 @@ fn kind_of(resource: &str) -> &'static str {
         "pods" => "Pod",
         "configmaps" => "ConfigMap",
         "persistentvolumeclaims" => "PersistentVolumeClaim",
+        "leases" => "Lease",
         _ => "Unknown",
     }
 }
 
 fn api_version_of(resource: &str) -> &'static str {
-    if resource == "jobs" { "batch/v1" } else { "v1" }
+    match resource {
+        "jobs" => "batch/v1",
+        "leases" => "coordination.k8s.io/v1",
+        _ => "v1",
+    }
 }
 
 fn matches(object: &Value, selector: &str) -> bool {
@@ -213,13 +434,19 @@ async fn handle(shared: Arc<Shared>, method: Method, uri: Uri, body: Bytes) -> R
                         | "configmaps"
                         | "persistentvolumeclaims"
                         | "tokenreviews"
+                        | "leases"
                         | "log"
                 )
             })
             .unwrap_or("other");
+        let verb = if query(&uri, "watch").as_deref() == Some("true") {
+            "WATCH".to_owned()
+        } else {
+            method.to_string()
+        };
         *lock(&shared)
             .requests
-            .entry(format!("{method} {resource}"))
+            .entry(format!("{verb} {resource}"))
             .or_default() += 1;
     }
     if path == "/fake/audit" {
@@ -232,12 +459,45 @@ async fn handle(shared: Arc<Shared>, method: Method, uri: Uri, body: Bytes) -> R
     let rest = match parts.as_slice() {
         ["api", "v1", "namespaces", rest @ ..] => rest,
         ["apis", "batch", "v1", "namespaces", rest @ ..] => rest,
+        ["apis", "coordination.k8s.io", "v1", "namespaces", rest @ ..] => rest,
         _ => return status(404, "NotFound", &format!("the fake does not serve {path}")),
     };
     match (rest, method.clone()) {
+        ([ns, resource], Method::GET) if query(&uri, "watch").as_deref() == Some("true") => {
+            let selector = query(&uri, "labelSelector").unwrap_or_default();
+            let from = query(&uri, "resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let seconds = query(&uri, "timeoutSeconds")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(300);
+            {
+                let mut state = lock(&shared);
+                if state.gone > 0 {
+                    state.gone -= 1;
+                    state.expired.insert((*resource).to_owned());
+                    let expired = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                        "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410,
+                        "message": format!("too old resource version: {from} ({})", state.counter)}});
+                    return format!("{expired}\n").into_response();
+                }
+            }
+            watch(
+                shared.clone(),
+                (*resource).to_owned(),
+                (*ns).to_owned(),
+                selector,
+                from,
+                seconds,
+            )
+        }
         ([ns, resource], Method::GET) => {
             let selector = query(&uri, "labelSelector").unwrap_or_default();
-            let state = lock(&shared);
+            let mut state = lock(&shared);
+            // A list of the whole instance (not of one try's pods) after a 410.
+            if !selector.contains("sluice.dev/try=") && state.expired.remove(*resource) {
+                state.relists += 1;
+            }
             let items: Vec<Value> = state
                 .objects
                 .iter()
@@ -288,13 +548,40 @@ async fn handle(shared: Arc<Shared>, method: Method, uri: Uri, body: Bytes) -> R
                         }
                     }
                     let mut state = lock(&shared);
-                    state.counter += 1;
-                    current["metadata"]["resourceVersion"] = json!(state.counter.to_string());
+                    record(&shared, &mut state, resource, ns, "MODIFIED", &mut current);
                     state.audit.push(current.clone());
                     state.objects.insert(key, current.clone());
                     axum::Json(current).into_response()
                 }
             }
+        }
+        ([ns, resource, name], Method::PUT) => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return status(400, "BadRequest", "not JSON");
+            };
+            let key = ((*resource).to_owned(), (*ns).to_owned(), (*name).to_owned());
+            let mut state = lock(&shared);
+            let Some(current) = state.objects.get(&key).cloned() else {
+                return status(404, "NotFound", &format!("{resource} \"{name}\" not found"));
+            };
+            if object["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                return status(
+                    409,
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                    ),
+                );
+            }
+            object["apiVersion"] = current["apiVersion"].clone();
+            object["kind"] = current["kind"].clone();
+            object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+            object["metadata"]["creationTimestamp"] =
+                current["metadata"]["creationTimestamp"].clone();
+            record(&shared, &mut state, resource, ns, "MODIFIED", &mut object);
+            state.audit.push(object.clone());
+            state.objects.insert(key, object.clone());
+            axum::Json(object).into_response()
         }
         ([ns, resource, name], Method::DELETE) => {
             let key = ((*resource).to_owned(), (*ns).to_owned(), (*name).to_owned());
@@ -326,6 +613,16 @@ fn create(
 ) -> Response {
     let key = (resource.to_owned(), ns.to_owned(), name.to_owned());
     let mut state = lock(shared);
+    if resource == "jobs" && state.quota_refusals > 0 {
+        state.quota_refusals -= 1;
+        return status(
+            403,
+            "Forbidden",
+            &format!(
+                "jobs \"{name}\" is forbidden: exceeded quota: compute, requested: count/pods=1, used: count/pods=4, limited: count/pods=4"
+            ),
+        );
+    }
     if state.objects.contains_key(&key) {
         return status(
             409,
@@ -338,9 +635,9 @@ fn create(
     object["kind"] = json!(kind_of(resource));
     object["metadata"]["uid"] = json!(uid);
     object["metadata"]["namespace"] = json!(ns);
-    object["metadata"]["resourceVersion"] = json!(state.counter.to_string());
     object["metadata"]["creationTimestamp"] =
         json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    record(shared, &mut state, resource, ns, "ADDED", &mut object);
     state.audit.push(object.clone());
     state.objects.insert(key, object.clone());
     drop(state);
@@ -352,7 +649,8 @@ fn create(
 
 fn delete_cascading(shared: &Arc<Shared>, key: &(String, String, String)) -> Option<Value> {
     let mut state = lock(shared);
-    let removed = state.objects.remove(key)?;
+    let mut removed = state.objects.remove(key)?;
+    record(shared, &mut state, &key.0, &key.1, "DELETED", &mut removed);
     let mut doomed = vec![
         removed["metadata"]["uid"]
             .as_str()
@@ -374,7 +672,8 @@ fn delete_cascading(shared: &Arc<Shared>, key: &(String, String, String)) -> Opt
             .map(|(k, _)| k.clone())
             .collect();
         for k in owned {
-            if let Some(o) = state.objects.remove(&k) {
+            if let Some(mut o) = state.objects.remove(&k) {
+                record(shared, &mut state, &k.0, &k.1, "DELETED", &mut o);
                 doomed.push(o["metadata"]["uid"].as_str().unwrap_or_default().to_owned());
             }
         }
@@ -427,11 +726,12 @@ fn start_pod(shared: Arc<Shared>, ns: String, job: Value) {
             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": job_uid, "controller": true}]},
         "spec": template["spec"], "status": {"phase": "Pending"}});
     pod["metadata"]["labels"]["job-name"] = json!(job_name);
+    record(&shared, &mut state, "pods", &ns, "ADDED", &mut pod);
     state.audit.push(pod.clone());
     state
         .objects
         .insert(("pods".into(), ns.clone(), pod_name.clone()), pod.clone());
-    set_job_status(&mut state, &ns, &job_name, json!({"active": 1}));
+    set_job_status(&shared, &mut state, &ns, &job_name, json!({"active": 1}));
     let fault = state.faults.pop_front();
     drop(state);
     let deadline = job["spec"]["activeDeadlineSeconds"]
@@ -447,27 +747,35 @@ fn start_pod(shared: Arc<Shared>, ns: String, job: Value) {
     ));
 }
 
-fn set_job_status(state: &mut State, ns: &str, job: &str, status: Value) {
-    if let Some(object) = state
-        .objects
-        .get_mut(&("jobs".into(), ns.into(), job.into()))
-    {
+fn set_status(
+    shared: &Shared,
+    state: &mut State,
+    resource: &str,
+    ns: &str,
+    name: &str,
+    status: Value,
+) {
+    let key = (resource.to_owned(), ns.to_owned(), name.to_owned());
+    if let Some(mut object) = state.objects.get(&key).cloned() {
         object["status"] = status;
+        record(shared, state, resource, ns, "MODIFIED", &mut object);
+        state.objects.insert(key, object);
     }
 }
 
+fn set_job_status(shared: &Shared, state: &mut State, ns: &str, job: &str, status: Value) {
+    set_status(shared, state, "jobs", ns, job, status);
+}
+
 fn set_pod_status(shared: &Shared, ns: &str, pod: &str, status: Value) {
-    if let Some(object) = lock(shared)
-        .objects
-        .get_mut(&("pods".into(), ns.into(), pod.into()))
-    {
-        object["status"] = status;
-    }
+    let mut state = lock(shared);
+    set_status(shared, &mut state, "pods", ns, pod, status);
 }
 
 fn job_failed(shared: &Shared, ns: &str, job: &str, reason: &str) {
     let mut state = lock(shared);
     set_job_status(
+        shared,
         &mut state,
         ns,
         job,
@@ -623,7 +931,12 @@ async fn kubelet(
         json!({"phase": "Running", "containerStatuses": container_status(json!({"running": {}}))}),
     );
     let (kill, killed) = tokio::sync::oneshot::channel();
-    lock(&shared).kills.insert(uid.clone(), kill);
+    {
+        let mut state = lock(&shared);
+        state.kills.insert(uid.clone(), kill);
+        state.running += 1;
+        state.most_running = state.most_running.max(state.running);
+    }
     let child = Command::new(&shared.sluice)
         .args(&args)
         .envs(env)
@@ -632,25 +945,34 @@ async fn kubelet(
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let (phase, exit, reason) = tokio::select! {
+    let ended = tokio::select! {
         out = child => match out {
             Ok(out) => {
                 let mut log = String::from_utf8_lossy(&out.stdout).into_owned();
                 log.push_str(&String::from_utf8_lossy(&out.stderr));
                 lock(&shared).logs.insert(name.clone(), log);
                 let code = out.status.code().unwrap_or(128);
-                (if code == 0 { "Succeeded" } else { "Failed" }, code, if code == 0 { "Completed" } else { "Error" })
+                Some((if code == 0 { "Succeeded" } else { "Failed" }, code, if code == 0 { "Completed" } else { "Error" }))
             }
             Err(e) => {
                 lock(&shared).logs.insert(name.clone(), format!("cannot start: {e}"));
-                ("Failed", 128, "StartError")
+                Some(("Failed", 128, "StartError"))
             }
         },
-        _ = killed => return,
+        // Deleted while running (its node lost, or `kubectl delete pod`): the
+        // Job counts the pod as failed (no disruption condition: not ignored).
+        _ = killed => {
+            job_failed(&shared, &ns, &job, "BackoffLimitExceeded");
+            None
+        }
         () = tokio::time::sleep(deadline) => {
             job_failed(&shared, &ns, &job, "DeadlineExceeded");
-            return;
+            None
         }
+    };
+    lock(&shared).running -= 1;
+    let Some((phase, exit, reason)) = ended else {
+        return;
     };
     lock(&shared).kills.remove(&uid);
     set_pod_status(
@@ -663,6 +985,7 @@ async fn kubelet(
     if phase == "Succeeded" {
         let mut state = lock(&shared);
         set_job_status(
+            &shared,
             &mut state,
             &ns,
             &job,

@@ -2,10 +2,17 @@
 //! ([`fake_api`]), whose kubelet really runs `sluice worker` for each Job:
 //! the seed ETL loads into the test PostgreSQL with the password in no object
 //! and no log; a flaky task is retried as a new Job; the worker endpoint
-//! refuses tokens that are not a live try's pod's; pod statuses decide tries
-//! whose worker could not report.
+//! refuses tokens that are not a live try's pod's (and acknowledges a
+//! repeated identical outcome report); pod statuses decide tries whose worker
+//! could not report. [`restart`]: the lease, adoption after the scheduler is
+//! killed, a lost pod. [`limits`]: quota refusals, the volumes' sweep.
+//! [`deploy_files`]: `deploy/kubernetes/` parses and its Role grants what the
+//! executor calls (the fake refuses the scheduler whatever it does not).
 
+mod deploy_files;
 mod fake_api;
+mod limits;
+mod restart;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -42,23 +49,35 @@ impl Kube {
 
     /// The `sluice` CLI with `--executor kubernetes` against the fake.
     fn cli(&self, args: &[&str]) -> Output {
-        output_within(
-            Command::new(env!("CARGO_BIN_EXE_sluice"))
-                .args([
-                    "--executor",
-                    "kubernetes",
-                    "--namespace",
-                    NAMESPACE,
-                    "--image",
-                    &image(),
-                ])
-                .args(["--endpoint-listen", "127.0.0.1:0"])
-                .args(args)
-                .env("SLUICE_HOME", self.home.home_path())
-                .env("KUBECONFIG", self.home.dir.path().join("kubeconfig"))
-                .current_dir(crate::support::repo_root()),
-            CHILD_DEADLINE,
-        )
+        output_within(&mut self.command("127.0.0.1:0", args), CHILD_DEADLINE)
+    }
+
+    /// A `sluice` command with `--executor kubernetes` against the fake, its
+    /// worker endpoint listening on `listen`.
+    fn command(&self, listen: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .args([
+                "--executor",
+                "kubernetes",
+                "--namespace",
+                NAMESPACE,
+                "--image",
+                &image(),
+            ])
+            .args(["--endpoint-listen", listen])
+            .args(args)
+            .env("SLUICE_HOME", self.home.home_path())
+            .env("KUBECONFIG", self.home.dir.path().join("kubeconfig"))
+            .current_dir(crate::support::repo_root());
+        command
+    }
+
+    /// The number of live objects of `resource` (its collection path).
+    fn live(&self, collection: &str) -> usize {
+        self.raw_get(collection)["items"]
+            .as_array()
+            .map_or(0, Vec::len)
     }
 
     /// `GET path` through a plain HTTP/1.0 client of the test's own (not the
@@ -83,15 +102,34 @@ impl Kube {
 /// `GET path` at `base` (an `http://` URL) over a bare TCP stream, with an
 /// optional bearer token: the status code and the body.
 fn raw_http(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    raw_request(base, "GET", path, token, None)
+}
+
+/// `method path` at `base` over a bare TCP stream, with an optional bearer
+/// token and JSON body: the status code and the body.
+fn raw_request(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
     let address = base.trim_start_matches("http://").trim_end_matches('/');
     let mut stream = std::net::TcpStream::connect(address).expect("connect");
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .expect("timeout");
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let content = body.map_or(String::new(), |b| {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        )
+    });
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {address}\r\n{auth}\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\n{auth}{content}\r\n{}",
+        body.unwrap_or_default()
     )
     .expect("request");
     let mut response = String::new();
@@ -458,6 +496,44 @@ fn the_worker_endpoint_serves_only_the_bound_pod_of_a_live_try() {
     kube.cluster
         .add_token("stranger", "some-other-pod", "uid-0", true);
     let (code, body) = raw_http(&endpoint, "/v1/try", Some("stranger"));
+    assert_eq!(code, 403, "{body}");
+
+    // Task a's worker repeats the outcome it reported (as it would had the
+    // acknowledgement been lost): acknowledged again. Another outcome is not.
+    let run = kube
+        .home
+        .sluice
+        .store
+        .runs(Some("ksleep"), 1)
+        .expect("runs")
+        .remove(0);
+    let output = kube.home.task(&run.run_id, "a").output.expect("a's output");
+    let same = serde_json::json!({"Success": {"output": output}}).to_string();
+    let (code, body) = raw_request(
+        &endpoint,
+        "POST",
+        "/v1/outcome",
+        Some(&ended_token),
+        Some(&same),
+    );
+    assert_eq!(code, 204, "{body}");
+    let other = serde_json::json!({"Failed": {"error": "forged", "retryable": true}}).to_string();
+    let (code, body) = raw_request(
+        &endpoint,
+        "POST",
+        "/v1/outcome",
+        Some(&ended_token),
+        Some(&other),
+    );
+    assert_eq!(code, 409, "{body}");
+    // A pod of no try may not report at all.
+    let (code, body) = raw_request(
+        &endpoint,
+        "POST",
+        "/v1/outcome",
+        Some("stranger"),
+        Some(&same),
+    );
     assert_eq!(code, 403, "{body}");
 
     let out = running.output_within(CHILD_DEADLINE);

@@ -8,10 +8,13 @@
 //! try's request, component and granted connections (secrets travel only
 //! here, into the worker's memory), and sends its log lines, progress and
 //! outcome back. A token the server does not accept, one of a pod that is not
-//! the bound pod of a live try, or one for a try that has ended is refused.
+//! the bound pod of a live try, or one for a try that has ended is refused,
+//! with one exception: a worker whose acknowledgement was lost may repeat the
+//! outcome it reported, and that identical report is acknowledged again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
@@ -76,12 +79,25 @@ struct BoundPod {
     uid: String,
 }
 
+/// How long the outcome of an ended try is remembered, so a repeated report
+/// (its acknowledgement was lost) is acknowledged again.
+const ENDED_KEPT: Duration = Duration::from_secs(600);
+
 /// A live try, by its Job's name.
 struct Slot {
     request: TryRequest,
     events: UnboundedSender<RunEvent>,
     outcome: Option<oneshot::Sender<TryOutcome>>,
     pod: Option<BoundPod>,
+    /// What its worker reported.
+    reported: Option<TryOutcome>,
+}
+
+/// An ended try whose worker reported: who reported what, and when it ended.
+struct Ended {
+    pod: BoundPod,
+    outcome: TryOutcome,
+    at: Instant,
 }
 
 /// The endpoint's state: the live tries and how to check tokens.
@@ -91,6 +107,7 @@ pub struct Endpoint {
     home: Home,
     local: Arc<LocalExecutor>,
     live: Mutex<HashMap<String, Slot>>,
+    ended: Mutex<HashMap<String, Ended>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,6 +144,7 @@ impl Endpoint {
             home,
             local,
             live: Mutex::default(),
+            ended: Mutex::default(),
         }
     }
 
@@ -145,14 +163,33 @@ impl Endpoint {
                 events,
                 outcome: Some(sender),
                 pod: None,
+                reported: None,
             },
         );
         receiver
     }
 
-    /// Ends the try run by Job `job`: its worker's calls are refused from now on.
+    /// Ends the try run by Job `job`: its worker's calls are refused from
+    /// now on, but for a repeat of the outcome it reported.
     pub fn close(&self, job: &str) {
-        lock(&self.live).remove(job);
+        let slot = lock(&self.live).remove(job);
+        let mut ended = lock(&self.ended);
+        ended.retain(|_, e| e.at.elapsed() < ENDED_KEPT);
+        if let Some(Slot {
+            pod: Some(pod),
+            reported: Some(outcome),
+            ..
+        }) = slot
+        {
+            ended.insert(
+                job.to_owned(),
+                Ended {
+                    pod,
+                    outcome,
+                    at: Instant::now(),
+                },
+            );
+        }
     }
 
     /// The name of the pod a live try is bound to, if any.
@@ -174,6 +211,14 @@ impl Endpoint {
 
     /// The Job name of the live try whose bound pod presented these headers.
     async fn authenticate(&self, headers: &HeaderMap) -> Result<String, Refusal> {
+        let (job, candidate) = self.identify(headers).await?;
+        self.admit(&job, candidate).await?;
+        Ok(job)
+    }
+
+    /// The pod the cluster vouches presented these headers, and the Job
+    /// (the try) that pod runs.
+    async fn identify(&self, headers: &HeaderMap) -> Result<(String, BoundPod), Refusal> {
         let token = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -253,12 +298,22 @@ impl Endpoint {
             .and_then(|l| l.get(TRY_LABEL))
             .cloned()
             .ok_or_else(|| forbidden(format!("pod {pod_name} does not run a Sluice try")))?;
-        let candidate = BoundPod {
-            name: pod_name,
-            uid: pod_uid,
-        };
+        Ok((
+            job,
+            BoundPod {
+                name: pod_name,
+                uid: pod_uid,
+            },
+        ))
+    }
+
+    /// Admits `candidate` to the live try of `job`: the pod bound to it, or
+    /// the first pod to call (bound from then on), or a replacement of a
+    /// bound pod that is gone or failed.
+    async fn admit(&self, job: &str, candidate: BoundPod) -> Result<(), Refusal> {
+        let pods = Api::<Pod>::namespaced(self.client.clone(), &self.namespace);
         let bound = lock(&self.live)
-            .get(&job)
+            .get(job)
             .ok_or_else(|| forbidden(format!("the try of pod {} has ended", candidate.name)))?
             .pod
             .clone();
@@ -283,11 +338,11 @@ impl Endpoint {
                         pod.name, candidate.name
                     )));
                 }
-                self.bind(&job, candidate)?;
+                self.bind(job, candidate)?;
             }
-            None => self.bind(&job, candidate)?,
+            None => self.bind(job, candidate)?,
         }
-        Ok(job)
+        Ok(())
     }
 
     fn bind(&self, job: &str, pod: BoundPod) -> Result<(), Refusal> {
@@ -360,15 +415,21 @@ async fn events(
                 Ok(event) => {
                     let _ = slot.events.send(event);
                 }
-                Err(outcome) => {
-                    if let Some(sender) = slot.outcome.take() {
-                        let _ = sender.send(outcome);
-                    }
-                }
+                Err(outcome) => deliver(slot, outcome),
             }
         }
     })?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Hands a try's first reported outcome to the executor (later ones of a
+/// live try are acknowledged and dropped: the first one counts).
+fn deliver(slot: &mut Slot, outcome: TryOutcome) {
+    if let Some(sender) = slot.outcome.take() {
+        slot.reported = Some(outcome.clone());
+        // An executor that stopped waiting has ended the try already.
+        let _ = sender.send(outcome);
+    }
 }
 
 async fn outcome(
@@ -376,12 +437,25 @@ async fn outcome(
     headers: HeaderMap,
     Json(outcome): Json<TryOutcome>,
 ) -> Result<StatusCode, Refusal> {
-    let job = endpoint.authenticate(&headers).await?;
-    endpoint.with_slot(&job, |slot| {
-        // A repeated report (its acknowledgement was lost) is acknowledged again.
-        if let Some(sender) = slot.outcome.take() {
-            let _ = sender.send(outcome);
-        }
-    })?;
+    let (job, pod) = endpoint.identify(&headers).await?;
+    let live = lock(&endpoint.live).contains_key(&job);
+    if !live {
+        // The try ended: its worker may repeat the report it made (the
+        // acknowledgement was lost), nothing else.
+        let ended = lock(&endpoint.ended);
+        return match ended.get(&job) {
+            Some(e) if e.pod == pod && e.outcome == outcome => Ok(StatusCode::NO_CONTENT),
+            Some(e) if e.pod == pod => Err(Refusal(
+                StatusCode::CONFLICT,
+                format!(
+                    "the try of pod {} has ended with another outcome than this report",
+                    pod.name
+                ),
+            )),
+            _ => Err(forbidden(format!("the try of pod {} has ended", pod.name))),
+        };
+    }
+    endpoint.admit(&job, pod).await?;
+    endpoint.with_slot(&job, |slot| deliver(slot, outcome))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -134,6 +134,15 @@ fn dns_prefix(text: &str, max: usize) -> String {
     cleaned.trim_matches('-').to_owned()
 }
 
+/// Name of the instance's single-scheduler lease.
+pub fn lease_name(settings: &KubeSettings) -> String {
+    let instance = dns_prefix(&settings.instance, 30);
+    format!(
+        "sluice-scheduler-{instance}-{}",
+        short_hash(&settings.instance)
+    )
+}
+
 /// Name of a run's anchor (and of its volume claim).
 pub fn run_object_name(run_id: &str) -> String {
     format!("sluice-run-{}", short_hash(run_id))

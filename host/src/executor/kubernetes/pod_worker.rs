@@ -21,6 +21,10 @@ const FLUSH: Duration = Duration::from_millis(200);
 /// How long past the try's timeout the worker keeps offering its outcome.
 const REPORT_WINDOW: Duration = Duration::from_secs(60);
 
+/// Log lines and progress kept while the host cannot be reached (it is
+/// restarting); older ones are dropped beyond it (the pod log keeps them).
+const MAX_PENDING: usize = 20_000;
+
 /// The try a pod serves, from its arguments.
 #[derive(Debug, Clone)]
 pub struct PodTry {
@@ -204,12 +208,13 @@ pub async fn serve(local: &LocalExecutor, home: &Home, pod: PodTry) -> Result<()
     let relay = async {
         let mut ticker = tokio::time::interval(FLUSH);
         let mut open = true;
+        // What the host has not acknowledged yet (it may be restarting).
+        let mut pending: Vec<WorkerMessage> = Vec::new();
         while open {
             ticker.tick().await;
-            let mut batch = Vec::new();
             loop {
                 match received.try_recv() {
-                    Ok(event) => batch.extend(WorkerMessage::from_event(event)),
+                    Ok(event) => pending.extend(WorkerMessage::from_event(event)),
                     Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
                     Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
                         open = false;
@@ -217,19 +222,28 @@ pub async fn serve(local: &LocalExecutor, home: &Home, pod: PodTry) -> Result<()
                     }
                 }
             }
-            if !batch.is_empty()
-                && let Err(e) = host
-                    .post_json("sending log lines", "/v1/events", &batch)
+            if pending.len() > MAX_PENDING {
+                let dropped = pending.len() - MAX_PENDING;
+                pending.drain(..dropped);
+                eprintln!(
+                    "worker: the host has not taken log lines for a while; dropped the {dropped} oldest"
+                );
+            }
+            if !pending.is_empty() {
+                match host
+                    .post_json("sending log lines", "/v1/events", &pending)
                     .await
-            {
-                // Log lines are not worth failing the try for; say so where
-                // the pod's log keeps it.
-                eprintln!("{e}");
+                {
+                    Ok(()) => pending.clear(),
+                    // Kept for the next attempt; said where the pod's log keeps it.
+                    Err(e) => eprintln!("{e}"),
+                }
             }
         }
+        pending
     };
-    let (outcome, ()) = tokio::join!(try_run, relay);
-    let reported = report(&host, &outcome, report_until).await;
+    let (outcome, pending) = tokio::join!(try_run, relay);
+    let reported = report(&host, pending, &outcome, report_until).await;
     local.release(&run_id);
     reported
 }
@@ -275,14 +289,28 @@ async fn fetch_component(host: &Host, home: &Home, digest: &str) -> Result<(), P
     })
 }
 
-/// Offers the outcome until the host acknowledges it or `until`.
+/// Offers the log lines the host has not taken yet, then the outcome, until
+/// the host acknowledges both or `until` (a restarted host adopts the try and
+/// takes them).
 async fn report(
     host: &Host,
+    mut pending: Vec<WorkerMessage>,
     outcome: &TryOutcome,
     until: tokio::time::Instant,
 ) -> Result<(), PodWorkerError> {
     let mut delay = Duration::from_millis(100);
     loop {
+        if !pending.is_empty() {
+            // Before the outcome, so the host stores them first; a host that
+            // refuses them (the try ended) does not hold the outcome back.
+            match host
+                .post_json("sending log lines", "/v1/events", &pending)
+                .await
+            {
+                Ok(()) => pending.clear(),
+                Err(e) => eprintln!("{e}"),
+            }
+        }
         match host
             .post_json("reporting the outcome", "/v1/outcome", outcome)
             .await

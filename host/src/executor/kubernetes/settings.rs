@@ -78,6 +78,9 @@ pub struct KubeSettings {
     pub start_allowance: Duration,
     /// The workers run without kernel confinement (the operator's opt-out).
     pub allow_unconfined: bool,
+    /// Pods in flight at once across every run (besides each DAG's
+    /// `max_active_tasks`); a try beyond it waits for a slot.
+    pub max_pods: usize,
 }
 
 impl KubeSettings {
@@ -96,6 +99,7 @@ impl KubeSettings {
             memory_headroom: 256 << 20,
             start_allowance: Duration::from_secs(300),
             allow_unconfined: false,
+            max_pods: 64,
         }
     }
 

@@ -128,7 +128,15 @@ pub fn classify(
                 true,
             ));
         }
-        let last = pods.last();
+        let Some(last) = pods.last() else {
+            return Verdict::Ended(failed(
+                format!(
+                    "pod lost: the pod of the try's Job {job_name} vanished before its worker reported (deleted, or lost with its node; the Job says {reason}: {message}); an infrastructure failure"
+                ),
+                true,
+            ));
+        };
+        let last = Some(last);
         if let Some(why) = last.and_then(disruption) {
             return Verdict::Ended(failed(
                 format!("infrastructure failure: the try's pod was {why}"),
@@ -274,6 +282,10 @@ mod tests {
         );
         assert!(retryable);
         let (error, retryable) = failure_of(classify("j", None, &[], "i", BUDGET));
+        assert!(error.contains("pod lost"), "{error}");
+        assert!(retryable);
+        // A failed Job whose pod was deleted (its node lost).
+        let (error, retryable) = failure_of(classify("j", Some(&failed_job), &[], "i", BUDGET));
         assert!(error.contains("pod lost"), "{error}");
         assert!(retryable);
     }

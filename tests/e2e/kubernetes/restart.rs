@@ -1,0 +1,332 @@
+//! Restart and adoption against the fake cluster: the single-scheduler lease
+//! refuses a second scheduler (naming the holder) and is taken over when
+//! stale; a scheduler killed with SIGKILL while a task's Job runs is
+//! restarted and adopts that Job (finished tasks are not run again), or,
+//! when that Job was lost meanwhile, fails the try as a retryable "pod lost"
+//! and deletes the Jobs no try claims; a pod
+//! lost with its node fails its try as retryable, and the retry succeeds; a
+//! watch the server expires (410 Gone) is replaced by a new list, and the
+//! status it then shows still decides a try whose worker could not report.
+
+use std::process::Stdio;
+
+use serde_json::Value;
+
+use super::{Kube, NAMESPACE, raw_request};
+use crate::support::{CHILD_DEADLINE, Spawned, output_within, text, wait_for};
+
+/// A port free on 127.0.0.1 now, so a restarted host listens where its
+/// predecessor's workers call (as a Service address would stay the same).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn the_lease(kube: &Kube) -> Value {
+    let leases = kube.raw_get(&format!(
+        "/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
+    ));
+    let items = leases["items"].as_array().expect("leases");
+    assert_eq!(items.len(), 1, "{leases}");
+    items[0].clone()
+}
+
+#[test]
+fn a_killed_scheduler_is_restarted_and_adopts_the_running_job() {
+    let kube = Kube::new();
+    let manifest = kube.home.manifest(
+        "kadopt",
+        "[tasks.a]\nplugin = \"testkit\"\nparams = { mode = \"echo\" }\n\n\
+         [tasks.b]\nplugin = \"testkit\"\nafter = [\"a\"]\nparams = { mode = \"sleep\", ms = 3000 }\n",
+    );
+    let manifest = manifest.display().to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut first = Spawned::new(
+        kube.command(&listen, &["run", &manifest, "--no-progress"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    // Task b's pod runs, so a's try has ended and its outcome is stored.
+    wait_for("task b's pod to run", CHILD_DEADLINE, || {
+        if let Some(status) = first.exited() {
+            panic!("sluice exited before it could be killed: {status}");
+        }
+        (kube.cluster.pod_tokens().len() == 2).then_some(())
+    });
+    let pid = first.id();
+
+    // A second scheduler is refused while the first holds the lease.
+    let second = output_within(
+        &mut kube.command("127.0.0.1:0", &["scheduler", "--once"]),
+        CHILD_DEADLINE,
+    );
+    let (_, stderr) = text(&second);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds the lease") && stderr.contains(&format!("/{pid}/")),
+        "the refusal names the holder: {stderr}"
+    );
+
+    first.kill();
+    let run = kube
+        .home
+        .sluice
+        .store
+        .runs(Some("kadopt"), 1)
+        .expect("runs")
+        .remove(0);
+    assert_eq!(run.state.as_str(), "running", "left running by the kill");
+
+    // Restarted on the same host: the holder is gone, so the lease is taken
+    // over at once; b's Job is adopted and its worker's report accepted.
+    let restarted = output_within(
+        &mut kube.command(&listen, &["scheduler", "--once"]),
+        CHILD_DEADLINE,
+    );
+    assert!(restarted.status.success(), "{:?}", text(&restarted));
+    let store = &kube.home.sluice.store;
+    assert_eq!(
+        store.run(&run.run_id).expect("run").state.as_str(),
+        "success"
+    );
+    assert_eq!(store.tries(&run.run_id, "a").expect("tries").len(), 1);
+    let b = store.tries(&run.run_id, "b").expect("tries");
+    assert_eq!(b.len(), 1, "b's try was adopted, not run again: {b:?}");
+    assert_eq!(b[0].state.as_str(), "success");
+    assert!(kube.home.task(&run.run_id, "b").output.is_some());
+    assert_eq!(kube.stored("Job").len(), 2, "no Job was made again");
+    assert_eq!(
+        kube.live(&format!("/apis/batch/v1/namespaces/{NAMESPACE}/jobs")),
+        0,
+        "the run's Jobs are deleted once it ended"
+    );
+    let lease = the_lease(&kube);
+    let holder = lease["spec"]["holderIdentity"].as_str().expect("holder");
+    assert!(!holder.contains(&format!("/{pid}/")), "{holder}");
+    assert!(lease["spec"]["leaseTransitions"].as_i64() >= Some(1));
+}
+
+#[test]
+fn a_restarted_scheduler_fails_a_try_whose_job_is_gone_and_deletes_strays() {
+    let kube = Kube::new();
+    let manifest = kube.home.manifest(
+        "kgone_job",
+        "[tasks.a]\nplugin = \"testkit\"\nparams = { mode = \"echo\" }\n\n\
+         [tasks.b]\nplugin = \"testkit\"\nafter = [\"a\"]\nparams = { mode = \"sleep-first\", ms = 60000 }\n\
+         retries = 1\nretry_delay = \"100ms\"\n",
+    );
+    let manifest = manifest.display().to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut first = Spawned::new(
+        kube.command(&listen, &["run", &manifest, "--no-progress"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for("task b's pod to run", CHILD_DEADLINE, || {
+        if let Some(status) = first.exited() {
+            panic!("sluice exited before it could be killed: {status}");
+        }
+        (kube.cluster.pod_tokens().len() == 2).then_some(())
+    });
+    first.kill();
+    // While no scheduler runs, b's Job is lost, and a Job of this instance
+    // that no try claims appears.
+    let jobs = format!("/apis/batch/v1/namespaces/{NAMESPACE}/jobs");
+    let b_job = kube
+        .stored("Job")
+        .into_iter()
+        .find(|j| j["metadata"]["labels"]["sluice.dev/task"] == "b")
+        .expect("b's Job");
+    let b_job = b_job["metadata"]["name"].as_str().expect("name").to_owned();
+    let (code, body) = raw_request(
+        &kube.cluster.url,
+        "DELETE",
+        &format!("{jobs}/{b_job}"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let stray = serde_json::json!({"metadata": {"name": "sluice-stray",
+        "labels": {"app.kubernetes.io/managed-by": "sluice", "app.kubernetes.io/instance": "sluice"}},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "worker", "args": ["--version"]}]}}}});
+    let (code, body) = raw_request(
+        &kube.cluster.url,
+        "POST",
+        &jobs,
+        None,
+        Some(&stray.to_string()),
+    );
+    assert_eq!(code, 201, "{body}");
+
+    let restarted = output_within(
+        &mut kube.command(&listen, &["scheduler", "--once"]),
+        CHILD_DEADLINE,
+    );
+    assert!(restarted.status.success(), "{:?}", text(&restarted));
+    let run = kube
+        .home
+        .sluice
+        .store
+        .runs(Some("kgone_job"), 1)
+        .expect("runs")
+        .remove(0);
+    let store = &kube.home.sluice.store;
+    assert_eq!(
+        store.run(&run.run_id).expect("run").state.as_str(),
+        "success"
+    );
+    assert_eq!(store.tries(&run.run_id, "a").expect("tries").len(), 1);
+    let b = store.tries(&run.run_id, "b").expect("tries");
+    assert_eq!(b.len(), 2, "{b:?}");
+    let error = b[0].error.clone().unwrap_or_default();
+    assert!(error.contains("pod lost"), "{error}");
+    let (code, body) = raw_request(
+        &kube.cluster.url,
+        "GET",
+        &format!("{jobs}/sluice-stray"),
+        None,
+        None,
+    );
+    assert_eq!(code, 404, "the stray Job was deleted: {body}");
+}
+
+#[test]
+fn a_lease_held_on_another_host_refuses_until_it_is_stale() {
+    let kube = Kube::new();
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases");
+    let now = chrono::Utc::now();
+    // Named as the executor names it: read from a first start, which takes it.
+    let out = kube.cli(&["gc"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let name = the_lease(&kube)["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    let lease = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"holderIdentity": "another-host/42/4242", "leaseDurationSeconds": 15,
+            "renewTime": now.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}
+    });
+    let (code, body) = raw_request(
+        &kube.cluster.url,
+        "DELETE",
+        &format!("{path}/{name}"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = raw_request(
+        &kube.cluster.url,
+        "POST",
+        &path,
+        None,
+        Some(&lease.to_string()),
+    );
+    assert_eq!(code, 201, "{body}");
+
+    let refused = kube.cli(&["gc"]);
+    let (_, stderr) = text(&refused);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("another-host/42/4242"), "{stderr}");
+
+    // The holder stopped renewing long ago: its lease is taken over.
+    let mut stale = kube.raw_get(&format!("{path}/{name}"));
+    let long_ago = now - chrono::Duration::minutes(5);
+    stale["spec"]["renewTime"] = Value::from(long_ago.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+    let (code, body) = raw_request(
+        &kube.cluster.url,
+        "PUT",
+        &format!("{path}/{name}"),
+        None,
+        Some(&stale.to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+    let taken = kube.cli(&["gc"]);
+    assert!(taken.status.success(), "{:?}", text(&taken));
+    let holder = the_lease(&kube)["spec"]["holderIdentity"]
+        .as_str()
+        .expect("holder")
+        .to_owned();
+    assert!(!holder.starts_with("another-host/"), "{holder}");
+}
+
+#[test]
+fn a_pod_lost_with_its_node_fails_the_try_as_retryable_and_the_retry_succeeds() {
+    let kube = Kube::new();
+    let manifest = kube.home.manifest(
+        "klost",
+        "[tasks.t]\nplugin = \"testkit\"\nparams = { mode = \"sleep-first\", ms = 60000 }\nretries = 1\nretry_delay = \"100ms\"\n",
+    );
+    let manifest = manifest.display().to_string();
+    let running = Spawned::new(
+        kube.command("127.0.0.1:0", &["run", &manifest, "--no-progress"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let pod = wait_for("the try's pod to run", CHILD_DEADLINE, || {
+        kube.cluster.pod_tokens().into_keys().next()
+    });
+    // The node is lost: its pods are deleted (the pod GC's doing).
+    let (code, body) = raw_request(
+        &kube.cluster.url,
+        "DELETE",
+        &format!("/api/v1/namespaces/{NAMESPACE}/pods/{pod}"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let out = running.output_within(CHILD_DEADLINE);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let run = kube
+        .home
+        .sluice
+        .store
+        .runs(Some("klost"), 1)
+        .expect("runs")
+        .remove(0);
+    let tries = kube
+        .home
+        .sluice
+        .store
+        .tries(&run.run_id, "t")
+        .expect("tries");
+    assert_eq!(tries.len(), 2, "{tries:?}");
+    let error = tries[0].error.clone().unwrap_or_default();
+    assert!(error.contains("pod lost"), "{error}");
+    assert_eq!(tries[1].state.as_str(), "success");
+}
+
+#[test]
+fn a_watch_expired_with_410_lists_again_and_still_sees_the_pod_fail() {
+    let kube = Kube::new();
+    // The first two watch requests (on Jobs and pods) are answered 410 Gone.
+    kube.cluster.expire_watches(2);
+    kube.cluster.inject(super::fake_api::Fault::OomKilled);
+    let manifest = kube.home.manifest(
+        "kgone",
+        "[tasks.t]\nplugin = \"testkit\"\nparams = { mode = \"echo\" }\n",
+    );
+    let out = kube.cli(&["run", &manifest.display().to_string(), "--no-progress"]);
+    assert!(!out.status.success(), "{:?}", text(&out));
+    assert_eq!(kube.cluster.watches_to_expire(), 0, "both 410s were served");
+    assert_eq!(kube.cluster.relists(), 2, "each 410 was followed by a list");
+    let run = kube
+        .home
+        .sluice
+        .store
+        .runs(Some("kgone"), 1)
+        .expect("runs")
+        .remove(0);
+    let tries = kube
+        .home
+        .sluice
+        .store
+        .tries(&run.run_id, "t")
+        .expect("tries");
+    let error = tries[0].error.clone().unwrap_or_default();
+    assert!(error.contains("out of memory"), "{error}");
+}
