@@ -16,6 +16,8 @@
 //! 8. Python tasks: compile (first and second Python component of a home),
 //!    load from the compile cache, warm instantiation. (Case 1 also runs
 //!    `etl_python`, the ETL with its tasks in Python.)
+//! 9. The web UI and HTTP API over 100,000 runs: a DAG's grid and the runs
+//!    list through a real server, and the bytes of the UI's first load ([`web`]).
 //!
 //! Nothing here asserts on time; `--smoke` runs every case at tiny sizes.
 
@@ -37,6 +39,7 @@ use sluice::{Sluice, capabilities, connections, engine, registry, vault};
 
 use crate::metadb;
 use crate::official::Official;
+use crate::web;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -199,6 +202,22 @@ pub fn run(options: &BenchOptions) -> BenchResult<()> {
     }
     if options.runs(8) {
         python_startup(options, work.path())?;
+    }
+    if options.runs(9) {
+        println!();
+        let shape = if options.smoke {
+            metadb::Shape {
+                runs: 1_000,
+                samples: 3,
+                ..metadb::Shape::default()
+            }
+        } else {
+            metadb::Shape {
+                samples: 51,
+                ..metadb::Shape::default()
+            }
+        };
+        println!("9. {}", web::web(&runtime, work.path(), shape)?);
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 mod cases;
 mod metadb;
 mod official;
+mod web;
 
 /// mimalloc, for Rust and (through its `override` feature) for DuckDB's C++:
 /// glibc's malloc cost DuckDB 20-30% more CPU on the ETL (BENCHMARKS.md).
@@ -37,7 +38,7 @@ struct Cli {
     )]
     rows: Vec<u64>,
     /// Only these cases (numbers as in BENCHMARKS.md, e.g. `--case 1,7`) [default: all].
-    #[arg(long = "case", value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=8))]
+    #[arg(long = "case", value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=9))]
     cases: Vec<u8>,
     /// The repository holding examples/ and plugins/dist.
     #[arg(long, default_value = ".")]

@@ -98,21 +98,12 @@ impl fmt::Display for Figures {
 /// through a connection of its own, in one transaction.
 pub fn metadb(dir: &Path, shape: Shape) -> BenchResult<Figures> {
     let path = dir.join("metadb-bench.sqlite");
-    if path.exists() {
-        return Err(format!(
-            "{} exists; the benchmark fills a new metadatabase",
-            path.display()
-        )
-        .into());
-    }
-    let store = Store::open(&path)?;
-    let base = Utc
-        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-        .single()
-        .ok_or("midnight of 2026-01-01 is not one instant in UTC")?;
-    let started = Instant::now();
-    let run_ids = fill(&store, &path, shape, base)?;
-    let fill = started.elapsed();
+    let Filled {
+        store,
+        run_ids,
+        base,
+        fill,
+    } = create(&path, shape)?;
 
     let runs_list = median(shape.samples, || {
         store.runs(None, 50)?;
@@ -161,6 +152,43 @@ pub fn metadb(dir: &Path, shape: Shape) -> BenchResult<Figures> {
         runs_show,
         scheduler_pass,
         staging_sweep,
+    })
+}
+
+/// A metadatabase filled by [`create`].
+pub struct Filled {
+    /// The store over it.
+    pub store: Store,
+    /// The run ids, oldest first.
+    pub run_ids: Vec<String>,
+    /// The end of the newest interval.
+    pub base: DateTime<Utc>,
+    /// How long filling took.
+    pub fill: Duration,
+}
+
+/// Creates the metadatabase `path` (which must not exist) and fills it to
+/// `shape` (see [`fill`]).
+pub fn create(path: &Path, shape: Shape) -> BenchResult<Filled> {
+    if path.exists() {
+        return Err(format!(
+            "{} exists; the benchmark fills a new metadatabase",
+            path.display()
+        )
+        .into());
+    }
+    let store = Store::open(path)?;
+    let base = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .ok_or("midnight of 2026-01-01 is not one instant in UTC")?;
+    let started = Instant::now();
+    let run_ids = fill(&store, path, shape, base)?;
+    Ok(Filled {
+        store,
+        run_ids,
+        base,
+        fill: started.elapsed(),
     })
 }
 

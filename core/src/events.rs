@@ -76,4 +76,9 @@ pub struct RunNotice {
     pub dag_id: String,
     /// What happened.
     pub event: RunEvent,
+    /// For a log line: its id in the metadatabase. A line is broadcast only
+    /// once stored, so a watcher that reads the stored lines after
+    /// subscribing misses none and can drop the ones it read by id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_id: Option<i64>,
 }

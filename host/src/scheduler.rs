@@ -25,7 +25,8 @@ pub use sluice_core::run::ClearScope;
 use sluice_core::run::{ClearError, Effect, Event, RunMachine, Slot, plan_clear};
 pub use sluice_core::run_id::new_run_id;
 
-/// Log lines buffered before a metadatabase write.
+/// The most log lines held before a metadatabase write (the loop also
+/// writes whatever it holds each time it has taken every queued event).
 const LOG_BATCH: usize = 256;
 
 /// Why a run could not be carried out (task failures are not errors: they end
@@ -408,7 +409,6 @@ impl<'a> RunLoop<'a> {
                     self.drain_events()?;
                     match joined {
                         Ok(Completion::TryDone { task_id, try_number, outcome }) => {
-                            self.flush_logs()?;
                             self.handle(Event::TryFinished { task_id, try_number, outcome })?;
                         }
                         Ok(Completion::RetryDue { task_id }) => {
@@ -417,11 +417,13 @@ impl<'a> RunLoop<'a> {
                         Err(e) => tracing::error!("a task supervisor failed: {e}"),
                     }
                 }
-                Some(event) = self.events_rx.recv() => self.on_event(event)?,
+                Some(event) = self.events_rx.recv() => {
+                    self.on_event(event)?;
+                    self.drain_events()?;
+                }
             }
         }
         self.drain_events()?;
-        self.flush_logs()?;
         self.finish()
     }
 
@@ -606,6 +608,8 @@ impl<'a> RunLoop<'a> {
         Ok(())
     }
 
+    /// A log line is held in the batch (and shown to the observer) and
+    /// broadcast once stored; every other event is passed on at once.
     fn on_event(&mut self, event: RunEvent) -> Result<(), RunError> {
         if let RunEvent::Log {
             key,
@@ -622,30 +626,54 @@ impl<'a> RunLoop<'a> {
                 level,
                 message: message.clone(),
             });
+            self.observe(event);
             if self.logs.len() >= LOG_BATCH {
                 self.flush_logs()?;
             }
+            return Ok(());
         }
         self.notify(event);
         Ok(())
     }
 
+    /// Takes every event already queued, then stores (and broadcasts) the
+    /// log lines among them: the loop never waits holding a line.
     fn drain_events(&mut self) -> Result<(), RunError> {
         while let Ok(event) = self.events_rx.try_recv() {
             self.on_event(event)?;
         }
-        Ok(())
+        self.flush_logs()
     }
 
+    /// Stores the held log lines, then broadcasts each with its id.
     fn flush_logs(&mut self) -> Result<(), RunError> {
-        self.sluice.store.append_logs(&self.logs)?;
-        self.logs.clear();
+        let ids = self.sluice.store.append_logs(&self.logs)?;
+        for (log, id) in std::mem::take(&mut self.logs).into_iter().zip(ids) {
+            let event = RunEvent::Log {
+                key: TaskKey {
+                    run_id: log.run_id,
+                    task_id: log.task_id,
+                    try_number: log.try_number,
+                },
+                ts: log.ts,
+                level: log.level,
+                message: log.message,
+            };
+            self.broadcast(event, Some(id));
+        }
         Ok(())
     }
 
+    /// Tells the host's watchers and this run's observer.
     fn notify(&self, event: RunEvent) {
-        // Progress lines are for the command's own display; the host's
-        // watchers get state changes, log lines and the end.
+        self.broadcast(event.clone(), None);
+        self.observe(event);
+    }
+
+    /// Tells the host's watchers (the HTTP API) about `event`, if it is a
+    /// state change, a stored log line or the end: progress is for the
+    /// command's own display.
+    fn broadcast(&self, event: RunEvent, log_id: Option<i64>) {
         if !matches!(
             event,
             RunEvent::Progress { .. } | RunEvent::SqlProgress { .. }
@@ -653,9 +681,14 @@ impl<'a> RunLoop<'a> {
             self.sluice.notify(RunNotice {
                 run_id: self.run.run_id.clone(),
                 dag_id: self.run.dag_id.clone(),
-                event: event.clone(),
+                event,
+                log_id,
             });
         }
+    }
+
+    /// Tells this run's observer (the command's display), if any.
+    fn observe(&self, event: RunEvent) {
         if let Some(observer) = &self.observer {
             // A watcher that went away does not stop the run.
             let _ = observer.send(event);

@@ -31,6 +31,14 @@ fn every_benchmark_case_runs_in_smoke_mode() {
         "  runs list --limit 50",
         "  staging sweep reads",
         "8. Python tasks",
+        "9. web UI and HTTP API: 1000 runs x 10 task instances over 10 DAGs, real server on 127.0.0.1",
+        "  GET /api/dags/dag0/grid?limit=25 ",
+        "  GET /api/runs?limit=50 ",
+        "  GET /api/runs?limit=50&offset=950 ",
+        "  GET /api/runs?state=success&limit=50 ",
+        "  first page load: ",
+        " /ui/app.js ",
+        " /api/dags ",
     ] {
         assert!(
             stdout.contains(heading),

@@ -188,6 +188,36 @@ fn the_api_runs_etl_local_live_and_serves_its_runs_tasks_logs_and_versions() {
     ] {
         assert!(openapi["paths"][path].is_object(), "{path} documented");
     }
+    // The connections responses are typed schemas, not prose.
+    for (path, method, status, schema) in [
+        ("/api/connections", "get", "200", "ConnectionSummary"),
+        ("/api/connections", "post", "201", "Added"),
+        (
+            "/api/connections/{connection_id}",
+            "get",
+            "200",
+            "ConnectionDetails",
+        ),
+        (
+            "/api/connections/{connection_id}/test",
+            "post",
+            "200",
+            "CheckResult",
+        ),
+    ] {
+        let body = &openapi["paths"][path][method]["responses"][status]["content"]["application/json"]
+            ["schema"];
+        assert!(
+            body.to_string()
+                .contains(&format!("\"#/components/schemas/{schema}\"")),
+            "{method} {path} {status} names {schema}: {body}"
+        );
+        let defined = &openapi["components"]["schemas"][schema];
+        assert!(
+            defined["properties"].is_object() || defined["oneOf"].is_array(),
+            "{schema} is a typed schema: {defined}"
+        );
+    }
 
     // Follow the DAG's events before triggering: every event must arrive live.
     let events = sse(server
@@ -302,6 +332,78 @@ fn the_api_runs_etl_local_live_and_serves_its_runs_tasks_logs_and_versions() {
     assert!(server.json("/api/trust")["sandbox"].is_string());
     let grid = server.json("/api/dags/etl_local/grid");
     assert_eq!(grid["runs"][0]["states"]["load"], "success", "{grid}");
+}
+
+/// A log tail started while the run loop may still hold the task's first
+/// lines (they have been broadcast, the try is still running) gets every
+/// line of the log exactly once, in order, with increasing ids; so does one
+/// started after the run ended. Before the run loop stored lines ahead of
+/// broadcasting them, the first tail lost the lines held in its batch.
+#[test]
+fn a_log_tail_started_mid_try_gets_every_line_exactly_once() {
+    const N: usize = 100;
+    let home = TestHome::new();
+    let dag = home.manifest(
+        "chatty",
+        &format!(
+            "[tasks.talk]\nplugin = \"testkit\"\nparams = {{ mode = \"log-and-wait\", n = {N}, ms = 300000 }}\n"
+        ),
+    );
+    home.deploy(&dag);
+    let server = Served::start(&home, &[]);
+    let events = sse(server
+        .get("/api/events?dag_id=chatty")
+        .send()
+        .expect("events"));
+    let (status, run) = send(server.post("/api/dags/chatty/runs", &json!({})));
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let run_id = run["run_id"].as_str().expect("run id").to_owned();
+    // The first N lines have been broadcast; the try now waits for go.txt.
+    let mut broadcast = 0;
+    events_until(&events, "the first lines broadcast", |name, data| {
+        if name == "notice" && data["event"]["kind"] == "log" {
+            broadcast += 1;
+        }
+        broadcast == N
+    });
+    let path = format!("/api/runs/{run_id}/tasks/talk/logs/live");
+    let tail = sse(server.get(&path).send().expect("log tail"));
+    let staging = server.json(&format!("/api/runs/{run_id}"))["run"]["staging_dir"]
+        .as_str()
+        .expect("staging dir")
+        .to_owned();
+    std::fs::write(format!("{staging}/go.txt"), "").expect("tell the task to go on");
+
+    let expected: Vec<String> = (0..2 * N).map(|i| format!("line {i}")).collect();
+    let check = |what: &str, got: Vec<(String, Value)>| {
+        let lines: Vec<&Value> = got
+            .iter()
+            .filter(|(n, _)| n == "line")
+            .map(|(_, d)| d)
+            .collect();
+        let messages: Vec<&str> = lines
+            .iter()
+            .filter_map(|d| d["message"].as_str())
+            .filter(|m| m.starts_with("line "))
+            .collect();
+        assert_eq!(messages, expected, "{what}: {got:?}");
+        let ids: Vec<i64> = lines.iter().filter_map(|d| d["id"].as_i64()).collect();
+        assert_eq!(ids.len(), lines.len(), "{what}: every line has its id");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{what}: ids increase: {ids:?}"
+        );
+    };
+    check(
+        "the tail started mid-try",
+        events_until(&tail, "the end of the tail", |name, _| name == "end"),
+    );
+    wait_for_state(&server, &run_id, "success");
+    let after = sse(server.get(&path).send().expect("log tail after the run"));
+    check(
+        "the tail started after the run",
+        events_until(&after, "the end of the tail", |name, _| name == "end"),
+    );
 }
 
 #[test]
@@ -543,6 +645,98 @@ fn with_tokens_every_request_needs_one_roles_limit_and_sessions_need_csrf() {
     assert_eq!(out.status(), StatusCode::NO_CONTENT);
     assert_eq!(
         send(with_cookie(server.get("/api/dags"), &pair)).0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// Sessions live in the metadatabase (by a hash of the cookie): one
+/// survives a restart of the server with its CSRF token; a forged cookie,
+/// an expired session and one whose token was revoked are refused.
+#[test]
+fn a_session_survives_a_restart_and_forged_expired_or_revoked_ones_are_refused() {
+    let home = TestHome::new();
+    let out = home.cli(&["tokens", "create", "--role", "operator", "--name", "ui"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let operator = text(&out).0.trim().to_owned();
+    let login = |server: &Served| {
+        let response = server
+            .post("/api/session", &json!({ "token": operator }))
+            .send()
+            .expect("login");
+        assert_eq!(response.status(), StatusCode::OK);
+        let pair = response
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|c| c.split(';').next())
+            .expect("a session cookie")
+            .to_owned();
+        let body: Value = serde_json::from_str(&response.text().expect("body")).expect("json");
+        (pair, body["csrf_token"].as_str().expect("csrf").to_owned())
+    };
+    let with = |r: RequestBuilder, c: &str| r.header("cookie", c.to_owned());
+    let trigger = |server: &Served| server.post("/api/dags/nope/runs", &json!({}));
+
+    let first = Served::start(&home, &["--require-tokens"]);
+    let (pair, csrf) = login(&first);
+    assert_eq!(send(with(first.get("/api/dags"), &pair)).0, StatusCode::OK);
+    drop(first);
+
+    let second = Served::start(&home, &["--require-tokens"]);
+    assert_eq!(
+        send(with(second.get("/api/dags"), &pair)).0,
+        StatusCode::OK,
+        "the session outlived the server"
+    );
+    let (status, who) = send(with(second.get("/api/session"), &pair));
+    assert_eq!(status, StatusCode::OK, "{who}");
+    assert_eq!(who["csrf_token"], csrf.as_str());
+    assert_eq!(who["role"], "operator");
+    let (status, body) = send(with(trigger(&second), &pair).header("x-csrf-token", csrf.as_str()));
+    assert_eq!(status, StatusCode::NOT_FOUND, "past the checks: {body}");
+    let (status, _) = send(with(trigger(&second), &pair).header("x-csrf-token", "0".repeat(64)));
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Only a hash of the cookie is stored.
+    let cookie = pair.split_once('=').expect("name=value").1.to_owned();
+    let db = rusqlite::Connection::open(home.sluice.home.database()).expect("metadatabase");
+    let hashes: Vec<String> = db
+        .prepare("SELECT hash FROM api_sessions")
+        .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+        .expect("sessions");
+    assert_eq!(hashes.len(), 1);
+    assert_ne!(hashes[0], cookie);
+
+    // A forged cookie of the right shape.
+    let forged = format!("sluice_session={}", "ab".repeat(32));
+    assert_eq!(
+        send(with(second.get("/api/dags"), &forged)).0,
+        StatusCode::UNAUTHORIZED
+    );
+    // An expired session.
+    db.execute(
+        "UPDATE api_sessions SET expires_at = '2000-01-01T00:00:00.000000Z'",
+        [],
+    )
+    .expect("expire the session");
+    let (status, body) = send(with(second.get("/api/dags"), &pair));
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(
+        send(with(second.get("/api/session"), &pair)).0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A session whose token is revoked.
+    let (pair, _) = login(&second);
+    assert_eq!(send(with(second.get("/api/dags"), &pair)).0, StatusCode::OK);
+    let token_id = operator
+        .split('_')
+        .nth(1)
+        .expect("sluice_<id>_<secret>")
+        .to_owned();
+    let out = home.cli(&["tokens", "revoke", &token_id]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(
+        send(with(second.get("/api/dags"), &pair)).0,
         StatusCode::UNAUTHORIZED
     );
 }

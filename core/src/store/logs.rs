@@ -51,31 +51,32 @@ pub struct NewLog {
 }
 
 impl Store {
-    /// Appends log lines in one transaction.
-    pub fn append_logs(&self, logs: &[NewLog]) -> Result<()> {
+    /// Appends log lines in one transaction; their ids, in order.
+    pub fn append_logs(&self, logs: &[NewLog]) -> Result<Vec<i64>> {
         if logs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.with(|c| {
             let tx = c.transaction()?;
+            let mut ids = Vec::with_capacity(logs.len());
             {
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO task_logs (run_id, task_id, try_number, ts, level, message)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
                 for l in logs {
-                    stmt.execute(params![
+                    ids.push(stmt.insert(params![
                         l.run_id,
                         l.task_id,
                         l.try_number,
                         ts(l.ts),
                         l.level,
                         l.message
-                    ])?;
+                    ])?);
                 }
             }
             tx.commit()?;
-            Ok(())
+            Ok(ids)
         })
     }
 

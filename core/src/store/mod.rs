@@ -9,7 +9,7 @@
 //! - [`volumes`]: run staging directories and what became of them;
 //! - [`connections`]: connections (secrets sealed) and the vault's check value;
 //! - [`trust`]: signatures, trusted keys and the signature policy;
-//! - [`tokens`]: API tokens of `sluice serve` (hashed).
+//! - [`tokens`]: API tokens of `sluice serve` and its web UI's sessions (hashed).
 //!
 //! States and run types are stored by their names (see [`crate::state`]); a
 //! stored value that does not decode is a [`StoreError::Corrupt`] naming the
@@ -36,7 +36,7 @@ pub mod volumes;
 pub use connections::{Sealed, StoredConnection};
 pub use logs::{LogRecord, NewLog};
 pub use runs::{IntervalRuns, RunRecord, TaskRecord, TryRecord};
-pub use tokens::TokenRecord;
+pub use tokens::{SessionRecord, TokenRecord};
 pub use versions::VersionRecord;
 pub use volumes::VolumeRecord;
 
@@ -85,6 +85,10 @@ const MIGRATIONS: &[&[&str]] = &[
     &[runs::INDEXES_V3, volumes::INDEXES_V3],
     // 4: API tokens of `sluice serve`.
     &[tokens::SCHEMA],
+    // 5: sessions of its web UI.
+    &[tokens::SESSIONS],
+    // 6: runs in one state, newest first.
+    &[runs::INDEXES_V6],
 ];
 
 /// The version the tables' `SCHEMA`s describe: the first, plus one per migration.
@@ -95,12 +99,14 @@ const SCHEMAS: &[&str] = &[
     versions::SCHEMA,
     runs::SCHEMA,
     runs::INDEXES_V3,
+    runs::INDEXES_V6,
     logs::SCHEMA,
     volumes::SCHEMA,
     volumes::INDEXES_V3,
     connections::SCHEMA,
     trust::SCHEMA,
     tokens::SCHEMA,
+    tokens::SESSIONS,
 ];
 
 /// Whether the metadatabase is new or older than this sluice (so `open` must

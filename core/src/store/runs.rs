@@ -67,6 +67,12 @@ CREATE INDEX IF NOT EXISTS dag_runs_by_state ON dag_runs (state, dag_id, run_typ
 CREATE INDEX IF NOT EXISTS dag_runs_by_interval ON dag_runs (dag_id, run_type, interval_start);
 ";
 
+/// Schema version 6: runs in one state, newest first (the runs list
+/// filtered by state; without it SQLite sorted every run in that state).
+pub(super) const INDEXES_V6: &str = "
+CREATE INDEX IF NOT EXISTS dag_runs_by_state_created ON dag_runs (state, created_at);
+";
+
 /// A run as stored.
 #[derive(Debug, Clone)]
 pub struct RunRecord {

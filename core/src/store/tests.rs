@@ -340,10 +340,13 @@ fn lookups_use_indexes() {
             panic!("{e}");
         }
     };
-    check(&["dag_runs_by_state"], &|| {
+    check(&["dag_runs_by_state_created"], &|| {
         store.runs_in_state(RunState::Running, None).expect("runs");
         store
             .runs_in_state(RunState::Running, Some("d0"))
+            .expect("runs");
+        store
+            .runs_page(None, Some(RunState::Success), 50, 0)
             .expect("runs");
     });
     check(&["dag_runs_by_created"], &|| {
@@ -380,17 +383,21 @@ fn lookups_use_indexes() {
         .is_err()
     );
 
-    // Without its index, the same call is caught reading the whole table.
+    // Without its index, the same call is caught reading through another
+    // (sorting every run in the state, or scanning them all).
     raw(&dir)
-        .execute_batch("DROP INDEX dag_runs_by_state")
+        .execute_batch("DROP INDEX dag_runs_by_state_created")
         .expect("drop");
     // A query (not an EXPLAIN) makes the store's connection reload the schema.
     store.runs_in_state(RunState::Running, None).expect("runs");
-    let error = index_use(&["dag_runs_by_state"], || {
+    let error = index_use(&["dag_runs_by_state_created"], || {
         store.runs_in_state(RunState::Running, None).expect("runs");
     })
-    .expect_err("a table scan");
-    assert!(error.contains("dag_runs_by_created"), "{error}");
+    .expect_err("another index or a scan");
+    assert!(
+        error.contains("dag_runs_by_state ") || error.contains("dag_runs_by_created"),
+        "{error}"
+    );
 }
 
 /// The scheduler's lookups see only scheduled and backfill runs: how many
@@ -681,7 +688,9 @@ fn older_homes_upgrade_in_place_keeping_their_rows() {
             "dag_runs_by_created",
             "dag_runs_by_state",
             "dag_runs_by_interval",
+            "dag_runs_by_state_created",
             "staging_volumes_by_state",
+            "api_sessions_by_expiry",
         ] {
             let found: bool = db
                 .query_row(
@@ -782,4 +791,58 @@ fn an_up_to_date_metadatabase_opens_while_another_connection_writes() {
     let opened = Store::open(&dir.path().join("sluice.db")).expect("opens beside the writer");
     assert!(opened.dag_ids().expect("reads").is_empty());
     writer.execute_batch("COMMIT").expect("commit");
+}
+
+/// A session is found by the hash of its cookie until it ends, and is gone
+/// once deleted, once ended (swept by the next login) or once its token is.
+#[test]
+fn sessions_last_until_they_end_and_go_with_their_token() {
+    let (_dir, store) = store();
+    let t0 = Utc
+        .with_ymd_and_hms(2026, 5, 1, 12, 0, 0)
+        .single()
+        .expect("t0");
+    let token = tokens::TokenRecord {
+        token_id: "abcd".into(),
+        role: "operator".into(),
+        name: "ui".into(),
+        created_at: t0,
+    };
+    store.add_token(&token, "token-hash").expect("token");
+    let session = |hours: i64| tokens::SessionRecord {
+        token_id: "abcd".into(),
+        role: "operator".into(),
+        csrf: "csrf".into(),
+        expires_at: t0 + chrono::Duration::hours(hours),
+    };
+    store.add_session("s1", &session(1), t0).expect("s1");
+    store.add_session("s2", &session(12), t0).expect("s2");
+    let found = store
+        .session_by_hash("s1", t0)
+        .expect("read")
+        .expect("s1 is live");
+    assert_eq!(
+        (found.role.as_str(), found.csrf.as_str()),
+        ("operator", "csrf")
+    );
+    assert!(store.session_by_hash("nope", t0).expect("read").is_none());
+    let later = t0 + chrono::Duration::hours(2);
+    assert!(
+        store.session_by_hash("s1", later).expect("read").is_none(),
+        "s1 ended"
+    );
+    assert!(store.session_by_hash("s2", later).expect("read").is_some());
+    // A login after s1 ended sweeps it.
+    store.add_session("s3", &session(12), later).expect("s3");
+    let rows: i64 = store
+        .with(|c| Ok(c.query_row("SELECT count(*) FROM api_sessions", [], |r| r.get(0))?))
+        .expect("count");
+    assert_eq!(rows, 2, "s2 and s3 left");
+    store.delete_session("s2").expect("logout");
+    assert!(store.session_by_hash("s2", later).expect("read").is_none());
+    assert!(store.delete_token("abcd").expect("revoke"));
+    assert!(
+        store.session_by_hash("s3", later).expect("read").is_none(),
+        "revoking the token ended its session"
+    );
 }

@@ -79,7 +79,7 @@ pub enum ConnectionInputError {
 }
 
 /// A connection without its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConnectionSummary {
     /// Connection id.
     pub id: String,
@@ -100,20 +100,24 @@ impl ConnectionSummary {
 }
 
 /// One connection's public part.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConnectionDetails {
     /// Connection id.
     pub id: String,
-    /// Its configuration.
+    /// Its configuration: `{"type": "postgres", "host": ..., ...}`, the
+    /// type's fields beside its name (no secret).
+    #[schema(value_type = Object)]
     pub config: ConnectionConfig,
     /// Whether a password or secret key is stored (never shown).
     pub has_secret: bool,
-    /// Labelled lines, as its type shows them, the secret as `***`.
+    /// Labelled lines as its type shows them, each `[label, value]`, the
+    /// secret as `***`.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub details: Vec<(&'static str, String)>,
 }
 
 /// A connection just added.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Added {
     /// The connection.
     pub connection: ConnectionSummary,

@@ -107,6 +107,14 @@ pub enum AppError {
         /// The manifest's plugin directory.
         plugin_dir: PathBuf,
     },
+    /// A thread of the blocking pool doing part of an operation failed.
+    #[error("{what}: the worker thread failed: {reason}")]
+    WorkerThread {
+        /// What it was doing.
+        what: &'static str,
+        /// How it failed (panicked, cancelled).
+        reason: String,
+    },
     /// The staging TTL reaches past the dates this host can represent.
     #[error("the staging TTL {} is too long", humantime::format_duration(*.ttl))]
     TtlTooLong {

@@ -1,14 +1,13 @@
 //! Live views of runs carried out by this process: every event of one run
 //! or one DAG, and the tail of a task's log (what is stored, then each line
-//! as the task writes it). They follow the run loop's broadcast
+//! as the run loop stores it). They follow the run loop's broadcast
 //! ([`App::watch`]); nothing polls the metadatabase.
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 
-use chrono::{DateTime, Utc};
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 
-use super::runs::{LogLine, LogPage, MAX_PAGE, RunDetail};
+use super::runs::{LogLine, MAX_PAGE, RunDetail};
 use super::{App, AppError};
 use crate::events::{RunEvent, RunNotice};
 use crate::state::RunState;
@@ -77,53 +76,87 @@ pub struct RunWatch {
     pub events: Watch,
 }
 
-/// The tail of a task's log: the lines stored when it began, then each new
-/// line as the task writes it.
+/// The tail of a task's log: every stored line after the one asked for,
+/// then each new line once stored, each exactly once and in order. The run
+/// loop broadcasts a line only after storing it, and the tail subscribes
+/// before its first read, so a line is either read from the store or
+/// received (or both: then its id, not above the last passed on, drops it).
 pub struct LogTail {
-    /// The stored lines (at most [`MAX_PAGE`] after the line asked for).
-    pub backlog: LogPage,
+    app: App,
     watch: Watch,
+    run_id: String,
     task_id: String,
     try_number: Option<u32>,
-    /// The last stored timestamp and the messages at it, so a line both
-    /// stored and broadcast after the watch began is passed on once.
-    seen: Option<(DateTime<Utc>, HashSet<String>)>,
+    /// The id of the last line passed on.
+    after: i64,
+    /// Stored lines read and not yet passed on.
+    stored: VecDeque<LogLine>,
+    /// The last read filled its page: more stored lines may follow.
+    more_stored: bool,
 }
 
 impl LogTail {
-    /// The next line written (`id` 0: not yet stored).
-    pub async fn next(&mut self) -> Watched<LogLine> {
+    /// The next line: stored ones first (read a page at a time), then live.
+    pub async fn next(&mut self) -> Result<Watched<LogLine>, AppError> {
         loop {
+            if let Some(line) = self.stored.pop_front() {
+                self.after = line.id;
+                return Ok(Watched::Item(line));
+            }
+            if self.more_stored {
+                self.read_page().await?;
+                continue;
+            }
             let notice = match self.watch.next().await {
                 Watched::Item(n) => n,
-                Watched::Missed(n) => return Watched::Missed(n),
-                Watched::End => return Watched::End,
+                Watched::Missed(n) => return Ok(Watched::Missed(n)),
+                Watched::End => return Ok(Watched::End),
             };
-            let RunEvent::Log {
-                key,
-                ts,
-                level,
-                message,
-            } = notice.event
+            let (
+                RunEvent::Log {
+                    key,
+                    ts,
+                    level,
+                    message,
+                },
+                Some(id),
+            ) = (notice.event, notice.log_id)
             else {
                 continue;
             };
-            if key.task_id != self.task_id || self.try_number.is_some_and(|t| t != key.try_number) {
-                continue;
-            }
-            if let Some((last, messages)) = &self.seen
-                && (ts < *last || (ts == *last && messages.contains(&message)))
+            if key.task_id != self.task_id
+                || self.try_number.is_some_and(|t| t != key.try_number)
+                || id <= self.after
             {
                 continue;
             }
-            return Watched::Item(LogLine {
-                id: 0,
+            self.after = id;
+            return Ok(Watched::Item(LogLine {
+                id,
                 try_number: key.try_number,
                 ts,
                 level: level.to_owned(),
                 message,
-            });
+            }));
         }
+    }
+
+    /// Reads the stored lines after the last passed on (on the blocking pool:
+    /// the store is blocking SQLite).
+    async fn read_page(&mut self) -> Result<(), AppError> {
+        let (app, run_id, task_id) = (self.app.clone(), self.run_id.clone(), self.task_id.clone());
+        let (try_number, after) = (self.try_number, self.after);
+        let page = tokio::task::spawn_blocking(move || {
+            app.logs_page(&run_id, &task_id, try_number, after, MAX_PAGE)
+        })
+        .await
+        .map_err(|e| AppError::WorkerThread {
+            what: "reading a log tail's stored lines",
+            reason: e.to_string(),
+        })??;
+        self.more_stored = page.lines.len() == MAX_PAGE as usize;
+        self.stored = page.lines.into();
+        Ok(())
     }
 }
 
@@ -157,7 +190,7 @@ impl App {
     }
 
     /// The log of `task_id` in run `run_id` (one try or all) after line
-    /// `after`, then its new lines until the run ends.
+    /// `after`, then its new lines until the run ends (see [`LogTail`]).
     pub fn tail_logs(
         &self,
         run_id: &str,
@@ -165,28 +198,23 @@ impl App {
         try_number: Option<u32>,
         after: i64,
     ) -> Result<LogTail, AppError> {
+        // Subscribe first: a line stored after the first read is received.
         let rx = self.watch();
         let run = self.show_run(run_id)?;
-        let backlog = self.logs_page(run_id, task_id, try_number, after, MAX_PAGE)?;
-        let seen = backlog.lines.last().map(|last| {
-            let at_last = backlog
-                .lines
-                .iter()
-                .filter(|l| l.ts == last.ts)
-                .map(|l| l.message.clone())
-                .collect();
-            (last.ts, at_last)
-        });
+        let first = self.logs_page(run_id, task_id, try_number, after, MAX_PAGE)?;
         Ok(LogTail {
-            backlog,
+            app: self.clone(),
             watch: Watch {
                 rx,
                 scope: Scope::Run(run_id.to_owned()),
                 ended: ended(run.run.state),
             },
+            run_id: run_id.to_owned(),
             task_id: task_id.to_owned(),
             try_number,
-            seen,
+            after,
+            more_stored: first.lines.len() == MAX_PAGE as usize,
+            stored: first.lines.into(),
         })
     }
 }

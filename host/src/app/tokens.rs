@@ -1,8 +1,10 @@
 //! API tokens for `sluice serve`: created with a role, stored as a SHA-256
 //! hash (a token is 32 random bytes, so a fast hash suffices: there is
-//! nothing to guess), shown once, checked on each request.
+//! nothing to guess), shown once, checked on each request; and the web UI's
+//! sessions opened with one, stored the same way by their cookie.
 
 use std::fmt;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -10,7 +12,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::{App, AppError};
-use crate::store::TokenRecord;
+use crate::store::{SessionRecord, TokenRecord};
 
 /// What a token (or a session made with it) may do; each role may do what
 /// the ones before it may.
@@ -72,6 +74,24 @@ pub struct CreatedToken {
     pub token: String,
 }
 
+/// A logged-in browser's session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The role of the token it was opened with.
+    pub role: Role,
+    /// What its state changes carry in `X-CSRF-Token`.
+    pub csrf: String,
+}
+
+/// A session just opened: the only time its cookie is known.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// The cookie's value.
+    pub cookie: String,
+    /// The session.
+    pub session: Session,
+}
+
 fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -100,11 +120,6 @@ impl TryFrom<TokenRecord> for TokenInfo {
             created_at: t.created_at,
         })
     }
-}
-
-/// `count` random bytes as hex, for session ids and CSRF tokens.
-pub fn random_secret(count: usize) -> Result<String, AppError> {
-    random_hex(count)
 }
 
 impl App {
@@ -142,6 +157,65 @@ impl App {
         } else {
             Err(AppError::NoSuchToken(token_id.to_owned()))
         }
+    }
+
+    /// Opens a session for `token` (already authenticated) lasting `ttl`:
+    /// its cookie and CSRF token, shown only here (only a hash of the
+    /// cookie is stored).
+    pub fn start_session(&self, token: &TokenInfo, ttl: Duration) -> Result<NewSession, AppError> {
+        let now = Utc::now();
+        let expires_at = chrono::Duration::from_std(ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add_signed(ttl))
+            .ok_or_else(|| AppError::InvalidInput {
+                field: "session TTL".into(),
+                reason: format!("{ttl:?} reaches past the dates this host can represent"),
+            })?;
+        let (cookie, csrf) = (random_hex(32)?, random_hex(32)?);
+        let record = SessionRecord {
+            token_id: token.token_id.clone(),
+            role: token.role.as_str().to_owned(),
+            csrf: csrf.clone(),
+            expires_at,
+        };
+        self.sluice
+            .store
+            .add_session(&hash(&cookie), &record, now)?;
+        Ok(NewSession {
+            cookie,
+            session: Session {
+                role: token.role,
+                csrf,
+            },
+        })
+    }
+
+    /// The live session whose cookie is `cookie`, if there is one (unknown,
+    /// ended, or its token revoked: none).
+    pub fn session(&self, cookie: &str) -> Result<Option<Session>, AppError> {
+        let Some(record) = self
+            .sluice
+            .store
+            .session_by_hash(&hash(cookie), Utc::now())?
+        else {
+            return Ok(None);
+        };
+        let role = Role::parse(&record.role).ok_or_else(|| {
+            AppError::Store(crate::store::StoreError::Corrupt {
+                table: "api_sessions",
+                row: format!("of token `{}`", record.token_id),
+                detail: format!("column `role`: `{}` is not a role", record.role),
+            })
+        })?;
+        Ok(Some(Session {
+            role,
+            csrf: record.csrf,
+        }))
+    }
+
+    /// Ends the session whose cookie is `cookie` (unknown: nothing to do).
+    pub fn end_session(&self, cookie: &str) -> Result<(), AppError> {
+        Ok(self.sluice.store.delete_session(&hash(cookie))?)
     }
 
     /// The token `token` is, if it is one.

@@ -121,7 +121,7 @@ impl std::fmt::Debug for Connection {
 }
 
 /// What opening a connection found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum CheckResult {
     /// The server answered.

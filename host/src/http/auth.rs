@@ -8,9 +8,7 @@
 //! changing runs an operator, connections an admin. No CORS headers are
 //! ever sent, so browsers keep other origins out.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -22,13 +20,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
 use super::{Server, blocking};
-use crate::app::tokens::{Role, random_secret};
+use crate::app::tokens::{Role, Session};
 use crate::app::{App, AppError};
 
 /// The session cookie's name.
@@ -38,23 +35,13 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// How long a session lasts.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
-/// A logged-in browser.
-#[derive(Debug, Clone)]
-struct Session {
-    role: Role,
-    csrf: String,
-    expires: Instant,
-}
-
-/// Tokens and sessions of one server.
+/// Who may use this server.
 #[derive(Debug)]
 pub struct Auth {
     /// Bound to loopback: no token needed.
     open: bool,
     /// Whether any token existed when the server started.
     has_tokens: bool,
-    /// Sessions by the SHA-256 of their cookie.
-    sessions: Mutex<HashMap<String, Session>>,
 }
 
 impl Auth {
@@ -63,7 +50,6 @@ impl Auth {
         Ok(Self {
             open,
             has_tokens: !app.tokens()?.is_empty(),
-            sessions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -71,24 +57,14 @@ impl Auth {
     pub fn has_tokens(&self) -> bool {
         self.has_tokens
     }
-
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn session(&self, cookie: &str) -> Option<Session> {
-        let key = digest(cookie);
-        let mut sessions = self.sessions();
-        let now = Instant::now();
-        sessions.retain(|_, s| s.expires > now);
-        sessions.get(&key).cloned()
-    }
 }
 
-fn digest(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
+/// The live session of the request's cookie, if it has one.
+async fn session(s: &Server, headers: &HeaderMap) -> Result<Option<Session>, ApiError> {
+    let Some(cookie) = cookie(headers, SESSION_COOKIE).map(str::to_owned) else {
+        return Ok(None);
+    };
+    blocking(&s.app, move |app| app.session(&cookie)).await
 }
 
 /// The session and login routes.
@@ -199,12 +175,16 @@ pub async fn guard(State(s): State<Server>, request: Request, next: Next) -> Res
             }
             Err(e) => return e.into_response(),
         }
-    } else if let Some(id) = cookie(headers, SESSION_COOKIE) {
-        let Some(session) = s.auth.session(id) else {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "session: not logged in (the session is unknown or expired); log in again",
-            );
+    } else if cookie(headers, SESSION_COOKIE).is_some() {
+        let session = match session(&s, headers).await {
+            Ok(Some(session)) => session,
+            Ok(None) => {
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "session: not logged in (the session is unknown or expired); log in again",
+                );
+            }
+            Err(e) => return e.into_response(),
         };
         if changes {
             let sent = header(headers, CSRF_HEADER).unwrap_or("");
@@ -264,8 +244,8 @@ pub async fn whoami(
             csrf_token: None,
         }));
     }
-    let session = cookie(&headers, SESSION_COOKIE)
-        .and_then(|id| s.auth.session(id))
+    let session = session(&s, &headers)
+        .await?
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "session: not logged in"))?;
     Ok(Json(SessionInfo {
         role: session.role,
@@ -287,23 +267,16 @@ pub async fn login(
     let info = blocking(&s.app, move |app| app.authenticate(&token))
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "token: not a valid API token"))?;
-    let (id, csrf) = (random_secret(32)?, random_secret(32)?);
-    s.auth.sessions().insert(
-        digest(&id),
-        Session {
-            role: info.role,
-            csrf: csrf.clone(),
-            expires: Instant::now() + SESSION_TTL,
-        },
-    );
+    let new = blocking(&s.app, move |app| app.start_session(&info, SESSION_TTL)).await?;
     let cookie = format!(
-        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        new.cookie,
         SESSION_TTL.as_secs()
     );
     let mut response = Json(SessionInfo {
-        role: info.role,
+        role: new.session.role,
         auth_required: !s.auth.open,
-        csrf_token: Some(csrf),
+        csrf_token: Some(new.session.csrf),
     })
     .into_response();
     let value = HeaderValue::from_str(&cookie).map_err(|e| {
@@ -316,21 +289,21 @@ pub async fn login(
     Ok(response)
 }
 
-/// Logs out: forgets the session and clears its cookie.
+/// Logs out: ends the session and clears its cookie.
 #[utoipa::path(delete, path = "/api/session", tag = "session",
-    responses((status = 204, description = "logged out")))]
-pub async fn logout(State(s): State<Server>, headers: HeaderMap) -> Response {
-    if let Some(id) = cookie(&headers, SESSION_COOKIE) {
-        s.auth.sessions().remove(&digest(id));
+    responses((status = 204, description = "logged out"), (status = 500, body = ErrorBody)))]
+pub async fn logout(State(s): State<Server>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(id) = cookie(&headers, SESSION_COOKIE).map(str::to_owned) {
+        blocking(&s.app, move |app| app.end_session(&id)).await?;
     }
-    (
+    Ok((
         StatusCode::NO_CONTENT,
         [(
             SET_COOKIE,
             format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
         )],
     )
-        .into_response()
+        .into_response())
 }
 
 #[cfg(test)]

@@ -52,6 +52,12 @@ fn end() -> Event {
     Event::default().event("end").data("{}")
 }
 
+/// The stream's last event when the server failed to go on: `error`, with
+/// the message as in an error response.
+fn failed(e: &crate::app::AppError) -> Event {
+    event("error", &serde_json::json!({ "error": e.to_string() }))
+}
+
 /// A stream of `first`, then the watch's notices as `notice` events.
 fn notices(
     first: Option<Event>,
@@ -127,8 +133,9 @@ pub struct TailQuery {
     after: Option<i64>,
 }
 
-/// A task's log: the stored lines (`line` events), then each new line as
-/// the task writes it, until the run ends (`end`).
+/// A task's log: the stored lines (`line` events), then each new line once
+/// the run loop has stored it, each line once, until the run ends (`end`);
+/// `error` if reading the stored lines failed.
 #[utoipa::path(get, path = "/api/runs/{run_id}/tasks/{task_id}/logs/live", tag = "live",
     params(("run_id" = String, Path, description = "run id"), ("task_id" = String, Path, description = "task id"), TailQuery),
     responses((status = 200, description = "text/event-stream of `line` events, then `end`", content_type = "text/event-stream"),
@@ -149,18 +156,17 @@ pub async fn log_tail(
     Ok(Sse::new(lines(tail)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
-/// The tail's stored lines, then its live ones.
-fn lines(mut tail: LogTail) -> impl Stream<Item = Result<Event, Infallible>> + Send {
-    let backlog = std::mem::take(&mut tail.backlog.lines);
-    let stored = futures_util::stream::iter(backlog.into_iter().map(|l| Ok(event("line", &l))));
-    let live = futures_util::stream::unfold(Some(tail), |tail| async move {
+/// The tail's lines, stored then live; an error reading the store ends the
+/// stream with an `error` event naming it.
+fn lines(tail: LogTail) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+    futures_util::stream::unfold(Some(tail), |tail| async move {
         let mut tail = tail?;
         let next = match tail.next().await {
-            Watched::Item(line) => event("line", &line),
-            Watched::Missed(n) => missed(n),
-            Watched::End => return Some((Ok(end()), None)),
+            Ok(Watched::Item(line)) => event("line", &line),
+            Ok(Watched::Missed(n)) => missed(n),
+            Ok(Watched::End) => return Some((Ok(end()), None)),
+            Err(e) => return Some((Ok(failed(&e)), None)),
         };
         Some((Ok(next), Some(tail)))
-    });
-    futures_util::StreamExt::chain(stored, live)
+    })
 }

@@ -132,6 +132,26 @@ fn run(ctx: &Context, input: Input<Params>) -> Result<Value> {
                 json!({ "target": target, "wasi": attempt("wasi", wasi), "sql": attempt("sql", sql.map(|v| format!("{v:?}"))) }),
             )
         }
+        "log-and-wait" => {
+            // `n` lines, then a wait until the test writes `go.txt` in the
+            // run's staging (at most `ms`), then `n` more: a tail started in
+            // the wait finds lines the run loop has not flushed in a batch.
+            for i in 0..p.n {
+                ctx.info(format!("line {i}"));
+            }
+            let go = ctx.staging_path("go.txt");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(p.ms);
+            while std::fs::metadata(&go).is_err() {
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::permanent("never told to go on"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            for i in p.n..2 * p.n {
+                ctx.info(format!("line {i}"));
+            }
+            Ok(json!({ "logged": 2 * p.n }))
+        }
         "log-flood" => {
             for i in 0..p.n {
                 ctx.info(format!("line {i}"));

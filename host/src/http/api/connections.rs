@@ -20,7 +20,7 @@ use crate::http::{Server, blocking, blocking_async, ids};
 
 /// Every connection, without secrets.
 #[utoipa::path(get, path = "/api/connections", tag = "connections",
-    responses((status = 200, description = "[{id, kind, description}], no secret")))]
+    responses((status = 200, body = Vec<ConnectionSummary>, description = "every connection, no secret")))]
 pub async fn list(State(s): State<Server>) -> Result<Json<Vec<ConnectionSummary>>, ApiError> {
     Ok(Json(blocking(&s.app, |app| app.list_connections()).await?))
 }
@@ -28,7 +28,7 @@ pub async fn list(State(s): State<Server>) -> Result<Json<Vec<ConnectionSummary>
 /// One connection: its type's fields and whether a secret is stored (never the secret).
 #[utoipa::path(get, path = "/api/connections/{connection_id}", tag = "connections",
     params(("connection_id" = String, Path, description = "connection id")),
-    responses((status = 200, description = "{id, config, has_secret, details}"), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ConnectionDetails), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn show(
     State(s): State<Server>,
     Path(id): Path<String>,
@@ -68,7 +68,7 @@ const SHAPE: &str = "request body: expected a JSON object with `id` (string) and
 /// to report the role's privileges.
 #[utoipa::path(post, path = "/api/connections", tag = "connections",
     request_body = NewConnection,
-    responses((status = 201, description = "{connection: {id, kind, description}, check}"), (status = 400, body = ErrorBody)))]
+    responses((status = 201, body = Added), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn add(
     State(s): State<Server>,
     body: Bytes,
@@ -99,7 +99,7 @@ pub async fn add(
 /// Opens a connection and says what answered, or why nothing did (secrets redacted).
 #[utoipa::path(post, path = "/api/connections/{connection_id}/test", tag = "connections",
     params(("connection_id" = String, Path, description = "connection id")),
-    responses((status = 200, description = "{status: reachable|unreachable, ...}"), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = CheckResult), (status = 404, body = ErrorBody)))]
 pub async fn test(
     State(s): State<Server>,
     Path(id): Path<String>,
