@@ -360,7 +360,7 @@ impl Engine {
             }
             Err(e) => {
                 tracing::warn!(
-                    "compile cache entry {}: cannot read it ({e}); compiling component {digest} again",
+                    "compile cache entry {}: cannot load it ({e}); compiling component {digest} again",
                     cached.display()
                 );
                 return None;
@@ -400,8 +400,9 @@ impl Engine {
         if tag.len() < TAG_LEN {
             return Ok(Err(Rejected::TruncatedTag));
         }
+        let in_memfd = |e: std::io::Error| std::io::Error::new(e.kind(), format!("memfd: {e}"));
         let mut mac = self.cache_key.mac(digest, &self.compat);
-        let mut code = Unsealed::new(digest)?;
+        let mut code = Unsealed::new(digest).map_err(in_memfd)?;
         let mut chunk = vec![0; 1 << 20];
         loop {
             let n = file.read(&mut chunk)?;
@@ -409,12 +410,12 @@ impl Engine {
                 break;
             }
             mac.update(&chunk[..n]);
-            code.write_all(&chunk[..n])?;
+            code.write_all(&chunk[..n]).map_err(in_memfd)?;
         }
         if mac.verify_slice(tag).is_err() {
             return Ok(Err(Rejected::BadTag));
         }
-        Ok(Ok(code.seal()?))
+        Ok(Ok(code.seal().map_err(in_memfd)?))
     }
 
     fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskPre<TaskHost>>> {
