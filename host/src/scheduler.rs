@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::dag::DagSpec;
 use crate::events::{RunEvent, RunNotice, TaskKey};
-use crate::executor::{Executor, TryOutcome, TryRequest};
+use crate::executor::{Executor, TryFuture, TryOutcome, TryRequest};
 use crate::runtime::Sluice;
 use crate::schedule::Interval;
 use crate::staging;
@@ -580,13 +580,7 @@ impl<'a> RunLoop<'a> {
             error: None,
         });
         let try_run = self.executor.run(request, self.events_tx.clone());
-        self.running.spawn(async move {
-            Completion::TryDone {
-                task_id,
-                try_number,
-                outcome: try_run.await,
-            }
-        });
+        self.follow(task_id, try_number, try_run);
         Ok(())
     }
 
@@ -598,6 +592,13 @@ impl<'a> RunLoop<'a> {
             self.run.run_id
         );
         let try_run = self.executor.adopt(request, self.events_tx.clone());
+        self.follow(task_id, try_number, try_run);
+        Ok(())
+    }
+
+    /// Waits for `try_run` among the running tries; its outcome comes back as
+    /// a [`Completion::TryDone`].
+    fn follow(&mut self, task_id: String, try_number: u32, try_run: TryFuture) {
         self.running.spawn(async move {
             Completion::TryDone {
                 task_id,
@@ -605,7 +606,6 @@ impl<'a> RunLoop<'a> {
                 outcome: try_run.await,
             }
         });
-        Ok(())
     }
 
     /// A log line is held in the batch (and shown to the observer) and

@@ -17,19 +17,8 @@ fn a_quota_refusal_is_waited_out_without_spending_a_retry() {
     );
     let out = kube.cli(&["run", &manifest.display().to_string(), "--no-progress"]);
     assert!(out.status.success(), "{:?}", text(&out));
-    let run = kube
-        .home
-        .sluice
-        .store
-        .runs(Some("kquota"), 1)
-        .expect("runs")
-        .remove(0);
-    let tries = kube
-        .home
-        .sluice
-        .store
-        .tries(&run.run_id, "t")
-        .expect("tries");
+    let run = kube.last_run("kquota");
+    let tries = kube.tries(&run.run_id, "t");
     assert_eq!(tries.len(), 1, "{tries:?}");
     assert_eq!(tries[0].state.as_str(), "success");
     let log = kube.home.log_text(&run.run_id, "t");
@@ -78,13 +67,7 @@ fn gc_reclaims_expired_and_orphaned_volumes_and_records_why() {
     );
     let out = kube.cli(&["run", &manifest.display().to_string(), "--no-progress"]);
     assert!(!out.status.success(), "{:?}", text(&out));
-    let run = kube
-        .home
-        .sluice
-        .store
-        .runs(Some("kfail"), 1)
-        .expect("runs")
-        .remove(0);
+    let run = kube.last_run("kfail");
     let claims = format!("/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims");
     let anchors = format!("/api/v1/namespaces/{NAMESPACE}/configmaps");
     assert_eq!(kube.live(&claims), 1, "a failed run keeps its volume");

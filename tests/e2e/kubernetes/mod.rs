@@ -88,6 +88,18 @@ impl Kube {
         serde_json::from_str(&body).expect("JSON")
     }
 
+    /// The newest run of DAG `dag`.
+    fn last_run(&self, dag: &str) -> sluice_core::store::RunRecord {
+        let mut runs = self.home.sluice.store.runs(Some(dag), 1).expect("runs");
+        assert_eq!(runs.len(), 1, "no run of {dag}");
+        runs.remove(0)
+    }
+
+    /// The tries of task `task` of run `run_id`, first first.
+    fn tries(&self, run_id: &str, task: &str) -> Vec<sluice_core::store::TryRecord> {
+        self.home.sluice.store.tries(run_id, task).expect("tries")
+    }
+
     fn stored(&self, kind: &str) -> Vec<Value> {
         self.raw_get("/fake/audit")
             .as_array()
@@ -165,13 +177,7 @@ fn the_seed_etl_runs_as_jobs_and_no_secret_enters_the_cluster() {
     ]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let run = kube
-        .home
-        .sluice
-        .store
-        .runs(Some("etl_duckdb"), 1)
-        .expect("runs")
-        .remove(0);
+    let run = kube.last_run("etl_duckdb");
     assert_eq!(run.state.as_str(), "success");
 
     // The aggregate in Postgres equals DuckDB's over the raw rows the extract
@@ -315,19 +321,8 @@ fn a_flaky_task_is_retried_as_a_new_job_and_succeeds() {
     );
     let out = kube.cli(&["run", &manifest.display().to_string(), "--no-progress"]);
     assert!(out.status.success(), "{:?}", text(&out));
-    let run = kube
-        .home
-        .sluice
-        .store
-        .runs(Some("kflaky"), 1)
-        .expect("runs")
-        .remove(0);
-    let tries = kube
-        .home
-        .sluice
-        .store
-        .tries(&run.run_id, "t")
-        .expect("tries");
+    let run = kube.last_run("kflaky");
+    let tries = kube.tries(&run.run_id, "t");
     assert_eq!(tries.len(), 2);
     assert_eq!(kube.stored("Job").len(), 2, "one Job per try");
 }
@@ -342,19 +337,8 @@ fn pod_statuses_decide_tries_whose_worker_could_not_report() {
             .to_string()
     };
     let error_of = |dag: &str| {
-        let run = kube
-            .home
-            .sluice
-            .store
-            .runs(Some(dag), 1)
-            .expect("runs")
-            .remove(0);
-        let tries = kube
-            .home
-            .sluice
-            .store
-            .tries(&run.run_id, "t")
-            .expect("tries");
+        let run = kube.last_run(dag);
+        let tries = kube.tries(&run.run_id, "t");
         (run.state.as_str().to_owned(), tries)
     };
 
@@ -500,13 +484,7 @@ fn the_worker_endpoint_serves_only_the_bound_pod_of_a_live_try() {
 
     // Task a's worker repeats the outcome it reported (as it would had the
     // acknowledgement been lost): acknowledged again. Another outcome is not.
-    let run = kube
-        .home
-        .sluice
-        .store
-        .runs(Some("ksleep"), 1)
-        .expect("runs")
-        .remove(0);
+    let run = kube.last_run("ksleep");
     let output = kube.home.task(&run.run_id, "a").output.expect("a's output");
     let same = serde_json::json!({"Success": {"output": output}}).to_string();
     let (code, body) = raw_request(

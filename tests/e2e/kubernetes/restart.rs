@@ -41,20 +41,9 @@ fn a_killed_scheduler_is_restarted_and_adopts_the_running_job() {
         "[tasks.a]\nplugin = \"testkit\"\nparams = { mode = \"echo\" }\n\n\
          [tasks.b]\nplugin = \"testkit\"\nafter = [\"a\"]\nparams = { mode = \"sleep\", ms = 3000 }\n",
     );
-    let manifest = manifest.display().to_string();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut first = Spawned::new(
-        kube.command(&listen, &["run", &manifest, "--no-progress"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
     // Task b's pod runs, so a's try has ended and its outcome is stored.
-    wait_for("task b's pod to run", CHILD_DEADLINE, || {
-        if let Some(status) = first.exited() {
-            panic!("sluice exited before it could be killed: {status}");
-        }
-        (kube.cluster.pod_tokens().len() == 2).then_some(())
-    });
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut first = run_until_b_runs(&kube, &manifest, &listen);
     let pid = first.id();
 
     // A second scheduler is refused while the first holds the lease.
@@ -70,13 +59,7 @@ fn a_killed_scheduler_is_restarted_and_adopts_the_running_job() {
     );
 
     first.kill();
-    let run = kube
-        .home
-        .sluice
-        .store
-        .runs(Some("kadopt"), 1)
-        .expect("runs")
-        .remove(0);
+    let run = kube.last_run("kadopt");
     assert_eq!(run.state.as_str(), "running", "left running by the kill");
 
     // Restarted on the same host: the holder is gone, so the lease is taken
@@ -117,19 +100,8 @@ fn a_restarted_scheduler_fails_a_try_whose_job_is_gone_and_deletes_strays() {
          [tasks.b]\nplugin = \"testkit\"\nafter = [\"a\"]\nparams = { mode = \"sleep-first\", ms = 60000 }\n\
          retries = 1\nretry_delay = \"100ms\"\n",
     );
-    let manifest = manifest.display().to_string();
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut first = Spawned::new(
-        kube.command(&listen, &["run", &manifest, "--no-progress"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("task b's pod to run", CHILD_DEADLINE, || {
-        if let Some(status) = first.exited() {
-            panic!("sluice exited before it could be killed: {status}");
-        }
-        (kube.cluster.pod_tokens().len() == 2).then_some(())
-    });
+    let first = run_until_b_runs(&kube, &manifest, &listen);
     first.kill();
     // While no scheduler runs, b's Job is lost, and a Job of this instance
     // that no try claims appears.
@@ -166,13 +138,7 @@ fn a_restarted_scheduler_fails_a_try_whose_job_is_gone_and_deletes_strays() {
         CHILD_DEADLINE,
     );
     assert!(restarted.status.success(), "{:?}", text(&restarted));
-    let run = kube
-        .home
-        .sluice
-        .store
-        .runs(Some("kgone_job"), 1)
-        .expect("runs")
-        .remove(0);
+    let run = kube.last_run("kgone_job");
     let store = &kube.home.sluice.store;
     assert_eq!(
         store.run(&run.run_id).expect("run").state.as_str(),
@@ -281,19 +247,8 @@ fn a_pod_lost_with_its_node_fails_the_try_as_retryable_and_the_retry_succeeds() 
     assert_eq!(code, 200, "{body}");
     let out = running.output_within(CHILD_DEADLINE);
     assert!(out.status.success(), "{:?}", text(&out));
-    let run = kube
-        .home
-        .sluice
-        .store
-        .runs(Some("klost"), 1)
-        .expect("runs")
-        .remove(0);
-    let tries = kube
-        .home
-        .sluice
-        .store
-        .tries(&run.run_id, "t")
-        .expect("tries");
+    let run = kube.last_run("klost");
+    let tries = kube.tries(&run.run_id, "t");
     assert_eq!(tries.len(), 2, "{tries:?}");
     let error = tries[0].error.clone().unwrap_or_default();
     assert!(error.contains("pod lost"), "{error}");
@@ -314,19 +269,26 @@ fn a_watch_expired_with_410_lists_again_and_still_sees_the_pod_fail() {
     assert!(!out.status.success(), "{:?}", text(&out));
     assert_eq!(kube.cluster.watches_to_expire(), 0, "both 410s were served");
     assert_eq!(kube.cluster.relists(), 2, "each 410 was followed by a list");
-    let run = kube
-        .home
-        .sluice
-        .store
-        .runs(Some("kgone"), 1)
-        .expect("runs")
-        .remove(0);
-    let tries = kube
-        .home
-        .sluice
-        .store
-        .tries(&run.run_id, "t")
-        .expect("tries");
+    let run = kube.last_run("kgone");
+    let tries = kube.tries(&run.run_id, "t");
     let error = tries[0].error.clone().unwrap_or_default();
     assert!(error.contains("out of memory"), "{error}");
+}
+
+/// Starts `sluice run` of `manifest` (tasks a, then b) listening on `listen`,
+/// and returns once task b's pod runs (a's outcome is stored by then).
+fn run_until_b_runs(kube: &Kube, manifest: &std::path::Path, listen: &str) -> Spawned {
+    let manifest = manifest.display().to_string();
+    let mut first = Spawned::new(
+        kube.command(listen, &["run", &manifest, "--no-progress"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for("task b's pod to run", CHILD_DEADLINE, || {
+        if let Some(status) = first.exited() {
+            panic!("sluice exited before it could be killed: {status}");
+        }
+        (kube.cluster.pod_tokens().len() == 2).then_some(())
+    });
+    first
 }
