@@ -189,15 +189,7 @@ pub fn run(options: &BenchOptions) -> BenchResult<()> {
     }
     if options.runs(7) {
         println!();
-        let shape = if options.smoke {
-            metadb::Shape {
-                runs: 1_000,
-                samples: 3,
-                ..metadb::Shape::default()
-            }
-        } else {
-            metadb::Shape::default()
-        };
+        let shape = metadb_shape(options, metadb::Shape::default().samples);
         println!("7. {}", metadb::metadb(work.path(), shape)?);
     }
     if options.runs(8) {
@@ -205,21 +197,27 @@ pub fn run(options: &BenchOptions) -> BenchResult<()> {
     }
     if options.runs(9) {
         println!();
-        let shape = if options.smoke {
-            metadb::Shape {
-                runs: 1_000,
-                samples: 3,
-                ..metadb::Shape::default()
-            }
-        } else {
-            metadb::Shape {
-                samples: 51,
-                ..metadb::Shape::default()
-            }
-        };
+        let shape = metadb_shape(options, 51);
         println!("9. {}", web::web(&runtime, work.path(), shape)?);
     }
     Ok(())
+}
+
+/// The metadatabase of cases 7 and 9: 100,000 runs timed `samples` times,
+/// or 1,000 runs timed 3 times in smoke mode.
+fn metadb_shape(options: &BenchOptions, samples: usize) -> metadb::Shape {
+    if options.smoke {
+        metadb::Shape {
+            runs: 1_000,
+            samples: 3,
+            ..metadb::Shape::default()
+        }
+    } else {
+        metadb::Shape {
+            samples,
+            ..metadb::Shape::default()
+        }
+    }
 }
 
 fn psql(uri: &str, command: &str) -> BenchResult<Duration> {
