@@ -70,9 +70,14 @@ fn a_killed_scheduler_is_restarted_and_adopts_the_running_job() {
     );
     assert!(restarted.status.success(), "{:?}", text(&restarted));
     let store = &kube.home.sluice.store;
+    let after = store.run(&run.run_id).expect("run");
     assert_eq!(
-        store.run(&run.run_id).expect("run").state.as_str(),
-        "success"
+        after.state.as_str(),
+        "success",
+        "run: {after:?}\na: {:?}\nb: {:?}\nrestarted: {:?}",
+        kube.tries(&run.run_id, "a"),
+        kube.tries(&run.run_id, "b"),
+        text(&restarted)
     );
     assert_eq!(store.tries(&run.run_id, "a").expect("tries").len(), 1);
     let b = store.tries(&run.run_id, "b").expect("tries");
