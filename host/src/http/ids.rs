@@ -9,43 +9,29 @@ use crate::state::RunState;
 
 /// A DAG id from the request field `field`.
 pub fn dag_id<'a>(field: &str, id: &'a str) -> Result<&'a str, ApiError> {
-    if crate::dag::is_valid_id(id) {
-        Ok(id)
-    } else {
-        Err(ApiError::field(
-            field,
-            format!(
-                "`{}` is not a DAG id (letters, digits, `_` and `-`)",
-                shown(id)
-            ),
-        ))
-    }
+    manifest_id(field, id, "DAG")
 }
 
 /// A task id from the request field `field`.
 pub fn task_id<'a>(field: &str, id: &'a str) -> Result<&'a str, ApiError> {
-    if crate::dag::is_valid_id(id) {
-        Ok(id)
-    } else {
-        Err(ApiError::field(
-            field,
-            format!(
-                "`{}` is not a task id (letters, digits, `_` and `-`)",
-                shown(id)
-            ),
-        ))
-    }
+    manifest_id(field, id, "task")
 }
 
 /// A connection id from the request field `field`.
 pub fn connection_id<'a>(field: &str, id: &'a str) -> Result<&'a str, ApiError> {
+    manifest_id(field, id, "connection")
+}
+
+/// `id` if it is an id of the form manifests allow, else an error naming
+/// `field` and what a `kind` id may hold.
+fn manifest_id<'a>(field: &str, id: &'a str, kind: &str) -> Result<&'a str, ApiError> {
     if crate::dag::is_valid_id(id) {
         Ok(id)
     } else {
         Err(ApiError::field(
             field,
             format!(
-                "`{}` is not a connection id (letters, digits, `_` and `-`)",
+                "`{}` is not a {kind} id (letters, digits, `_` and `-`)",
                 shown(id)
             ),
         ))

@@ -398,26 +398,8 @@ fn the_worker_endpoint_serves_only_the_bound_pod_of_a_live_try() {
          [tasks.b]\nplugin = \"testkit\"\nafter = [\"a\"]\nparams = { mode = \"sleep\", ms = 4000 }\n",
     );
     let manifest = manifest.display().to_string();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    let mut command = kube.command("127.0.0.1:0", &["run", &manifest, "--no-progress"]);
     command
-        .args([
-            "--executor",
-            "kubernetes",
-            "--namespace",
-            NAMESPACE,
-            "--image",
-            &image(),
-        ])
-        .args([
-            "--endpoint-listen",
-            "127.0.0.1:0",
-            "run",
-            &manifest,
-            "--no-progress",
-        ])
-        .env("SLUICE_HOME", kube.home.home_path())
-        .env("KUBECONFIG", kube.home.dir.path().join("kubeconfig"))
-        .current_dir(crate::support::repo_root())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let running = Spawned::new(&mut command);
