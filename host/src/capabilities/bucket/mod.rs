@@ -194,21 +194,10 @@ impl HostBucket for ConnectionView<'_> {
         staging_file: String,
         key_arg: String,
     ) -> wasmtime::Result<Result<u64, ConnectionError>> {
-        self.deadline.check()?;
-        let (id, store) = bucket_of(self.table, &bucket)?;
-        let runtime = match self.grants.runtime() {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let result = (|| {
+        self.call(&bucket, |view, store, runtime| {
             let key = key(&key_arg)?;
-            let source = open_staging(
-                &self.grants.sandbox,
-                Path::new(&self.task.staging_dir),
-                &staging_file,
-                false,
-            )?;
-            until(self.deadline, &runtime, async move {
+            let source = view.staging_file(&staging_file, false)?;
+            until(view.deadline, runtime, async move {
                 let mut source = tokio::fs::File::from_std(source);
                 let mut writer = BufWriter::with_capacity(store, key, PART_SIZE);
                 let sent = tokio::io::copy(&mut source, &mut writer)
@@ -220,9 +209,7 @@ impl HostBucket for ConnectionView<'_> {
                     .map_err(|e| Failure::retryable(e.to_string()))?;
                 Ok(sent)
             })
-        })();
-        self.deadline.check()?;
-        Ok(result.map_err(|f: Failure| self.grants.guest_error(&id, f)))
+        })
     }
 
     /// `bucket.get`: downloads `key_arg` into `staging_file`.
@@ -232,21 +219,10 @@ impl HostBucket for ConnectionView<'_> {
         key_arg: String,
         staging_file: String,
     ) -> wasmtime::Result<Result<u64, ConnectionError>> {
-        self.deadline.check()?;
-        let (id, store) = bucket_of(self.table, &bucket)?;
-        let runtime = match self.grants.runtime() {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let result = (|| {
+        self.call(&bucket, |view, store, runtime| {
             let key = key(&key_arg)?;
-            let target = open_staging(
-                &self.grants.sandbox,
-                Path::new(&self.task.staging_dir),
-                &staging_file,
-                true,
-            )?;
-            until(self.deadline, &runtime, async move {
+            let target = view.staging_file(&staging_file, true)?;
+            until(view.deadline, runtime, async move {
                 let mut stream = store.get(&key).await.map_err(store_failure)?.into_stream();
                 let mut target = tokio::fs::File::from_std(target);
                 let mut received = 0u64;
@@ -259,9 +235,7 @@ impl HostBucket for ConnectionView<'_> {
                 target.flush().await.map_err(io)?;
                 Ok(received)
             })
-        })();
-        self.deadline.check()?;
-        Ok(result.map_err(|f: Failure| self.grants.guest_error(&id, f)))
+        })
     }
 
     /// `bucket.list-keys`: the keys under `prefix`, sorted, at most [`MAX_KEYS`].
@@ -270,19 +244,13 @@ impl HostBucket for ConnectionView<'_> {
         bucket: Resource<Bucket>,
         prefix: String,
     ) -> wasmtime::Result<Result<Vec<String>, ConnectionError>> {
-        self.deadline.check()?;
-        let (id, store) = bucket_of(self.table, &bucket)?;
-        let runtime = match self.grants.runtime() {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let result = (|| {
+        self.call(&bucket, |view, store, runtime| {
             let prefix = if prefix.is_empty() {
                 None
             } else {
                 Some(key(&prefix)?)
             };
-            until(self.deadline, &runtime, async move {
+            until(view.deadline, runtime, async move {
                 let mut listing = store.list(prefix.as_ref());
                 let (mut keys, mut bytes) = (Vec::new(), 0usize);
                 while let Some(meta) = listing.next().await {
@@ -301,15 +269,45 @@ impl HostBucket for ConnectionView<'_> {
                 keys.sort();
                 Ok(keys)
             })
-        })();
-        self.deadline.check()?;
-        Ok(result.map_err(|f: Failure| self.grants.guest_error(&id, f)))
+        })
     }
 
     /// The guest dropped its handle.
     fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
         handles::delete::<BucketHandle, _>(self.table, bucket)?;
         Ok(())
+    }
+}
+
+impl ConnectionView<'_> {
+    /// The frame of every `bucket` method: the deadline checked before and
+    /// after, the store behind `bucket`, the grants' runtime, and `op`'s
+    /// failure given to the guest as an error of the bucket's connection.
+    fn call<T>(
+        &mut self,
+        bucket: &Resource<Bucket>,
+        op: impl FnOnce(&Self, Arc<dyn ObjectStore>, &tokio::runtime::Handle) -> Result<T, Failure>,
+    ) -> wasmtime::Result<Result<T, ConnectionError>> {
+        self.deadline.check()?;
+        let (id, store) = bucket_of(self.table, bucket)?;
+        let runtime = match self.grants.runtime() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let result = op(self, store, &runtime);
+        self.deadline.check()?;
+        Ok(result.map_err(|f| self.grants.guest_error(&id, f)))
+    }
+
+    /// The staging file `arg` of this try, opened for writing or reading
+    /// (see [`open_staging`]).
+    fn staging_file(&self, arg: &str, write: bool) -> Result<std::fs::File, Failure> {
+        open_staging(
+            &self.grants.sandbox,
+            Path::new(&self.task.staging_dir),
+            arg,
+            write,
+        )
     }
 }
 
