@@ -4,6 +4,8 @@
 //! - [`objects`]: the objects, built from names and settings (pure).
 //! - [`endpoint`]: the host endpoint workers fetch their try from and report
 //!   to, authenticated by projected service-account tokens.
+//! - [`tls`]: TLS on that endpoint (the operator's certificate; the workers'
+//!   CA from a ConfigMap).
 //! - [`status`]: how a try ended when its worker could not report.
 //! - [`pod_worker`]: the worker's side (inside the pod).
 //! - [`lease`]: the single-scheduler lease.
@@ -27,6 +29,7 @@ pub mod objects;
 pub mod pod_worker;
 pub mod settings;
 pub mod status;
+pub mod tls;
 pub mod volumes;
 pub mod watcher;
 
@@ -50,7 +53,7 @@ use crate::state::TaskState;
 use crate::store::Store;
 use endpoint::Endpoint;
 use objects::Anchor;
-pub use settings::{AccessMode, ImageRef, KubeSettings};
+pub use settings::{AccessMode, EndpointSecurity, ImageRef, KubeSettings};
 use status::{MemoryBudget, Verdict};
 
 /// How often a try's status is looked at even if the watch said nothing
@@ -153,18 +156,22 @@ impl Inner {
                 .map_err(|e| e.to_string())?;
                 lease.keep();
                 let listen = self.settings.endpoint_listen;
+                // Before anything listens: a certificate that does not load
+                // stops the scheduler here, naming the file.
+                let tls = match &self.settings.endpoint_security {
+                    EndpointSecurity::Tls { cert, key, .. } => Some(
+                        tls::server_config(cert, key)
+                            .map_err(|e| format!("the worker endpoint's TLS: {e}"))?,
+                    ),
+                    EndpointSecurity::PlainHttp => None,
+                };
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .map_err(|e| format!("the worker endpoint cannot listen on {listen}: {e}"))?;
                 let bound = listener
                     .local_addr()
                     .map_err(|e| format!("the worker endpoint on {listen}: {e}"))?;
-                let url = match &self.settings.endpoint_url {
-                    Some(url) => url.clone(),
-                    None => format!("http://{bound}")
-                        .parse()
-                        .map_err(|e| format!("the worker endpoint's URL for {bound}: {e}"))?,
-                };
+                let url = self.settings.worker_url(bound)?;
                 let endpoint = Arc::new(Endpoint::new(
                     client.clone(),
                     self.settings.namespace.clone(),
@@ -172,11 +179,27 @@ impl Inner {
                     self.local.clone(),
                 ));
                 let router = endpoint.clone().router();
-                tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, router).await {
-                        tracing::error!("the worker endpoint stopped: {e}");
+                match tls {
+                    Some(config) => {
+                        let listener = tls::TlsListener::new(listener, config)
+                            .map_err(|e| format!("the worker endpoint on {listen}: {e}"))?;
+                        tokio::spawn(async move {
+                            if let Err(e) = axum::serve(listener, router).await {
+                                tracing::error!("the worker endpoint stopped: {e}");
+                            }
+                        });
                     }
-                });
+                    None => {
+                        tracing::warn!(
+                            "the worker endpoint on {bound} serves plain HTTP (--endpoint-plain-http): tokens and connection secrets cross the network in clear"
+                        );
+                        tokio::spawn(async move {
+                            if let Err(e) = axum::serve(listener, router).await {
+                                tracing::error!("the worker endpoint stopped: {e}");
+                            }
+                        });
+                    }
+                }
                 self.delete_strays(&client).await;
                 let watcher = watcher::Watcher::start(
                     &client,

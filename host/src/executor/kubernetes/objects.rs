@@ -15,9 +15,9 @@ use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, KeyToPath, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
     VolumeResourceRequirements,
 };
@@ -25,7 +25,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use sha2::{Digest, Sha256};
 
-use super::settings::{AccessMode, KubeSettings};
+use super::settings::{AccessMode, EndpointSecurity, KubeSettings};
+use super::tls::{CA_KEY, CA_MOUNT};
 use crate::executor::TryRequest;
 
 /// `app.kubernetes.io/managed-by` value of every object Sluice creates.
@@ -263,8 +264,9 @@ pub fn active_deadline(request: &TryRequest, settings: &KubeSettings) -> Duratio
     Duration::from_secs(total.as_secs() + u64::from(total.subsec_nanos() > 0))
 }
 
-/// The arguments of a try's worker: where the host is, where the volume and
-/// the token are mounted, and the try's ids. Nothing secret.
+/// The arguments of a try's worker: where the host is (and, with TLS, the
+/// CA it trusts for it), where the volume and the token are mounted, and the
+/// try's ids. Nothing secret.
 pub fn worker_args(
     request: &TryRequest,
     settings: &KubeSettings,
@@ -278,6 +280,11 @@ pub fn worker_args(
         "worker".to_owned(),
         "--endpoint".to_owned(),
         endpoint.to_string(),
+    ]);
+    if let EndpointSecurity::Tls { .. } = settings.endpoint_security {
+        args.extend(["--endpoint-ca".to_owned(), format!("{CA_MOUNT}/{CA_KEY}")]);
+    }
+    args.extend([
         "--token-file".to_owned(),
         format!("{TOKEN_MOUNT}/token"),
         "--staging".to_owned(),
@@ -324,39 +331,20 @@ pub fn job(
         limits: Some(BTreeMap::from([("memory".to_owned(), memory)])),
         ..ResourceRequirements::default()
     };
-    let container = Container {
-        name: CONTAINER.into(),
-        image: Some(settings.image.to_string()),
-        image_pull_policy: Some("IfNotPresent".into()),
-        command: Some(vec!["sluice".into()]),
-        args: Some(worker_args(request, settings, endpoint)),
-        resources: Some(resources),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "run".into(),
-                mount_path: VOLUME_MOUNT.into(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "token".into(),
-                mount_path: TOKEN_MOUNT.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        ]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
-        ..Container::default()
-    };
-    let volumes = vec![
+    let mut volume_mounts = vec![
+        VolumeMount {
+            name: "run".into(),
+            mount_path: VOLUME_MOUNT.into(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "token".into(),
+            mount_path: TOKEN_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
+    let mut volumes = vec![
         Volume {
             name: "run".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -381,6 +369,49 @@ pub fn job(
             ..Volume::default()
         },
     ];
+    if let EndpointSecurity::Tls { ca_config_map, .. } = &settings.endpoint_security {
+        // The CA the worker trusts for the endpoint (public: a ConfigMap).
+        volume_mounts.push(VolumeMount {
+            name: "endpoint-ca".into(),
+            mount_path: CA_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "endpoint-ca".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ca_config_map.clone(),
+                items: Some(vec![KeyToPath {
+                    key: CA_KEY.into(),
+                    path: CA_KEY.into(),
+                    mode: None,
+                }]),
+                optional: Some(false),
+                default_mode: None,
+            }),
+            ..Volume::default()
+        });
+    }
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(settings.image.to_string()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec!["sluice".into()]),
+        args: Some(worker_args(request, settings, endpoint)),
+        resources: Some(resources),
+        volume_mounts: Some(volume_mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
     let deadline = i64::try_from(active_deadline(request, settings).as_secs()).unwrap_or(i64::MAX);
     Job {
         metadata: ObjectMeta {
