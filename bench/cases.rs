@@ -19,7 +19,7 @@
 //! 9. The web UI and HTTP API over 100,000 runs: a DAG's grid and the runs
 //!    list through a real server, and the bytes of the UI's first load ([`web`]).
 //! 10. The Kubernetes executor against the fake API server: API requests and
-//!    host-side time per try, over 1,000 no-op tries ([`crate::kube`]).
+//!     host-side time per try, over 1,000 no-op tries ([`crate::kube`]).
 //!
 //! Nothing here asserts on time; `--smoke` runs every case at tiny sizes.
 

@@ -613,6 +613,51 @@ mod tests {
     }
 
     #[test]
+    fn with_tls_the_worker_pod_mounts_the_ca_configmap_and_no_key() {
+        let request = request();
+        let endpoint: url::Url = "https://sluice.pipelines.svc:7443".parse().expect("url");
+        let plain = job(&request, &settings(), &anchor_ref(), &endpoint);
+        let tls_settings = KubeSettings {
+            endpoint_security: EndpointSecurity::Tls {
+                cert: "/secret/tls.crt".into(),
+                key: "/secret/tls.key".into(),
+                ca_config_map: "endpoint-ca".into(),
+            },
+            ..settings()
+        };
+        let tls = job(&request, &tls_settings, &anchor_ref(), &endpoint);
+        let pod = |job: &Job| job.spec.clone().expect("spec").template.spec.expect("pod");
+        let (plain, tls) = (pod(&plain), pod(&tls));
+        let args = tls.containers[0].args.clone().expect("args");
+        let ca = args
+            .iter()
+            .position(|a| a == "--endpoint-ca")
+            .and_then(|i| args.get(i + 1))
+            .expect("--endpoint-ca");
+        assert_eq!(ca, &format!("{CA_MOUNT}/{CA_KEY}"));
+        // Neither the certificate's nor the key's path reaches the pod.
+        assert!(!format!("{tls:?}").contains("/secret/"), "{args:?}");
+        let volumes = tls.volumes.expect("volumes");
+        assert_eq!(volumes.len(), plain.volumes.expect("volumes").len() + 1);
+        let source = volumes
+            .iter()
+            .find_map(|v| v.config_map.clone())
+            .expect("the CA volume");
+        assert_eq!(source.name, "endpoint-ca");
+        assert_eq!(source.items.expect("items")[0].key, CA_KEY);
+        let mount = tls.containers[0]
+            .volume_mounts
+            .clone()
+            .expect("mounts")
+            .into_iter()
+            .find(|m| m.mount_path == CA_MOUNT)
+            .expect("the CA mount");
+        assert_eq!(mount.read_only, Some(true));
+        let plain_args = plain.containers[0].args.clone().expect("args");
+        assert!(!plain_args.contains(&"--endpoint-ca".to_owned()));
+    }
+
+    #[test]
     fn the_claim_and_anchor_belong_to_the_run() {
         let settings = settings();
         let anchor_object = anchor(&settings, "etl", "run 1");

@@ -98,9 +98,12 @@ fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     })
 }
 
+/// When the certificate and key files were last changed.
+type Stamp = (Option<SystemTime>, Option<SystemTime>);
+
 /// When the files were last changed (a mounted Secret's files change when
 /// the kubelet swaps in a renewed one).
-fn stamp(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
+fn stamp(cert: &Path, key: &Path) -> Stamp {
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     (modified(cert), modified(key))
 }
@@ -112,7 +115,8 @@ fn stamp(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
 struct Reloading {
     cert: PathBuf,
     key: PathBuf,
-    current: Mutex<((Option<SystemTime>, Option<SystemTime>), Arc<CertifiedKey>)>,
+    /// The files' stamp when last read, and the pair they held.
+    current: Mutex<(Stamp, Arc<CertifiedKey>)>,
 }
 
 impl ResolvesServerCert for Reloading {
