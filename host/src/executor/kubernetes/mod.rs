@@ -34,7 +34,7 @@ pub mod volumes;
 pub mod watcher;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -86,7 +86,9 @@ struct Inner {
     store: Arc<Store>,
     settings: KubeSettings,
     started: OnceCell<Started>,
-    anchors: Mutex<HashMap<String, Anchor>>,
+    /// The runs whose anchor and claim this process applied; held across
+    /// the apply, so tries of a run starting together apply them once.
+    anchors: tokio::sync::Mutex<HashMap<String, Anchor>>,
     /// One permit per pod in flight (`max_pods`).
     pods: Arc<Semaphore>,
 }
@@ -97,12 +99,6 @@ struct Started {
     endpoint: Arc<Endpoint>,
     url: url::Url,
     watcher: watcher::Watcher,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn failed(error: String) -> TryOutcome {
@@ -131,7 +127,7 @@ impl KubernetesExecutor {
                 pods: Arc::new(Semaphore::new(settings.max_pods.max(1))),
                 settings,
                 started: OnceCell::new(),
-                anchors: Mutex::default(),
+                anchors: tokio::sync::Mutex::default(),
             }),
         }
     }
@@ -274,7 +270,8 @@ impl Inner {
         request: &TryRequest,
     ) -> Result<Anchor, String> {
         let run_id = &request.key.run_id;
-        if let Some(anchor) = lock(&self.anchors).get(run_id) {
+        let mut anchors = self.anchors.lock().await;
+        if let Some(anchor) = anchors.get(run_id) {
             return Ok(anchor.clone());
         }
         let namespace = &self.settings.namespace;
@@ -300,7 +297,7 @@ impl Inner {
             .patch(&name, &apply, &Patch::Apply(&claim))
             .await
             .map_err(|e| format!("cannot apply the run's volume claim {namespace}/{name}: {e}"))?;
-        lock(&self.anchors).insert(run_id.clone(), anchor.clone());
+        anchors.insert(run_id.clone(), anchor.clone());
         Ok(anchor)
     }
 
@@ -643,7 +640,7 @@ impl Inner {
             }
             Err(e) => tracing::warn!("cannot list the Jobs of run {run_id}: {e}"),
         }
-        lock(&self.anchors).remove(run_id);
+        self.anchors.lock().await.remove(run_id);
     }
 }
 
