@@ -18,6 +18,8 @@
 //!    `etl_python`, the ETL with its tasks in Python.)
 //! 9. The web UI and HTTP API over 100,000 runs: a DAG's grid and the runs
 //!    list through a real server, and the bytes of the UI's first load ([`web`]).
+//! 10. The Kubernetes executor against the fake API server: API requests and
+//!     host-side time per try, over 1,000 no-op tries ([`crate::kube`]).
 //!
 //! Nothing here asserts on time; `--smoke` runs every case at tiny sizes.
 
@@ -58,6 +60,8 @@ pub struct BenchOptions {
     pub postgres: Option<String>,
     /// The cases to run (empty: all).
     pub cases: Vec<u8>,
+    /// No-op tries through the Kubernetes executor (case 10).
+    pub kube_tries: usize,
 }
 
 impl BenchOptions {
@@ -145,7 +149,7 @@ fn median(mut xs: Vec<Duration>) -> Duration {
     xs.get(xs.len() / 2).copied().unwrap_or_default()
 }
 
-fn secs(d: Duration) -> String {
+pub(crate) fn secs(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
 }
 
@@ -199,6 +203,9 @@ pub fn run(options: &BenchOptions) -> BenchResult<()> {
         println!();
         let shape = metadb_shape(options, 51);
         println!("9. {}", web::web(&runtime, work.path(), shape)?);
+    }
+    if options.runs(10) {
+        crate::kube::kube(options, work.path())?;
     }
     Ok(())
 }

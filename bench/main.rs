@@ -5,6 +5,7 @@
 //! again in its `baseline` mode for that case's DuckDB-only baseline.
 
 mod cases;
+mod kube;
 mod metadb;
 mod official;
 mod web;
@@ -38,8 +39,11 @@ struct Cli {
     )]
     rows: Vec<u64>,
     /// Only these cases (numbers as in BENCHMARKS.md, e.g. `--case 1,7`) [default: all].
-    #[arg(long = "case", value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=9))]
+    #[arg(long = "case", value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=10))]
     cases: Vec<u8>,
+    /// No-op tries through the Kubernetes executor (case 10).
+    #[arg(long, default_value_t = 1000)]
+    kube_tries: usize,
     /// The repository holding examples/ and plugins/dist.
     #[arg(long, default_value = ".")]
     repo: PathBuf,
@@ -114,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
         bench_exe,
         postgres: cli.postgres,
         cases: cli.cases,
+        kube_tries: cli.kube_tries,
     };
     cases::run(&options).map_err(|e| anyhow::anyhow!("bench failed: {e}"))
 }

@@ -39,6 +39,9 @@ fn every_benchmark_case_runs_in_smoke_mode() {
         "  first page load: ",
         " /ui/app.js ",
         " /api/dags ",
+        "10. Kubernetes executor, fake API server: 3 no-op tries",
+        "    Job created -> outcome stored, per try: median ",
+        "    API requests: ",
     ] {
         assert!(
             stdout.contains(heading),

@@ -374,9 +374,18 @@ pub fn server() -> &'static PgServer {
     })
 }
 
-/// A CA and a server certificate for 127.0.0.1 only (not `localhost`) signed by it (P-256, with
-/// `openssl`), in `dir`; returns the CA's PEM file.
+/// [`certificates_for_localhost`] in `dir`, readable by the server; returns the CA's PEM file.
 fn make_certificates(dir: &Path) -> PathBuf {
+    let ca = certificates_for_localhost(dir);
+    give_to_postgres(&dir.join("server.key"));
+    give_to_postgres(&dir.join("server.crt"));
+    ca
+}
+
+/// A CA (`ca.pem`) and a server certificate (`server.crt`, key `server.key`, mode 0600) for
+/// 127.0.0.1 only (not `localhost`) signed by it (P-256, with `openssl`), in `dir`; returns the
+/// CA's PEM file.
+pub fn certificates_for_localhost(dir: &Path) -> PathBuf {
     let openssl = |args: &[&str]| {
         let out = Spawned::try_new(
             Command::new("openssl")
@@ -456,8 +465,6 @@ fn make_certificates(dir: &Path) -> PathBuf {
         "-out",
         "server.crt",
     ]);
-    give_to_postgres(&dir.join("server.key"));
-    give_to_postgres(&dir.join("server.crt"));
     std::fs::set_permissions(
         dir.join("server.key"),
         std::os::unix::fs::PermissionsExt::from_mode(0o600),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, bail};
 use sluice::events::TaskKey;
 use sluice::executor::kubernetes::pod_worker::PodTry;
-use sluice::executor::kubernetes::{AccessMode, ImageRef, KubeSettings};
+use sluice::executor::kubernetes::{AccessMode, EndpointSecurity, ImageRef, KubeSettings};
 
 /// Options of `--executor kubernetes` (the cluster itself comes from the
 /// in-cluster configuration, else the kubeconfig).
@@ -37,9 +37,30 @@ pub struct KubeArgs {
         default_value = "0.0.0.0:7443"
     )]
     endpoint_listen: SocketAddr,
-    /// How workers reach the endpoint (default: `http://` + the listen address).
+    /// How workers reach the endpoint (default: `https://` + the listen
+    /// address; `http://` with `--endpoint-plain-http`).
     #[arg(long, global = true, env = "SLUICE_ENDPOINT_URL")]
     endpoint_url: Option<url::Url>,
+    /// The endpoint's TLS certificate chain (PEM; e.g. `tls.crt` of a
+    /// mounted `kubernetes.io/tls` Secret), read again when it changes.
+    #[arg(long, global = true, env = "SLUICE_ENDPOINT_TLS_CERT")]
+    endpoint_tls_cert: Option<PathBuf>,
+    /// The endpoint's TLS private key (PEM; e.g. `tls.key` of that Secret).
+    #[arg(long, global = true, env = "SLUICE_ENDPOINT_TLS_KEY")]
+    endpoint_tls_key: Option<PathBuf>,
+    /// The ConfigMap (in the namespace) whose `ca.crt` workers trust for the
+    /// endpoint; it is mounted into their pods.
+    #[arg(
+        long = "endpoint-ca-configmap",
+        global = true,
+        env = "SLUICE_ENDPOINT_CA_CONFIGMAP",
+        default_value = "sluice-endpoint-ca"
+    )]
+    endpoint_ca_config_map: String,
+    /// Serve the worker endpoint over plain HTTP instead of TLS: workers'
+    /// tokens and their connections' secrets then cross the network in clear.
+    #[arg(long, global = true)]
+    endpoint_plain_http: bool,
     /// Size of each run's volume.
     #[arg(long, global = true, default_value = "10GiB")]
     volume_size: bytesize::ByteSize,
@@ -69,7 +90,26 @@ impl KubeArgs {
         let Some(image) = &self.image else {
             bail!("--executor kubernetes needs --image <registry>/sluice:<tag>@sha256:<digest>");
         };
-        let mut settings = KubeSettings::new(namespace.clone(), ImageRef::parse(image)?);
+        let security = match (
+            &self.endpoint_tls_cert,
+            &self.endpoint_tls_key,
+            self.endpoint_plain_http,
+        ) {
+            (Some(cert), Some(key), false) => EndpointSecurity::Tls {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca_config_map: self.endpoint_ca_config_map.clone(),
+            },
+            (None, None, true) => EndpointSecurity::PlainHttp,
+            (Some(_), Some(_), true) => bail!(
+                "--endpoint-plain-http and --endpoint-tls-cert/--endpoint-tls-key contradict each other: choose one"
+            ),
+            (None, None, false) => bail!(
+                "--executor kubernetes needs the worker endpoint's TLS certificate and key (--endpoint-tls-cert and --endpoint-tls-key; workers trust the CA in ConfigMap --endpoint-ca-configmap), or --endpoint-plain-http to send tokens and connection secrets in clear"
+            ),
+            _ => bail!("--endpoint-tls-cert and --endpoint-tls-key go together"),
+        };
+        let mut settings = KubeSettings::new(namespace.clone(), ImageRef::parse(image)?, security);
         settings.instance = self.instance.clone();
         settings.service_account = Some(self.service_account.clone());
         settings.endpoint_listen = self.endpoint_listen;
@@ -94,6 +134,9 @@ pub struct WorkerArgs {
     /// The host endpoint to fetch the try from.
     #[arg(long)]
     endpoint: Option<url::Url>,
+    /// The CA certificates (PEM) to trust for an https endpoint (only these).
+    #[arg(long)]
+    endpoint_ca: Option<PathBuf>,
     /// The projected service-account token file.
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -120,6 +163,7 @@ impl WorkerArgs {
         let missing = |what: &str| format!("sluice worker --endpoint needs --{what}");
         Ok(Some(PodTry {
             endpoint,
+            endpoint_ca: self.endpoint_ca,
             token_file: self.token_file.with_context(|| missing("token-file"))?,
             staging: self.staging.with_context(|| missing("staging"))?,
             key: TaskKey {

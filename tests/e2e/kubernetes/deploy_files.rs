@@ -9,8 +9,39 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::fake_api::granted;
 use crate::support::repo_root;
+
+/// What `deploy/kubernetes/rbac.yaml` grants the scheduler: (API group,
+/// resource, verb) of every rule of its Role and ClusterRole.
+pub(super) fn granted() -> BTreeSet<(String, String, String)> {
+    let path = crate::support::repo_root().join("deploy/kubernetes/rbac.yaml");
+    let text = std::fs::read_to_string(&path).expect("rbac.yaml");
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).expect("rbac.yaml parses");
+    let mut granted = BTreeSet::new();
+    for document in documents
+        .iter()
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+    {
+        for rule in document["rules"].as_array().expect("rules") {
+            let strings = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .expect(key)
+                    .iter()
+                    .map(|v| v.as_str().expect("a string").to_owned())
+                    .collect()
+            };
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    for verb in strings("verbs") {
+                        granted.insert((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    granted
+}
 
 fn documents() -> Vec<Value> {
     let dir = repo_root().join("deploy/kubernetes");
@@ -168,4 +199,43 @@ fn the_deployment_files_parse_and_grant_exactly_what_the_executor_calls() {
         deployment["spec"]["selector"]["matchLabels"]
     );
     assert_eq!(service["spec"]["ports"][0]["port"], port);
+
+    // Workers reach the endpoint over TLS at the Service's name; its
+    // certificate and key come from a TLS Secret mounted into this pod only.
+    let arg = |flag: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(flag))
+            .unwrap_or_else(|| panic!("{flag} in {args:?}"))
+    };
+    let url: url::Url = arg("--endpoint-url=").parse().expect("--endpoint-url");
+    assert_eq!(url.scheme(), "https");
+    assert_eq!(url.host_str(), Some("sluice-scheduler.pipelines.svc"));
+    assert_eq!(url.port().map(u64::from), Some(port));
+    for (flag, key) in [
+        ("--endpoint-tls-cert=", "tls.crt"),
+        ("--endpoint-tls-key=", "tls.key"),
+    ] {
+        let path = std::path::Path::new(arg(flag));
+        assert_eq!(path.file_name().and_then(|f| f.to_str()), Some(key));
+        let dir = path.parent().and_then(|d| d.to_str()).expect("a directory");
+        let mount = container["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["mountPath"] == dir)
+            .unwrap_or_else(|| panic!("{dir} is mounted"));
+        assert_eq!(mount["readOnly"], true);
+        let volume = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("the TLS volume");
+        assert_eq!(volume["secret"]["secretName"], "sluice-endpoint-tls");
+    }
+    assert_eq!(arg("--endpoint-ca-configmap="), "sluice-endpoint-ca");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--endpoint-plain-http")),
+        "{args:?}"
+    );
 }

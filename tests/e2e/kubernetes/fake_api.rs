@@ -8,12 +8,17 @@
 //! controller (Job → Pod, conditions, `activeDeadlineSeconds`, a replacement
 //! pod for a disrupted one); and a kubelet that really runs the pod's command
 //! (the real `sluice worker`) with the claim mapped to a local directory, the
-//! projected token written, and its output as the pod log. A pod deleted
+//! projected token and ConfigMap volumes written, and its output as the pod
+//! log. A pod deleted
 //! while it runs (its node lost) is killed, and its Job fails.
 //!
 //! The scheduler's requests (those with the kubeconfig's token) are refused
-//! (403) unless `deploy/kubernetes/rbac.yaml` grants them, a server-side
-//! apply that creates its object needing `create` too, as upstream.
+//! (403) unless the rules it is started with (the tests give it those of
+//! `deploy/kubernetes/rbac.yaml`) grant them, a server-side apply that
+//! creates its object needing `create` too, as upstream.
+//!
+//! Also compiled into `sluice-bench` (its Kubernetes case), so it uses only
+//! the `sluice` package's own dependencies.
 //!
 //! Every object ever written is also kept in an audit trail
 //! (`GET /fake/audit`) so a test can read, through a plain HTTP client of its
@@ -59,6 +64,8 @@ struct State {
     kills: HashMap<String, tokio::sync::oneshot::Sender<()>>,
     /// Job creations still to refuse with 403 "exceeded quota".
     quota_refusals: u32,
+    /// Every Job created: its name and when (the host-side clock).
+    job_creations: Vec<(String, chrono::DateTime<chrono::Utc>)>,
     /// Pods whose command runs now, and the most there ever were at once.
     running: u32,
     most_running: u32,
@@ -77,8 +84,9 @@ struct Shared {
     state: Mutex<State>,
     dir: PathBuf,
     sluice: PathBuf,
-    /// (API group, resource, verb) the scheduler's Role and ClusterRole grant.
-    granted: BTreeSet<(String, String, String)>,
+    /// (API group, resource, verb) the scheduler's Role and ClusterRole
+    /// grant (none: the scheduler's requests are not checked).
+    granted: Option<BTreeSet<(String, String, String)>>,
     /// Woken at every change, for watches.
     changed: tokio::sync::Notify,
 }
@@ -157,38 +165,6 @@ fn watch(
 /// governs); a request without it is the test's own (an administrator's).
 const SCHEDULER_TOKEN: &str = "scheduler-token";
 
-/// What `deploy/kubernetes/rbac.yaml` grants the scheduler: (API group,
-/// resource, verb) of every rule of its Role and ClusterRole.
-pub fn granted() -> BTreeSet<(String, String, String)> {
-    let path = crate::support::repo_root().join("deploy/kubernetes/rbac.yaml");
-    let text = std::fs::read_to_string(&path).expect("rbac.yaml");
-    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).expect("rbac.yaml parses");
-    let mut granted = BTreeSet::new();
-    for document in documents
-        .iter()
-        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
-    {
-        for rule in document["rules"].as_array().expect("rules") {
-            let strings = |key: &str| -> Vec<String> {
-                rule[key]
-                    .as_array()
-                    .expect(key)
-                    .iter()
-                    .map(|v| v.as_str().expect("a string").to_owned())
-                    .collect()
-            };
-            for group in strings("apiGroups") {
-                for resource in strings("resources") {
-                    for verb in strings("verbs") {
-                        granted.insert((group.clone(), resource.clone(), verb));
-                    }
-                }
-            }
-        }
-    }
-    granted
-}
-
 /// The (API group, resource, verb)s a request needs, as RBAC sees it (a
 /// server-side apply that creates its object needs `create` besides
 /// `patch`, as on the Kubernetes API server).
@@ -238,8 +214,14 @@ pub struct FakeCluster {
 }
 
 impl FakeCluster {
-    /// Starts the server; claims and tokens live under `dir`; pods run `sluice`.
-    pub fn start(dir: &Path, sluice: &Path) -> Self {
+    /// Starts the server; claims and tokens live under `dir`; pods run
+    /// `sluice`; the scheduler is refused what `granted` (the Role's rules,
+    /// as (API group, resource, verb)) does not grant.
+    pub fn start(
+        dir: &Path,
+        sluice: &Path,
+        granted: Option<BTreeSet<(String, String, String)>>,
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -249,7 +231,7 @@ impl FakeCluster {
             state: Mutex::default(),
             dir: dir.to_owned(),
             sluice: sluice.to_owned(),
-            granted: granted(),
+            granted,
             changed: tokio::sync::Notify::new(),
         });
         let listener = runtime
@@ -266,9 +248,11 @@ impl FakeCluster {
                             .get("authorization")
                             .and_then(|v| v.to_str().ok())
                             .is_some_and(|v| v == format!("Bearer {SCHEDULER_TOKEN}"));
-                        let refused = rbac_request(&shared, &method, &uri)
-                            .into_iter()
-                            .find(|asked| !shared.granted.contains(asked));
+                        let refused = shared.granted.as_ref().and_then(|granted| {
+                            rbac_request(&shared, &method, &uri)
+                                .into_iter()
+                                .find(|asked| !granted.contains(asked))
+                        });
                         if scheduler && let Some((group, resource, verb)) = refused {
                             return status(
                                 403,
@@ -300,6 +284,18 @@ impl FakeCluster {
             self.url
         );
         std::fs::write(path, text).expect("kubeconfig");
+    }
+
+    /// Creates ConfigMap `name` in `ns` with `data`, as an administrator
+    /// (not the scheduler) would.
+    pub fn create_config_map(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+            .collect();
+        let object = json!({"metadata": {"name": name}, "data": data});
+        let response = create(&self.shared, "configmaps", ns, name, object);
+        assert_eq!(response.status(), StatusCode::CREATED, "ConfigMap {name}");
     }
 
     /// The local directory a claim maps to.
@@ -364,6 +360,12 @@ impl FakeCluster {
     /// Requests served so far, by method and resource.
     pub fn requests(&self) -> BTreeMap<String, u64> {
         lock(&self.shared).requests.clone()
+    }
+
+    /// Every Job created, with when (microseconds; a Job's
+    /// `creationTimestamp` has whole seconds, as upstream).
+    pub fn job_creations(&self) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+        lock(&self.shared).job_creations.clone()
     }
 
     /// Every pod log.
@@ -640,6 +642,11 @@ fn create(
     record(shared, &mut state, resource, ns, "ADDED", &mut object);
     state.audit.push(object.clone());
     state.objects.insert(key, object.clone());
+    if resource == "jobs" {
+        state
+            .job_creations
+            .push((name.to_owned(), chrono::Utc::now()));
+    }
     drop(state);
     if resource == "jobs" {
         start_pod(shared.clone(), ns.to_owned(), object.clone());
@@ -887,6 +894,47 @@ async fn kubelet(
             lock(&shared)
                 .tokens
                 .insert(token, (name.clone(), uid.clone(), ns.clone(), sa, true));
+            dir
+        } else if let Some(config_map) = volume["configMap"]["name"].as_str() {
+            // The ConfigMap's keys (or its `items`) as files; a missing one
+            // holds the pod in ContainerCreating, as a kubelet does.
+            let object = lock(&shared)
+                .objects
+                .get(&("configmaps".into(), ns.clone(), config_map.to_owned()))
+                .cloned();
+            let Some(object) = object else {
+                set_pod_status(
+                    &shared,
+                    &ns,
+                    &name,
+                    json!({"phase": "Pending", "containerStatuses": container_status(
+                    json!({"waiting": {"reason": "ContainerCreating"}}))}),
+                );
+                return;
+            };
+            let dir = shared
+                .dir
+                .join("configmaps")
+                .join(&uid)
+                .join(volume["name"].as_str().unwrap_or_default());
+            std::fs::create_dir_all(&dir).expect("configmap dir");
+            let items: Vec<(String, String)> = match volume["configMap"]["items"].as_array() {
+                Some(items) => items
+                    .iter()
+                    .map(|i| {
+                        let key = i["key"].as_str().unwrap_or_default().to_owned();
+                        (key, i["path"].as_str().unwrap_or_default().to_owned())
+                    })
+                    .collect(),
+                None => object["data"]
+                    .as_object()
+                    .map(|d| d.keys().map(|k| (k.clone(), k.clone())).collect())
+                    .unwrap_or_default(),
+            };
+            for (key, path) in items {
+                let value = object["data"][&key].as_str().unwrap_or_default();
+                std::fs::write(dir.join(path), value).expect("configmap file");
+            }
             dir
         } else {
             continue;

@@ -56,6 +56,11 @@ fn max_pods_caps_the_pods_in_flight() {
         1,
         "three independent tasks, one pod at a time"
     );
+    // The three tries start together; the run's anchor and claim are applied once.
+    let requests = kube.cluster.requests();
+    for apply in ["PATCH configmaps", "PATCH persistentvolumeclaims"] {
+        assert_eq!(requests.get(apply), Some(&1), "{apply}: {requests:?}");
+    }
 }
 
 #[test]

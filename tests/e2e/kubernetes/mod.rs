@@ -6,13 +6,20 @@
 //! repeated identical outcome report); pod statuses decide tries whose worker
 //! could not report. [`restart`]: the lease, adoption after the scheduler is
 //! killed, a lost pod. [`limits`]: quota refusals, the volumes' sweep.
+//! [`tls`]: the endpoint speaks TLS only, and a worker that does not trust
+//! its certificate sends it nothing. [`real_cluster`]: the opt-in suite.
+//! [`python_client`]: the fake's answers read by the Python `kubernetes`
+//! client.
 //! [`deploy_files`]: `deploy/kubernetes/` parses and its Role grants what the
 //! executor calls (the fake refuses the scheduler whatever it does not).
 
 mod deploy_files;
 mod fake_api;
 mod limits;
+mod python_client;
+mod real_cluster;
 mod restart;
+mod tls;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -30,21 +37,41 @@ fn image() -> String {
     format!("registry.example/sluice:test@sha256:{}", "c".repeat(64))
 }
 
-/// A home, a fake cluster and a kubeconfig for it.
+/// The ConfigMap holding the CA workers trust for the endpoint (the
+/// operator's, made by the test; not an object of the executor's).
+const CA_CONFIG_MAP: &str = "sluice-endpoint-ca";
+
+/// A home, a fake cluster and a kubeconfig for it, and the worker
+/// endpoint's TLS certificate (for 127.0.0.1) whose CA is in the
+/// [`CA_CONFIG_MAP`] workers mount.
 struct Kube {
     home: TestHome,
     cluster: FakeCluster,
+    /// The endpoint's CA (PEM file).
+    ca: std::path::PathBuf,
 }
 
 impl Kube {
     fn new() -> Self {
+        Self::trusting(None)
+    }
+
+    /// A fake cluster whose workers trust `worker_ca` (a PEM file) instead
+    /// of the CA of the endpoint's certificate.
+    fn trusting(worker_ca: Option<&Path>) -> Self {
         let home = TestHome::new();
         let cluster = FakeCluster::start(
             &home.dir.path().join("cluster"),
             Path::new(env!("CARGO_BIN_EXE_sluice")),
+            Some(deploy_files::granted()),
         );
         cluster.kubeconfig(&home.dir.path().join("kubeconfig"), NAMESPACE);
-        Self { home, cluster }
+        let tls = home.dir.path().join("endpoint-tls");
+        std::fs::create_dir_all(&tls).expect("tls dir");
+        let ca = crate::pg::certificates_for_localhost(&tls);
+        let trusted = std::fs::read_to_string(worker_ca.unwrap_or(&ca)).expect("CA");
+        cluster.create_config_map(NAMESPACE, CA_CONFIG_MAP, &[("ca.crt", &trusted)]);
+        Self { home, cluster, ca }
     }
 
     /// The `sluice` CLI with `--executor kubernetes` against the fake.
@@ -66,6 +93,11 @@ impl Kube {
                 &image(),
             ])
             .args(["--endpoint-listen", listen])
+            .arg("--endpoint-tls-cert")
+            .arg(self.ca.with_file_name("server.crt"))
+            .arg("--endpoint-tls-key")
+            .arg(self.ca.with_file_name("server.key"))
+            .args(["--endpoint-ca-configmap", CA_CONFIG_MAP])
             .args(args)
             .env("SLUICE_HOME", self.home.home_path())
             .env("KUBECONFIG", self.home.dir.path().join("kubeconfig"))
@@ -73,11 +105,12 @@ impl Kube {
         command
     }
 
-    /// The number of live objects of `resource` (its collection path).
+    /// The number of live objects of `resource` (its collection path),
+    /// but for the operator's [`CA_CONFIG_MAP`].
     fn live(&self, collection: &str) -> usize {
         self.raw_get(collection)["items"]
             .as_array()
-            .map_or(0, Vec::len)
+            .map_or(0, |items| items.iter().filter(|o| !operators(o)).count())
     }
 
     /// `GET path` through a plain HTTP/1.0 client of the test's own (not the
@@ -86,6 +119,21 @@ impl Kube {
         let (code, body) = raw_http(&self.cluster.url, path, None);
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// `method path` at the worker endpoint `base` over TLS trusting the
+    /// endpoint's CA only, with an optional bearer token and JSON body: the
+    /// status code and the body.
+    fn endpoint_request(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        https_request(&self.ca, base, method, path, token, body)
+            .unwrap_or_else(|e| panic!("the endpoint at {base} does not answer: {e}"))
     }
 
     /// The newest run of DAG `dag`.
@@ -100,15 +148,63 @@ impl Kube {
         self.home.sluice.store.tries(run_id, task).expect("tries")
     }
 
+    /// The objects of `kind` ever stored, but for the operator's
+    /// [`CA_CONFIG_MAP`].
     fn stored(&self, kind: &str) -> Vec<Value> {
         self.raw_get("/fake/audit")
             .as_array()
             .expect("audit")
             .iter()
-            .filter(|o| o["kind"] == kind)
+            .filter(|o| o["kind"] == kind && !operators(o))
             .cloned()
             .collect()
     }
+}
+
+/// Whether `object` is the operator's CA ConfigMap the test made.
+fn operators(object: &Value) -> bool {
+    object["kind"] == "ConfigMap" && object["metadata"]["name"] == CA_CONFIG_MAP
+}
+
+/// `method path` at `base` (an `https://` URL) trusting only the CA
+/// certificate in `ca`, with an optional bearer token and JSON body: the
+/// status code and the body, or the error (a refused certificate among them).
+fn https_request(
+    ca: &Path,
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    let pem = std::fs::read(ca).expect("CA");
+    let client = reqwest::blocking::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("CA certificate")])
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut request = client.request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+    }
+    let response = request.send().map_err(|e| {
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        text
+    })?;
+    let code = response.status().as_u16();
+    Ok((code, response.text().expect("body")))
 }
 
 /// `GET path` at `base` (an `http://` URL) over a bare TCP stream, with an
@@ -269,6 +365,7 @@ fn the_seed_etl_runs_as_jobs_and_no_secret_enters_the_cluster() {
     );
     let jobs = kube.stored("Job");
     assert_eq!(jobs.len(), 3, "a Job per try");
+    assert_eq!(kube.cluster.job_creations().len(), 3, "each created once");
     let headroom = 256u64 << 20;
     let memory = (256u64 << 20) + (4u64 << 30) + headroom;
     for job in &jobs {
@@ -302,8 +399,7 @@ fn the_seed_etl_runs_as_jobs_and_no_secret_enters_the_cluster() {
         "/api/v1/namespaces/pipelines/persistentvolumeclaims",
         "/api/v1/namespaces/pipelines/configmaps",
     ] {
-        let live = kube.raw_get(resource);
-        assert_eq!(live["items"].as_array().map(Vec::len), Some(0), "{live}");
+        assert_eq!(kube.live(resource), 0, "{}", kube.raw_get(resource));
     }
     assert!(
         kube.home
@@ -438,30 +534,32 @@ fn the_worker_endpoint_serves_only_the_bound_pod_of_a_live_try() {
         .expect("uid")
         .to_owned();
     // Its own token is served.
-    let (code, body) = raw_http(&endpoint, "/v1/try", Some(&token));
+    let (code, body) = kube.endpoint_request(&endpoint, "GET", "/v1/try", Some(&token), None);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"task_id\":\"b\""), "{body}");
     // The token of task a's pod: its try has ended.
-    let (code, body) = raw_http(&endpoint, "/v1/try", Some(&ended_token));
+    let (code, body) = kube.endpoint_request(&endpoint, "GET", "/v1/try", Some(&ended_token), None);
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("has ended"), "{body}");
     // No token, an unknown one, an expired one, and one of an earlier pod of the same name.
-    let (code, _) = raw_http(&endpoint, "/v1/try", None);
+    let (code, _) = kube.endpoint_request(&endpoint, "GET", "/v1/try", None, None);
     assert_eq!(code, 401);
-    let (code, body) = raw_http(&endpoint, "/v1/try", Some("not-a-token"));
+    let (code, body) =
+        kube.endpoint_request(&endpoint, "GET", "/v1/try", Some("not-a-token"), None);
     assert_eq!(code, 403, "{body}");
     kube.cluster.add_token("expired", &pod, &live_uid, false);
-    let (code, body) = raw_http(&endpoint, "/v1/try", Some("expired"));
+    let (code, body) = kube.endpoint_request(&endpoint, "GET", "/v1/try", Some("expired"), None);
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("expired"), "{body}");
     kube.cluster
         .add_token("earlier", &pod, "uid-of-an-earlier-pod", true);
-    let (code, body) = raw_http(&endpoint, "/v1/component", Some("earlier"));
+    let (code, body) =
+        kube.endpoint_request(&endpoint, "GET", "/v1/component", Some("earlier"), None);
     assert_eq!(code, 403, "{body}");
     // Another pod's token: a pod that runs no try of this scheduler.
     kube.cluster
         .add_token("stranger", "some-other-pod", "uid-0", true);
-    let (code, body) = raw_http(&endpoint, "/v1/try", Some("stranger"));
+    let (code, body) = kube.endpoint_request(&endpoint, "GET", "/v1/try", Some("stranger"), None);
     assert_eq!(code, 403, "{body}");
 
     // Task a's worker repeats the outcome it reported (as it would had the
@@ -469,7 +567,7 @@ fn the_worker_endpoint_serves_only_the_bound_pod_of_a_live_try() {
     let run = kube.last_run("ksleep");
     let output = kube.home.task(&run.run_id, "a").output.expect("a's output");
     let same = serde_json::json!({"Success": {"output": output}}).to_string();
-    let (code, body) = raw_request(
+    let (code, body) = kube.endpoint_request(
         &endpoint,
         "POST",
         "/v1/outcome",
@@ -478,7 +576,7 @@ fn the_worker_endpoint_serves_only_the_bound_pod_of_a_live_try() {
     );
     assert_eq!(code, 204, "{body}");
     let other = serde_json::json!({"Failed": {"error": "forged", "retryable": true}}).to_string();
-    let (code, body) = raw_request(
+    let (code, body) = kube.endpoint_request(
         &endpoint,
         "POST",
         "/v1/outcome",
@@ -487,7 +585,7 @@ fn the_worker_endpoint_serves_only_the_bound_pod_of_a_live_try() {
     );
     assert_eq!(code, 409, "{body}");
     // A pod of no try may not report at all.
-    let (code, body) = raw_request(
+    let (code, body) = kube.endpoint_request(
         &endpoint,
         "POST",
         "/v1/outcome",

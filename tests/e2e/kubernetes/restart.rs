@@ -7,6 +7,8 @@
 //! lost with its node fails its try as retryable, and the retry succeeds; a
 //! watch the server expires (410 Gone) is replaced by a new list, and the
 //! status it then shows still decides a try whose worker could not report.
+//! A scheduler stopped with SIGTERM gives its lease back and leaves its
+//! Jobs to the next one.
 
 use std::process::Stdio;
 
@@ -17,7 +19,7 @@ use crate::support::{CHILD_DEADLINE, Spawned, output_within, text, wait_for};
 
 /// A port free on 127.0.0.1 now, so a restarted host listens where its
 /// predecessor's workers call (as a Service address would stay the same).
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -74,10 +76,11 @@ fn a_killed_scheduler_is_restarted_and_adopts_the_running_job() {
     assert_eq!(
         after.state.as_str(),
         "success",
-        "run: {after:?}\na: {:?}\nb: {:?}\nrestarted: {:?}",
+        "run: {after:?}\na: {:?}\nb: {:?}\nrestarted: {:?}\npod logs: {:?}",
         kube.tries(&run.run_id, "a"),
         kube.tries(&run.run_id, "b"),
-        text(&restarted)
+        text(&restarted),
+        kube.cluster.logs()
     );
     assert_eq!(store.tries(&run.run_id, "a").expect("tries").len(), 1);
     let b = store.tries(&run.run_id, "b").expect("tries");
@@ -94,6 +97,70 @@ fn a_killed_scheduler_is_restarted_and_adopts_the_running_job() {
     let holder = lease["spec"]["holderIdentity"].as_str().expect("holder");
     assert!(!holder.contains(&format!("/{pid}/")), "{holder}");
     assert!(lease["spec"]["leaseTransitions"].as_i64() >= Some(1));
+}
+
+#[test]
+fn sigterm_gives_the_lease_back_and_leaves_the_job_to_the_next_scheduler() {
+    let kube = Kube::new();
+    let manifest = kube.home.manifest(
+        "kterm",
+        "[tasks.a]\nplugin = \"testkit\"\nparams = { mode = \"echo\" }\n\n\
+         [tasks.b]\nplugin = \"testkit\"\nafter = [\"a\"]\nparams = { mode = \"sleep\", ms = 3000 }\n",
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut first = Spawned::new(
+        kube.command(
+            &listen,
+            &["run", &manifest.display().to_string(), "--no-progress"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()),
+    );
+    wait_for("task b's pod to run", CHILD_DEADLINE, || {
+        if let Some(status) = first.exited() {
+            panic!("sluice exited before its SIGTERM: {status}");
+        }
+        (kube.cluster.pod_tokens().len() == 2).then_some(())
+    });
+    let pid = first.id();
+    let holder = the_lease(&kube)["spec"]["holderIdentity"].clone();
+    assert!(
+        holder
+            .as_str()
+            .is_some_and(|h| h.contains(&format!("/{pid}/"))),
+        "{holder}"
+    );
+    // As the kubelet stops a pod (a rolling restart, a drain).
+    let pid = libc::pid_t::try_from(pid).expect("pid");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let out = first.output_within(CHILD_DEADLINE);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(
+        stderr.contains("giving back the scheduler lease"),
+        "{stderr}"
+    );
+    // Given back: no holder, so a scheduler on any node takes it at once.
+    let lease = the_lease(&kube);
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 1, "{lease}");
+    // b's Job went on; the next scheduler adopts it and the run succeeds.
+    let jobs = format!("/apis/batch/v1/namespaces/{NAMESPACE}/jobs");
+    assert_eq!(kube.live(&jobs), 2, "the Jobs were left running");
+    let next = output_within(
+        &mut kube.command(&listen, &["scheduler", "--once"]),
+        CHILD_DEADLINE,
+    );
+    assert!(next.status.success(), "{:?}", text(&next));
+    let run = kube.last_run("kterm");
+    assert_eq!(
+        run.state.as_str(),
+        "success",
+        "{:?}\npod logs: {:?}",
+        text(&next),
+        kube.cluster.logs()
+    );
+    assert_eq!(kube.tries(&run.run_id, "b").len(), 1, "b was adopted");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The host endpoint Kubernetes workers talk to (HTTP/1.1, JSON; plain HTTP
-//! for now, see README "Running on Kubernetes").
+//! The host endpoint Kubernetes workers talk to (HTTP/1.1 and JSON, over TLS
+//! unless the operator chose plain HTTP: see [`super::tls`] and README
+//! "Running on Kubernetes").
 //!
 //! A worker proves who it is with its projected service-account token
 //! (audience `sluice`): the host asks the API server to review it

@@ -9,8 +9,12 @@
 //! at once); otherwise it refuses, naming the holder. The holder renews it
 //! every third of its duration, with optimistic concurrency (the server
 //! refuses a write based on a stale `resourceVersion`), and stops the process
-//! if another holder took it.
+//! if another holder took it. On SIGTERM or SIGINT it gives the lease back
+//! (no holder) and ends the process, so a successor on another node (a
+//! rolling restart) takes over at once; the tries' Jobs go on, and the
+//! successor adopts them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -21,6 +25,9 @@ use kube::api::PostParams;
 
 /// How long a lease holds without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+
+/// How long giving the lease back may take before the process ends anyway.
+const RELEASE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Why the lease could not be taken or kept.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +116,8 @@ pub struct Held {
     namespace: String,
     name: String,
     identity: String,
+    /// Set once the lease was given back: no renewal after that.
+    released: tokio::sync::Mutex<bool>,
 }
 
 fn spec(identity: &str, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
@@ -153,6 +162,7 @@ impl Held {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             identity: identity(),
+            released: tokio::sync::Mutex::new(false),
         };
         // A conflict means another process wrote the lease between our read
         // and our write: read it again (a few times) and decide anew.
@@ -224,12 +234,15 @@ impl Held {
 
     /// Renews the lease every third of its duration for as long as the
     /// process lives; if another process took it, the process stops (it no
-    /// longer owns the instance's Jobs).
+    /// longer owns the instance's Jobs). On SIGTERM or SIGINT, gives it back
+    /// and ends the process (exit code 128 + the signal's number).
     pub fn keep(self) {
+        let held = Arc::new(self);
+        let renewing = held.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(LEASE_DURATION / 3).await;
-                match self.renew().await {
+                match renewing.renew().await {
                     Ok(()) => {}
                     Err(e @ LeaseError::Held { .. }) => {
                         tracing::error!("{e}");
@@ -240,9 +253,58 @@ impl Held {
                 }
             }
         });
+        tokio::spawn(async move {
+            let (signal, number) = termination().await;
+            eprintln!(
+                "stopping on {signal}: giving back the scheduler lease {}/{}; the running tries' Jobs go on, and the next scheduler adopts them",
+                held.namespace, held.name
+            );
+            match tokio::time::timeout(RELEASE_WITHIN, held.release()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("error: cannot give back the scheduler lease: {e}"),
+                Err(_) => eprintln!(
+                    "error: giving back the scheduler lease took over {}s; it expires by itself",
+                    RELEASE_WITHIN.as_secs()
+                ),
+            }
+            std::process::exit(128 + number);
+        });
+    }
+
+    /// Gives the lease back: no holder, so any process takes it at once (a
+    /// lease another process holds by now is left alone).
+    async fn release(&self) -> Result<(), LeaseError> {
+        let mut released = self.released.lock().await;
+        let mut lease = self
+            .api
+            .get(&self.name)
+            .await
+            .map_err(|e| self.api_error(e))?;
+        let old = lease.spec.clone().unwrap_or_default();
+        if old.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        lease.spec = Some(LeaseSpec {
+            holder_identity: None,
+            lease_duration_seconds: Some(1),
+            acquire_time: None,
+            renew_time: Some(MicroTime(Timestamp::now())),
+            lease_transitions: old.lease_transitions,
+            ..LeaseSpec::default()
+        });
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+            .map_err(|e| self.api_error(e))?;
+        *released = true;
+        Ok(())
     }
 
     async fn renew(&self) -> Result<(), LeaseError> {
+        let released = self.released.lock().await;
+        if *released {
+            return Ok(());
+        }
         let mut lease = self
             .api
             .get(&self.name)
@@ -270,6 +332,27 @@ impl Held {
             .await
             .map(drop)
             .map_err(|e| self.api_error(e))
+    }
+}
+
+/// Waits for SIGTERM or SIGINT: its name and number (forever if neither can
+/// be listened for, which is said).
+async fn termination() -> (&'static str, i32) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut interrupt)) => tokio::select! {
+            _ = term.recv() => ("SIGTERM", libc::SIGTERM),
+            _ = interrupt.recv() => ("SIGINT", libc::SIGINT),
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(
+                "cannot listen for SIGTERM and SIGINT (the lease will not be given back at exit): {e}"
+            );
+            std::future::pending().await
+        }
     }
 }
 

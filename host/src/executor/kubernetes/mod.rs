@@ -4,6 +4,8 @@
 //! - [`objects`]: the objects, built from names and settings (pure).
 //! - [`endpoint`]: the host endpoint workers fetch their try from and report
 //!   to, authenticated by projected service-account tokens.
+//! - [`tls`]: TLS on that endpoint (the operator's certificate; the workers'
+//!   CA from a ConfigMap).
 //! - [`status`]: how a try ended when its worker could not report.
 //! - [`pod_worker`]: the worker's side (inside the pod).
 //! - [`lease`]: the single-scheduler lease.
@@ -27,11 +29,12 @@ pub mod objects;
 pub mod pod_worker;
 pub mod settings;
 pub mod status;
+pub mod tls;
 pub mod volumes;
 pub mod watcher;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -50,7 +53,7 @@ use crate::state::TaskState;
 use crate::store::Store;
 use endpoint::Endpoint;
 use objects::Anchor;
-pub use settings::{AccessMode, ImageRef, KubeSettings};
+pub use settings::{AccessMode, EndpointSecurity, ImageRef, KubeSettings};
 use status::{MemoryBudget, Verdict};
 
 /// How often a try's status is looked at even if the watch said nothing
@@ -83,7 +86,9 @@ struct Inner {
     store: Arc<Store>,
     settings: KubeSettings,
     started: OnceCell<Started>,
-    anchors: Mutex<HashMap<String, Anchor>>,
+    /// The runs whose anchor and claim this process applied; held across
+    /// the apply, so tries of a run starting together apply them once.
+    anchors: tokio::sync::Mutex<HashMap<String, Anchor>>,
     /// One permit per pod in flight (`max_pods`).
     pods: Arc<Semaphore>,
 }
@@ -94,12 +99,6 @@ struct Started {
     endpoint: Arc<Endpoint>,
     url: url::Url,
     watcher: watcher::Watcher,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn failed(error: String) -> TryOutcome {
@@ -128,7 +127,7 @@ impl KubernetesExecutor {
                 pods: Arc::new(Semaphore::new(settings.max_pods.max(1))),
                 settings,
                 started: OnceCell::new(),
-                anchors: Mutex::default(),
+                anchors: tokio::sync::Mutex::default(),
             }),
         }
     }
@@ -153,18 +152,22 @@ impl Inner {
                 .map_err(|e| e.to_string())?;
                 lease.keep();
                 let listen = self.settings.endpoint_listen;
+                // Before anything listens: a certificate that does not load
+                // stops the scheduler here, naming the file.
+                let tls = match &self.settings.endpoint_security {
+                    EndpointSecurity::Tls { cert, key, .. } => Some(
+                        tls::server_config(cert, key)
+                            .map_err(|e| format!("the worker endpoint's TLS: {e}"))?,
+                    ),
+                    EndpointSecurity::PlainHttp => None,
+                };
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .map_err(|e| format!("the worker endpoint cannot listen on {listen}: {e}"))?;
                 let bound = listener
                     .local_addr()
                     .map_err(|e| format!("the worker endpoint on {listen}: {e}"))?;
-                let url = match &self.settings.endpoint_url {
-                    Some(url) => url.clone(),
-                    None => format!("http://{bound}")
-                        .parse()
-                        .map_err(|e| format!("the worker endpoint's URL for {bound}: {e}"))?,
-                };
+                let url = self.settings.worker_url(bound)?;
                 let endpoint = Arc::new(Endpoint::new(
                     client.clone(),
                     self.settings.namespace.clone(),
@@ -172,11 +175,27 @@ impl Inner {
                     self.local.clone(),
                 ));
                 let router = endpoint.clone().router();
-                tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, router).await {
-                        tracing::error!("the worker endpoint stopped: {e}");
+                match tls {
+                    Some(config) => {
+                        let listener = tls::TlsListener::new(listener, config)
+                            .map_err(|e| format!("the worker endpoint on {listen}: {e}"))?;
+                        tokio::spawn(async move {
+                            if let Err(e) = axum::serve(listener, router).await {
+                                tracing::error!("the worker endpoint stopped: {e}");
+                            }
+                        });
                     }
-                });
+                    None => {
+                        tracing::warn!(
+                            "the worker endpoint on {bound} serves plain HTTP (--endpoint-plain-http): tokens and connection secrets cross the network in clear"
+                        );
+                        tokio::spawn(async move {
+                            if let Err(e) = axum::serve(listener, router).await {
+                                tracing::error!("the worker endpoint stopped: {e}");
+                            }
+                        });
+                    }
+                }
                 self.delete_strays(&client).await;
                 let watcher = watcher::Watcher::start(
                     &client,
@@ -251,7 +270,8 @@ impl Inner {
         request: &TryRequest,
     ) -> Result<Anchor, String> {
         let run_id = &request.key.run_id;
-        if let Some(anchor) = lock(&self.anchors).get(run_id) {
+        let mut anchors = self.anchors.lock().await;
+        if let Some(anchor) = anchors.get(run_id) {
             return Ok(anchor.clone());
         }
         let namespace = &self.settings.namespace;
@@ -277,7 +297,7 @@ impl Inner {
             .patch(&name, &apply, &Patch::Apply(&claim))
             .await
             .map_err(|e| format!("cannot apply the run's volume claim {namespace}/{name}: {e}"))?;
-        lock(&self.anchors).insert(run_id.clone(), anchor.clone());
+        anchors.insert(run_id.clone(), anchor.clone());
         Ok(anchor)
     }
 
@@ -620,7 +640,7 @@ impl Inner {
             }
             Err(e) => tracing::warn!("cannot list the Jobs of run {run_id}: {e}"),
         }
-        lock(&self.anchors).remove(run_id);
+        self.anchors.lock().await.remove(run_id);
     }
 }
 

@@ -15,9 +15,9 @@ use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, KeyToPath, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
     VolumeResourceRequirements,
 };
@@ -25,7 +25,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use sha2::{Digest, Sha256};
 
-use super::settings::{AccessMode, KubeSettings};
+use super::settings::{AccessMode, EndpointSecurity, KubeSettings};
+use super::tls::{CA_KEY, CA_MOUNT};
 use crate::executor::TryRequest;
 
 /// `app.kubernetes.io/managed-by` value of every object Sluice creates.
@@ -263,8 +264,9 @@ pub fn active_deadline(request: &TryRequest, settings: &KubeSettings) -> Duratio
     Duration::from_secs(total.as_secs() + u64::from(total.subsec_nanos() > 0))
 }
 
-/// The arguments of a try's worker: where the host is, where the volume and
-/// the token are mounted, and the try's ids. Nothing secret.
+/// The arguments of a try's worker: where the host is (and, with TLS, the
+/// CA it trusts for it), where the volume and the token are mounted, and the
+/// try's ids. Nothing secret.
 pub fn worker_args(
     request: &TryRequest,
     settings: &KubeSettings,
@@ -278,6 +280,11 @@ pub fn worker_args(
         "worker".to_owned(),
         "--endpoint".to_owned(),
         endpoint.to_string(),
+    ]);
+    if let EndpointSecurity::Tls { .. } = settings.endpoint_security {
+        args.extend(["--endpoint-ca".to_owned(), format!("{CA_MOUNT}/{CA_KEY}")]);
+    }
+    args.extend([
         "--token-file".to_owned(),
         format!("{TOKEN_MOUNT}/token"),
         "--staging".to_owned(),
@@ -324,39 +331,20 @@ pub fn job(
         limits: Some(BTreeMap::from([("memory".to_owned(), memory)])),
         ..ResourceRequirements::default()
     };
-    let container = Container {
-        name: CONTAINER.into(),
-        image: Some(settings.image.to_string()),
-        image_pull_policy: Some("IfNotPresent".into()),
-        command: Some(vec!["sluice".into()]),
-        args: Some(worker_args(request, settings, endpoint)),
-        resources: Some(resources),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "run".into(),
-                mount_path: VOLUME_MOUNT.into(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "token".into(),
-                mount_path: TOKEN_MOUNT.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        ]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
-        ..Container::default()
-    };
-    let volumes = vec![
+    let mut volume_mounts = vec![
+        VolumeMount {
+            name: "run".into(),
+            mount_path: VOLUME_MOUNT.into(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "token".into(),
+            mount_path: TOKEN_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
+    let mut volumes = vec![
         Volume {
             name: "run".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -381,6 +369,49 @@ pub fn job(
             ..Volume::default()
         },
     ];
+    if let EndpointSecurity::Tls { ca_config_map, .. } = &settings.endpoint_security {
+        // The CA the worker trusts for the endpoint (public: a ConfigMap).
+        volume_mounts.push(VolumeMount {
+            name: "endpoint-ca".into(),
+            mount_path: CA_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "endpoint-ca".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ca_config_map.clone(),
+                items: Some(vec![KeyToPath {
+                    key: CA_KEY.into(),
+                    path: CA_KEY.into(),
+                    mode: None,
+                }]),
+                optional: Some(false),
+                default_mode: None,
+            }),
+            ..Volume::default()
+        });
+    }
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(settings.image.to_string()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec!["sluice".into()]),
+        args: Some(worker_args(request, settings, endpoint)),
+        resources: Some(resources),
+        volume_mounts: Some(volume_mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
     let deadline = i64::try_from(active_deadline(request, settings).as_secs()).unwrap_or(i64::MAX);
     Job {
         metadata: ObjectMeta {
@@ -579,6 +610,51 @@ mod tests {
             .and_then(|s| s[0].service_account_token.as_ref())
             .expect("token");
         assert_eq!(token.audience.as_deref(), Some(TOKEN_AUDIENCE));
+    }
+
+    #[test]
+    fn with_tls_the_worker_pod_mounts_the_ca_configmap_and_no_key() {
+        let request = request();
+        let endpoint: url::Url = "https://sluice.pipelines.svc:7443".parse().expect("url");
+        let plain = job(&request, &settings(), &anchor_ref(), &endpoint);
+        let tls_settings = KubeSettings {
+            endpoint_security: EndpointSecurity::Tls {
+                cert: "/secret/tls.crt".into(),
+                key: "/secret/tls.key".into(),
+                ca_config_map: "endpoint-ca".into(),
+            },
+            ..settings()
+        };
+        let tls = job(&request, &tls_settings, &anchor_ref(), &endpoint);
+        let pod = |job: &Job| job.spec.clone().expect("spec").template.spec.expect("pod");
+        let (plain, tls) = (pod(&plain), pod(&tls));
+        let args = tls.containers[0].args.clone().expect("args");
+        let ca = args
+            .iter()
+            .position(|a| a == "--endpoint-ca")
+            .and_then(|i| args.get(i + 1))
+            .expect("--endpoint-ca");
+        assert_eq!(ca, &format!("{CA_MOUNT}/{CA_KEY}"));
+        // Neither the certificate's nor the key's path reaches the pod.
+        assert!(!format!("{tls:?}").contains("/secret/"), "{args:?}");
+        let volumes = tls.volumes.expect("volumes");
+        assert_eq!(volumes.len(), plain.volumes.expect("volumes").len() + 1);
+        let source = volumes
+            .iter()
+            .find_map(|v| v.config_map.clone())
+            .expect("the CA volume");
+        assert_eq!(source.name, "endpoint-ca");
+        assert_eq!(source.items.expect("items")[0].key, CA_KEY);
+        let mount = tls.containers[0]
+            .volume_mounts
+            .clone()
+            .expect("mounts")
+            .into_iter()
+            .find(|m| m.mount_path == CA_MOUNT)
+            .expect("the CA mount");
+        assert_eq!(mount.read_only, Some(true));
+        let plain_args = plain.containers[0].args.clone().expect("args");
+        assert!(!plain_args.contains(&"--endpoint-ca".to_owned()));
     }
 
     #[test]

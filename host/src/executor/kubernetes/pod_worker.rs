@@ -3,8 +3,13 @@
 //! sha256 before compiling it, run the try with the in-process executor
 //! (same sandbox, limits and DuckDB lockdown as on one machine), stream log
 //! lines and progress, and report the outcome until the host acknowledges it.
+//! A worker that starts while the host restarts asks again for its try
+//! until the new host has adopted it; one whose CA refuses the endpoint's
+//! certificate stops at once, having sent nothing.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -21,6 +26,11 @@ const FLUSH: Duration = Duration::from_millis(200);
 /// How long past the try's timeout the worker keeps offering its outcome.
 const REPORT_WINDOW: Duration = Duration::from_secs(60);
 
+/// How long a starting worker keeps asking for its try and component while
+/// the host cannot be reached or does not know the try yet (it is
+/// restarting, and adopts the try once up).
+const START_WINDOW: Duration = Duration::from_secs(120);
+
 /// Log lines and progress kept while the host cannot be reached (it is
 /// restarting); older ones are dropped beyond it (the pod log keeps them).
 const MAX_PENDING: usize = 20_000;
@@ -30,6 +40,9 @@ const MAX_PENDING: usize = 20_000;
 pub struct PodTry {
     /// The host endpoint.
     pub endpoint: url::Url,
+    /// The CA certificates (PEM) trusted for an `https` endpoint, and no
+    /// other.
+    pub endpoint_ca: Option<PathBuf>,
     /// The projected token (read again for each call: the kubelet rotates it).
     pub token_file: PathBuf,
     /// The run's staging directory on the run's volume.
@@ -83,6 +96,14 @@ pub enum PodWorkerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The endpoint's TLS cannot be set up as asked.
+    #[error("worker: the endpoint {endpoint}: {detail}")]
+    Tls {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        detail: String,
+    },
     /// The host never acknowledged the outcome.
     #[error("worker: the host did not acknowledge the outcome before the deadline: {0}")]
     Unacknowledged(String),
@@ -90,6 +111,8 @@ pub enum PodWorkerError {
 
 struct Host {
     http: reqwest::Client,
+    /// Set once TLS refused the endpoint's certificate.
+    refused: Arc<AtomicBool>,
     pod: PodTry,
 }
 
@@ -112,29 +135,77 @@ impl Host {
         what: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, PodWorkerError> {
+        self.attempt(what, request)
+            .await
+            .map_err(|(error, _)| error)
+    }
+
+    /// One call; a failure says whether it is worth repeating while the
+    /// host may be restarting (unreachable, 5xx, or 403 as it does not know
+    /// the try yet), not when the endpoint's certificate was refused.
+    async fn attempt(
+        &self,
+        what: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, (PodWorkerError, bool)> {
         let url = || self.pod.endpoint.to_string();
-        let response = request
-            .bearer_auth(self.token()?)
+        let response = match request
+            .bearer_auth(self.token().map_err(|e| (e, false))?)
             .send()
             .await
-            .map_err(|e| PodWorkerError::Call {
-                what,
-                url: url(),
-                detail: e.to_string(),
-            })?;
+        {
+            Ok(response) => response,
+            Err(e) => {
+                let error = PodWorkerError::Call {
+                    what,
+                    url: url(),
+                    detail: with_causes(&e),
+                };
+                return Err((error, !self.refused.load(Ordering::Relaxed)));
+            }
+        };
         if response.status().is_success() {
             return Ok(response);
         }
         let status = response.status();
+        let again = status == reqwest::StatusCode::FORBIDDEN || status.is_server_error();
         let body = response
             .text()
             .await
             .unwrap_or_else(|e| format!("(unreadable body: {e})"));
-        Err(PodWorkerError::Call {
-            what,
-            url: url(),
-            detail: format!("{status}: {body}"),
-        })
+        Err((
+            PodWorkerError::Call {
+                what,
+                url: url(),
+                detail: format!("{status}: {body}"),
+            },
+            again,
+        ))
+    }
+
+    /// `GET path`, asked again with backoff for [`START_WINDOW`] while the
+    /// host is unreachable or does not know the try yet.
+    async fn get_once_up(
+        &self,
+        what: &'static str,
+        path: &str,
+    ) -> Result<reqwest::Response, PodWorkerError> {
+        let until = tokio::time::Instant::now() + START_WINDOW;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.attempt(what, self.http.get(self.url(path))).await {
+                Ok(response) => return Ok(response),
+                Err((error, true)) if tokio::time::Instant::now() + delay < until => {
+                    eprintln!(
+                        "{error}; trying again in {}",
+                        humantime::format_duration(delay)
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
     }
 
     async fn post_json<T: serde::Serialize>(
@@ -163,13 +234,13 @@ impl Host {
 /// Serves the try of this pod with `local` (an in-process executor on a home
 /// kept on the run's volume, whose blob store receives the component).
 pub async fn serve(local: &LocalExecutor, home: &Home, pod: PodTry) -> Result<(), PodWorkerError> {
+    let refused = Arc::new(AtomicBool::new(false));
     let host = Host {
-        http: reqwest::Client::new(),
+        http: http_client(&pod, refused.clone())?,
+        refused,
         pod,
     };
-    let response = host
-        .call("fetching the try", host.http.get(host.url("/v1/try")))
-        .await?;
+    let response = host.get_once_up("fetching the try", "/v1/try").await?;
     let bytes = response.bytes().await.map_err(|e| PodWorkerError::Call {
         what: "fetching the try",
         url: host.url("/v1/try"),
@@ -248,6 +319,53 @@ pub async fn serve(local: &LocalExecutor, home: &Home, pod: PodTry) -> Result<()
     reported
 }
 
+/// `error` and its causes (a TLS refusal is a cause of reqwest's error).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
+/// The client for the endpoint: over TLS trusting only `endpoint_ca` for an
+/// `https` endpoint (a CA that does not vouch for it: no call, so the token is
+/// never sent, and `refused` is set), plain for `http`.
+fn http_client(pod: &PodTry, refused: Arc<AtomicBool>) -> Result<reqwest::Client, PodWorkerError> {
+    let error = |detail: String| PodWorkerError::Tls {
+        endpoint: pod.endpoint.to_string(),
+        detail,
+    };
+    let builder = reqwest::Client::builder();
+    let builder = match (pod.endpoint.scheme(), &pod.endpoint_ca) {
+        ("https", Some(ca)) => {
+            let config =
+                super::tls::client_config(ca, refused).map_err(|e| error(e.to_string()))?;
+            builder.use_preconfigured_tls(config)
+        }
+        ("https", None) => {
+            return Err(error(
+                "an https endpoint needs --endpoint-ca (the CA certificates to trust for it)"
+                    .into(),
+            ));
+        }
+        ("http", None) => builder,
+        ("http", Some(ca)) => {
+            return Err(error(format!(
+                "--endpoint-ca {} is given but the endpoint is plain http://",
+                ca.display()
+            )));
+        }
+        (scheme, _) => return Err(error(format!("unsupported scheme `{scheme}`"))),
+    };
+    builder
+        .build()
+        .map_err(|e| error(format!("cannot build the HTTP client: {e}")))
+}
+
 async fn fetch_component(host: &Host, home: &Home, digest: &str) -> Result<(), PodWorkerError> {
     let path = home.blob(digest);
     if path.is_file() {
@@ -260,10 +378,7 @@ async fn fetch_component(host: &Host, home: &Home, digest: &str) -> Result<(), P
         }
     }
     let response = host
-        .call(
-            "fetching the component",
-            host.http.get(host.url("/v1/component")),
-        )
+        .get_once_up("fetching the component", "/v1/component")
         .await?;
     let bytes = response.bytes().await.map_err(|e| PodWorkerError::Call {
         what: "fetching the component",

@@ -3,6 +3,7 @@
 //! figures.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A container image pinned by digest (`name[:tag]@sha256:<64 hex>`).
@@ -49,6 +50,25 @@ pub enum AccessMode {
     ReadWriteMany,
 }
 
+/// How the worker endpoint is secured (see [`super::tls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointSecurity {
+    /// TLS with the operator's certificate chain and key (PEM files, read
+    /// again when they change); workers trust the CA certificates under key
+    /// `ca.crt` of ConfigMap `ca_config_map`, mounted into their pods.
+    Tls {
+        /// The certificate chain (PEM).
+        cert: PathBuf,
+        /// Its private key (PEM).
+        key: PathBuf,
+        /// The ConfigMap, in the namespace, holding the CA workers trust.
+        ca_config_map: String,
+    },
+    /// Plain HTTP: the operator's explicit choice (`--endpoint-plain-http`);
+    /// tokens and the granted connections cross the network in clear.
+    PlainHttp,
+}
+
 /// The Kubernetes executor's settings.
 #[derive(Debug, Clone)]
 pub struct KubeSettings {
@@ -63,8 +83,10 @@ pub struct KubeSettings {
     /// Where the host endpoint listens.
     pub endpoint_listen: SocketAddr,
     /// How workers reach the endpoint (e.g. the Service's URL; none:
-    /// `http://` and the address it listens on).
+    /// `https://` (or `http://`) and the address it listens on).
     pub endpoint_url: Option<url::Url>,
+    /// TLS on the endpoint, or plain HTTP.
+    pub endpoint_security: EndpointSecurity,
     /// Size requested for each run's volume.
     pub volume_size: bytesize::ByteSize,
     /// Storage class of the volumes (none: the cluster default).
@@ -84,8 +106,8 @@ pub struct KubeSettings {
 }
 
 impl KubeSettings {
-    /// Defaults around a namespace and an image.
-    pub fn new(namespace: String, image: ImageRef) -> Self {
+    /// Defaults around a namespace, an image and the endpoint's security.
+    pub fn new(namespace: String, image: ImageRef, endpoint_security: EndpointSecurity) -> Self {
         Self {
             namespace,
             image,
@@ -93,6 +115,7 @@ impl KubeSettings {
             service_account: Some("sluice-worker".into()),
             endpoint_listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
             endpoint_url: None,
+            endpoint_security,
             volume_size: bytesize::ByteSize::gib(10),
             storage_class: None,
             access_mode: AccessMode::ReadWriteOnce,
@@ -103,10 +126,29 @@ impl KubeSettings {
         }
     }
 
+    /// The URL workers reach the endpoint at, once it listens on `bound`:
+    /// `endpoint_url`, whose scheme must be the endpoint's (`https` with TLS,
+    /// `http` without), else that scheme and `bound`.
+    pub fn worker_url(&self, bound: SocketAddr) -> Result<url::Url, String> {
+        let scheme = match self.endpoint_security {
+            EndpointSecurity::Tls { .. } => "https",
+            EndpointSecurity::PlainHttp => "http",
+        };
+        match &self.endpoint_url {
+            Some(url) if url.scheme() == scheme => Ok(url.clone()),
+            Some(url) => Err(format!(
+                "--endpoint-url {url}: the worker endpoint serves {scheme}, so workers must reach it at an {scheme}:// URL"
+            )),
+            None => format!("{scheme}://{bound}")
+                .parse()
+                .map_err(|e| format!("the worker endpoint's URL for {bound}: {e}")),
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
         let image = ImageRef(format!("sluice@sha256:{}", "0".repeat(64)));
-        Self::new("default".into(), image)
+        Self::new("default".into(), image, EndpointSecurity::PlainHttp)
     }
 }
 
@@ -127,5 +169,32 @@ mod tests {
             let error = ImageRef::parse(&bad).expect_err(&bad).to_string();
             assert!(error.contains("pinned by digest"), "{error}");
         }
+    }
+
+    #[test]
+    fn the_worker_url_has_the_endpoint_scheme() {
+        let bound = SocketAddr::from(([10, 0, 0, 1], 7443));
+        let mut settings = KubeSettings::for_tests();
+        assert_eq!(
+            settings.worker_url(bound).expect("url").as_str(),
+            "http://10.0.0.1:7443/"
+        );
+        settings.endpoint_security = EndpointSecurity::Tls {
+            cert: "tls.crt".into(),
+            key: "tls.key".into(),
+            ca_config_map: "sluice-endpoint-ca".into(),
+        };
+        assert_eq!(
+            settings.worker_url(bound).expect("url").as_str(),
+            "https://10.0.0.1:7443/"
+        );
+        settings.endpoint_url = Some("http://sluice.pipelines.svc:7443".parse().expect("url"));
+        let error = settings.worker_url(bound).expect_err("http with TLS");
+        assert!(error.contains("https://"), "{error}");
+        settings.endpoint_url = Some("https://sluice.pipelines.svc:7443".parse().expect("url"));
+        assert_eq!(
+            settings.worker_url(bound).expect("url").host_str(),
+            Some("sluice.pipelines.svc")
+        );
     }
 }
