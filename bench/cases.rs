@@ -709,8 +709,23 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
     };
     let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
     let iterations = if options.smoke { 5 } else { 100 };
-    let (mut instantiate, mut imported) = (Vec::new(), Vec::new());
+    let (mut instantiate, mut imported, mut smallest) = (Vec::new(), Vec::new(), Vec::new());
     let noop = r#"{"params":{"mode":"noop"},"upstream":{}}"#;
+    // The smallest task there is: what a run costs besides the task's own import.
+    let runtime = loaded[0]
+        .python
+        .as_ref()
+        .ok_or("py-testkit is not a Python package")?
+        .runtime
+        .clone();
+    let tiny = std::sync::Arc::new(PythonPackage::new(
+        &runtime,
+        "tiny",
+        vec![python_package::SourceFile {
+            path: "tiny.py".into(),
+            text: "from sluice import task\n\n@task\ndef run(ctx, input):\n    return {}\n".into(),
+        }],
+    ));
     for _ in 0..iterations {
         let mut host = bench_host(&sluice, &staging, &config, &events)?;
         host.python_code = capabilities::PythonCode(loaded[1].python.clone());
@@ -732,11 +747,27 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
             Ok(text) if text == "{}" => {}
             other => return Err(format!("py-testkit's noop mode returned {other:?}").into()),
         }
+
+        let mut host = bench_host(&sluice, &staging, &config, &events)?;
+        host.python_code = capabilities::PythonCode(Some(tiny.clone()));
+        let clock = Instant::now();
+        let mut store = fresh_engine.store(host);
+        let task = loaded[0].pre.instantiate(&mut store)?;
+        let output = task.call_run(&mut store, noop)?;
+        smallest.push(clock.elapsed());
+        match output {
+            Ok(text) if text == "{}" => {}
+            other => return Err(format!("the smallest task returned {other:?}").into()),
+        }
     }
     println!(
         "   warm instantiate of {} (store + instance), median of {iterations}: {:.1} µs",
         digests[1].0,
         median(instantiate).as_secs_f64() * 1e6
+    );
+    println!(
+        "   warm instantiate + import of a one-function module + its run, median of {iterations}: {:.1} µs",
+        median(smallest).as_secs_f64() * 1e6
     );
     println!(
         "   warm instantiate + import of {}'s module + a no-op run, median of {iterations}: {:.1} µs",

@@ -291,6 +291,13 @@ class HostCodeTests(unittest.TestCase):
             self.assertEqual(caught.exception.value.kind, ErrorKind.PERMANENT, files)
             self.assertTrue(caught.exception.value.message.startswith(expected), caught.exception.value)
 
+    def test_the_snapshot_warm_up_leaves_no_module_behind(self):
+        meta_path = list(sys.meta_path)
+        runtime.prepare_snapshot()
+        self.assertNotIn("sluice_warm_up", sys.modules)
+        self.assertEqual(sys.meta_path, meta_path)
+        self.assertIsNone(runtime._task)
+
     def test_the_preloaded_standard_library_is_importable(self):
         from sluice import preload
 
