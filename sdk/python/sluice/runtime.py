@@ -10,6 +10,7 @@ traps the component): every exception becomes a ``task-error``.
 """
 
 import gc
+import importlib.machinery
 import json
 import logging
 import sys
@@ -154,11 +155,19 @@ def prepare_snapshot():
     its pages copied) at each run. Routes logging, takes the import path a
     task takes once (with a module that is then forgotten), and moves every
     object out of the collector's generations, so that a collection during a
-    run does not write to every page of the heap."""
+    run does not write to every page of the heap. Imports are then served
+    from memory only: ``sys.modules``, the built-in and frozen modules, and
+    the task's sources."""
     _route_logging()
     finder = loader.SourceFinder({"sluice_warm_up.py": "VALUE = 1\n"})
     loader.import_task(finder, "sluice_warm_up")
     sys.meta_path.remove(finder)
     del sys.modules["sluice_warm_up"]
+    # The interpreter's files are not in the sandbox at run time (what was
+    # imported now is in memory): searching the file system for a module
+    # only costs a run time (milliseconds per missing module) and would read
+    # `.py` files from wherever the working directory is.
+    sys.meta_path[:] = [f for f in sys.meta_path if f is not importlib.machinery.PathFinder]
+    sys.path_importer_cache.clear()
     gc.collect()
     gc.freeze()

@@ -291,12 +291,22 @@ class HostCodeTests(unittest.TestCase):
             self.assertEqual(caught.exception.value.kind, ErrorKind.PERMANENT, files)
             self.assertTrue(caught.exception.value.message.startswith(expected), caught.exception.value)
 
-    def test_the_snapshot_warm_up_leaves_no_module_behind(self):
-        meta_path = list(sys.meta_path)
-        runtime.prepare_snapshot()
-        self.assertNotIn("sluice_warm_up", sys.modules)
-        self.assertEqual(sys.meta_path, meta_path)
-        self.assertIsNone(runtime._task)
+    def test_the_snapshot_warm_up_leaves_no_module_behind_and_no_file_search(self):
+        import gc
+        import importlib.machinery
+
+        try:
+            runtime.prepare_snapshot()
+            self.assertNotIn("sluice_warm_up", sys.modules)
+            self.assertEqual(
+                sys.meta_path,
+                [f for f in self.saved[1] if f is not importlib.machinery.PathFinder],
+            )
+            self.assertIsNone(runtime._task)
+            with self.assertRaises(ModuleNotFoundError):
+                import sluice_not_in_memory  # noqa: F401
+        finally:
+            gc.unfreeze()
 
     def test_the_preloaded_standard_library_is_importable(self):
         from sluice import preload
