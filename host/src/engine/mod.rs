@@ -11,10 +11,10 @@
 //! and the entry rewritten, with a warning naming the file. Verified code is
 //! kept in a [`SealedCode`] memfd, which worker processes map as it is.
 //!
-//! A Python task is not a component but a [`PythonPackage`] (its sources and
-//! its runtime's digest, see [`crate::python_package`]): preparing it prepares the runtime
-//! component, compiled once and shared by every Python task, and keeps the
-//! sources for each instance.
+//! A Python task is not a component but a [`PythonPackage`] (its sources
+//! and its runtime's digest, see [`crate::python_package`]): preparing it
+//! prepares the runtime component, compiled once and shared by every Python
+//! task, and keeps the sources for each instance.
 
 mod function_cache;
 mod sealed;
