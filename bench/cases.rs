@@ -36,6 +36,7 @@ use sluice::confine::Sandbox;
 use sluice::dag::TaskPolicy;
 use sluice::events::TaskKey;
 use sluice::manifest::Manifest;
+use sluice::python_package::{self, PythonPackage};
 use sluice::scheduler::{RunOptions, run_dag};
 use sluice::{Sluice, capabilities, connections, engine, registry, vault};
 
@@ -168,7 +169,7 @@ pub fn run(options: &BenchOptions) -> BenchResult<()> {
     if options.runs(1) {
         sandbox_tax(options, "etl_local")?;
         if !options.smoke {
-            // Three Python components to compile in a fresh home: case 8 covers
+            // The Python runtime to compile in a fresh home: case 8 covers
             // Python tasks in smoke mode.
             sandbox_tax(options, "etl_python")?;
         }
@@ -617,13 +618,16 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// Case 8: what a Python task costs to compile, load and instantiate, for the
-/// first Python component of a fresh home and for a second one (different
-/// code, the same componentize-py), whose interpreter functions the first
-/// one's compile left in the function cache.
+/// Case 8: what a Python task costs to deploy, load and instantiate. Every
+/// Python task runs on one runtime component (the interpreter and the SDK)
+/// and is itself a package of sources, so the first Python task of a fresh
+/// home compiles the runtime and the next ones (different code, the same
+/// componentize-py) compile nothing.
 fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
     println!();
-    println!("8. Python tasks (componentize-py components, a fresh home)");
+    println!(
+        "8. Python tasks (a shared runtime component + a package of sources each, a fresh home)"
+    );
     let sluice = Sluice::open(&work.join("python-home"))?;
     let dist = options.repo.join("plugins/dist");
     let mut digests = Vec::new();
@@ -631,7 +635,13 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
         .iter()
         .enumerate()
     {
-        let size = std::fs::metadata(dist.join(format!("{plugin}.wasm")))?.len();
+        let package = std::fs::read(dist.join(format!("{plugin}.{}", python_package::EXTENSION)))?;
+        let runtime = PythonPackage::parse(&package)?.runtime;
+        let runtime_size = std::fs::metadata(
+            dist.join(python_package::RUNTIME_DIR)
+                .join(format!("{runtime}.wasm")),
+        )?
+        .len();
         let manifest = write_dag(
             work,
             &format!("python{n}"),
@@ -642,9 +652,11 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
         let deployed = registry::deploy(&sluice.home, &sluice.store, &sluice.engine, &manifest)?;
         let (wall, cpu) = (clock.elapsed(), cpu_time() - cpu);
         println!(
-            "   deploy #{} ({plugin}, {}): {} wall, {} CPU (compiled: {})",
+            "   deploy #{} ({plugin}: {:.1} KiB package, runtime {} {}): {} wall, {} CPU (compiled: {})",
             n + 1,
-            mib(size),
+            package.len() as f64 / 1024.0,
+            &runtime[..12],
+            mib(runtime_size),
             secs(wall),
             secs(cpu),
             deployed.compiled.len()
@@ -652,11 +664,15 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
         let version = sluice.store.version(&deployed.dag_id, &deployed.version)?;
         digests.push((plugin, version.spec.tasks[0].component.clone()));
     }
-    let cached: u64 = std::fs::read_dir(sluice.home.root().join("cache/compiled"))?
+    let entries: Vec<u64> = std::fs::read_dir(sluice.home.root().join("cache/compiled"))?
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
-        .sum();
-    println!("   compile cache: {} for the three", mib(cached));
+        .collect();
+    println!(
+        "   compile cache: {} in {} entries for the three",
+        mib(entries.iter().sum()),
+        entries.len()
+    );
 
     let fresh_engine = engine::Engine::new(&sluice.home)?;
     let mut loaded = Vec::new();
@@ -664,25 +680,27 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
         let clock = Instant::now();
         let prepared = fresh_engine.prepare(digest, &sluice.home.blob(digest))?;
         println!(
-            "   load {plugin} from the compile cache in a new engine: {} (compiled: {})",
+            "   load {plugin} in a new engine (the runtime from the compile cache, then from memory): {} (compiled: {})",
             secs(clock.elapsed()),
             prepared.compiled
         );
         loaded.push(prepared);
     }
-    // What a `sluice worker` does with the code its host verified and handed
-    // over as a sealed memfd: map it, without reading or verifying the cache.
+    // What a `sluice worker` does with the runtime code its host verified and
+    // handed over as a sealed memfd: map it, then read the task's package.
     for (plugin, digest) in &digests {
-        let code = fresh_engine
+        let (runtime, code) = fresh_engine
             .sealed_code(digest)
-            .ok_or_else(|| format!("no sealed code for {plugin} after loading it"))?
-            .try_clone()?;
+            .ok_or_else(|| format!("no sealed code for {plugin} after loading it"))?;
+        let code = code.try_clone()?;
         let worker_engine = engine::Engine::new(&sluice.home)?;
         let clock = Instant::now();
-        worker_engine.adopt(digest, code, &sluice.home.blob(digest))?;
+        worker_engine.adopt(&runtime, code, &sluice.home.blob(&runtime))?;
+        let prepared = worker_engine.prepare(digest, &sluice.home.blob(digest))?;
         println!(
-            "   load {plugin} in a worker from the host's sealed code: {}",
-            secs(clock.elapsed())
+            "   load {plugin} in a worker from the host's sealed runtime code: {} (compiled: {})",
+            secs(clock.elapsed()),
+            prepared.compiled
         );
     }
 
@@ -698,18 +716,70 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
     };
     let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
     let iterations = if options.smoke { 5 } else { 100 };
-    let mut instantiate = Vec::new();
+    let (mut instantiate, mut imported, mut smallest) = (Vec::new(), Vec::new(), Vec::new());
+    let noop = r#"{"params":{"mode":"noop"},"upstream":{}}"#;
+    // The smallest task there is: what a run costs besides the task's own import.
+    let runtime = loaded[0]
+        .python
+        .as_ref()
+        .ok_or("py-testkit is not a Python package")?
+        .runtime
+        .clone();
+    let tiny = std::sync::Arc::new(PythonPackage::new(
+        &runtime,
+        "tiny",
+        vec![python_package::SourceFile {
+            path: "tiny.py".into(),
+            text: "from sluice import task\n\n@task\ndef run(ctx, input):\n    return {}\n".into(),
+        }],
+    ));
     for _ in 0..iterations {
-        let host = bench_host(&sluice, &staging, &config, &events)?;
+        let mut host = bench_host(&sluice, &staging, &config, &events)?;
+        host.python_code = capabilities::PythonCode(loaded[1].python.clone());
         let clock = Instant::now();
         let mut store = fresh_engine.store(host);
         loaded[1].pre.instantiate(&mut store)?;
         instantiate.push(clock.elapsed());
+
+        // py-testkit's `noop` mode: its module imported from the package's
+        // sources (as every try does), the function called, `{}` returned.
+        let mut host = bench_host(&sluice, &staging, &config, &events)?;
+        host.python_code = capabilities::PythonCode(loaded[0].python.clone());
+        let clock = Instant::now();
+        let mut store = fresh_engine.store(host);
+        let task = loaded[0].pre.instantiate(&mut store)?;
+        let output = task.call_run(&mut store, noop)?;
+        imported.push(clock.elapsed());
+        match output {
+            Ok(text) if text == "{}" => {}
+            other => return Err(format!("py-testkit's noop mode returned {other:?}").into()),
+        }
+
+        let mut host = bench_host(&sluice, &staging, &config, &events)?;
+        host.python_code = capabilities::PythonCode(Some(tiny.clone()));
+        let clock = Instant::now();
+        let mut store = fresh_engine.store(host);
+        let task = loaded[0].pre.instantiate(&mut store)?;
+        let output = task.call_run(&mut store, noop)?;
+        smallest.push(clock.elapsed());
+        match output {
+            Ok(text) if text == "{}" => {}
+            other => return Err(format!("the smallest task returned {other:?}").into()),
+        }
     }
     println!(
         "   warm instantiate of {} (store + instance), median of {iterations}: {:.1} µs",
         digests[1].0,
         median(instantiate).as_secs_f64() * 1e6
+    );
+    println!(
+        "   warm instantiate + import of a one-function module + its run, median of {iterations}: {:.1} µs",
+        median(smallest).as_secs_f64() * 1e6
+    );
+    println!(
+        "   warm instantiate + import of {}'s module + a no-op run, median of {iterations}: {:.1} µs",
+        digests[0].0,
+        median(imported).as_secs_f64() * 1e6
     );
     Ok(())
 }

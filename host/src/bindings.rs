@@ -9,6 +9,16 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
+/// The host's side of the Python runtime's own import (`wit/python.wit`):
+/// `python-code`, which hands a Python task's sources to the runtime.
+pub mod python {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "python-host",
+        imports: { default: trappable },
+    });
+}
+
 /// The version of the `sluice:task` package (`wit/task.wit`) this host implements.
 pub const CONTRACT_VERSION: &str = "0.2.1";
 

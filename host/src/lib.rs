@@ -22,6 +22,7 @@ pub mod fuzz;
 pub mod home;
 pub mod http;
 pub mod plugins;
+pub mod python_package;
 pub mod registry;
 pub mod runtime;
 pub mod scheduler;

@@ -1,11 +1,17 @@
 //! Content-addressed deployment: components stored as `blobs/sha256/<hex>`, DAG
 //! versions identified by the sha256 of their canonical spec.
+//!
+//! A Python task (`<name>.pytask`, a [`PythonPackage`]) is stored the same
+//! way, and so is the runtime component it names (from
+//! `<plugin_dir>/python-runtime/<sha256>.wasm`); its package's digest is what
+//! the version records.
 
 use std::path::{Path, PathBuf};
 
 use crate::engine::{Engine, EngineError};
 use crate::home::{Home, write_atomically};
 use crate::manifest::{Manifest, ManifestError};
+use crate::python_package::{self, PythonPackage};
 use crate::store::{Store, StoreError};
 
 /// Re-exported where deployment names what it stores.
@@ -69,14 +75,13 @@ pub fn deploy(
         let bytes = std::fs::read(&source).map_err(|e| {
             manifest.task_error(&task.id, format!("cannot read {}: {e}", source.display()))
         })?;
+        if PythonPackage::is_package(&bytes) {
+            store_runtime(home, &manifest.plugin_dir, &bytes)
+                .map_err(|e| manifest.task_error(&task.id, format!("{}: {e}", source.display())))?;
+        }
         let digest = sha256_hex(&bytes);
         let blob = home.blob(&digest);
-        if !blob.exists() {
-            write_atomically(&blob, &bytes).map_err(|source| DeployError::Blob {
-                path: blob.clone(),
-                source,
-            })?;
-        }
+        store_blob(&blob, &bytes)?;
         let plugin = format!("plugin `{}` ({})", task.plugin, source.display());
         let prepared = engine.prepare(&digest, &blob).map_err(|e| match e {
             EngineError::NotAComponent { message, .. } => {
@@ -112,6 +117,44 @@ pub fn deploy(
     })
 }
 
+/// Writes `bytes` to `blob` unless it is there (its name is its digest).
+fn store_blob(blob: &Path, bytes: &[u8]) -> Result<(), DeployError> {
+    if blob.exists() {
+        return Ok(());
+    }
+    write_atomically(blob, bytes).map_err(|source| DeployError::Blob {
+        path: blob.to_owned(),
+        source,
+    })
+}
+
+/// Stores the runtime component Python task `package` names, read from
+/// `<plugin_dir>/python-runtime/<digest>.wasm` and checked against its digest.
+fn store_runtime(home: &Home, plugin_dir: &Path, package: &[u8]) -> Result<(), String> {
+    let package = PythonPackage::parse(package).map_err(|e| e.to_string())?;
+    let blob = home.blob(&package.runtime);
+    if blob.is_file() {
+        return Ok(());
+    }
+    let path = plugin_dir
+        .join(python_package::RUNTIME_DIR)
+        .join(format!("{}.wasm", package.runtime));
+    let bytes = std::fs::read(&path).map_err(|e| {
+        format!(
+            "cannot read its Python runtime {} ({e}); `sluice build` builds it",
+            path.display()
+        )
+    })?;
+    let actual = sha256_hex(&bytes);
+    if actual != package.runtime {
+        return Err(format!(
+            "its Python runtime {} has sha256 {actual}, not the digest its name and the task give; rebuild with `sluice build`",
+            path.display()
+        ));
+    }
+    store_blob(&blob, &bytes).map_err(|e| e.to_string())
+}
+
 /// A plugin a manifest names that is not built.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -125,9 +168,11 @@ struct PluginNotFound {
     available: String,
 }
 
-/// `<dir>/<name>.wasm`, also trying `-` as `_` (cargo's file names).
+/// `<dir>/<name>.pytask` (a Python task), else `<dir>/<name>.wasm`, also
+/// trying `-` as `_` (cargo's file names).
 fn find_plugin(dir: &Path, name: &str) -> Result<PathBuf, PluginNotFound> {
     let candidates = [
+        format!("{name}.{}", python_package::EXTENSION),
         format!("{name}.wasm"),
         format!("{}.wasm", name.replace('-', "_")),
     ];
@@ -139,10 +184,11 @@ fn find_plugin(dir: &Path, name: &str) -> Result<PathBuf, PluginNotFound> {
         .flatten()
         .flatten()
         .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_suffix(".wasm")
-                .map(str::to_owned)
+            let name = e.file_name().to_str()?.to_owned();
+            let (stem, extension) = name.rsplit_once('.')?;
+            ["wasm", python_package::EXTENSION]
+                .contains(&extension)
+                .then(|| stem.to_owned())
         })
         .collect();
     available.sort();
@@ -153,7 +199,7 @@ fn find_plugin(dir: &Path, name: &str) -> Result<PathBuf, PluginNotFound> {
     };
     Err(PluginNotFound {
         name: name.to_owned(),
-        path: dir.join(&candidates[0]),
+        path: dir.join(&candidates[1]),
         available,
     })
 }

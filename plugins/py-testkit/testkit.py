@@ -6,8 +6,8 @@ import os
 
 from sluice import PermanentError, task
 
-# Only what is imported at build time exists at run time: the escape attempts'
-# modules are imported here (those WASI's CPython lacks stay None).
+# The runtime offers the standard library of `sluice/preload.py`, the escape
+# attempts' modules among them (those WASI's CPython lacks stay None).
 try:
     import socket
 except ImportError:
@@ -67,6 +67,11 @@ def spin(ctx, input):
         n += 1
 
 
+def noop(ctx, input):
+    """Nothing: what importing the task and calling it costs (benchmark)."""
+    return {}
+
+
 def escape(ctx, input):
     """Tries each way out of the sandbox; returns what each one did."""
     tried = {}
@@ -93,6 +98,7 @@ MODES = {
     "sql-error": sql_error,
     "escape": escape,
     "spin": spin,
+    "noop": noop,
 }
 
 

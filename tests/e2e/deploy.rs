@@ -242,3 +242,77 @@ async fn a_worker_maps_the_code_its_host_verified() {
         "the worker read the compile cache (and rewrote the entry) instead of mapping the code handed over"
     );
 }
+
+/// A Python task is deployed with the runtime it names, which must be built
+/// and be the bytes its digest says; its stored package is checked as a
+/// component's blob is. (No runtime is compiled here.)
+#[test]
+fn a_python_task_needs_its_runtime_and_its_package_unchanged() {
+    use sluice::python_package::{PythonPackage, SourceFile};
+
+    let home = TestHome::new();
+    let plugins = home.dir.path().join("fake-plugins");
+    let runtimes = plugins.join("python-runtime");
+    std::fs::create_dir_all(&runtimes).expect("dir");
+    let runtime_bytes = b"not a runtime component".to_vec();
+    let runtime = sluice::registry::sha256_hex(&runtime_bytes);
+    let package = PythonPackage::new(
+        &runtime,
+        "main",
+        vec![SourceFile {
+            path: "main.py".into(),
+            text: "X = 1\n".into(),
+        }],
+    );
+    std::fs::write(plugins.join("fake-py.pytask"), package.to_bytes()).expect("package");
+    let dag = home.dir.path().join("fakepy.toml");
+    std::fs::write(
+        &dag,
+        format!(
+            "[dag]\nid = \"fakepy\"\nplugin_dir = \"{}\"\n[tasks.t]\nplugin = \"fake-py\"\n",
+            plugins.display()
+        ),
+    )
+    .expect("manifest");
+    let deploy = || {
+        let manifest = sluice::manifest::Manifest::load(&dag).expect("manifest");
+        sluice::registry::deploy(
+            &home.sluice.home,
+            &home.sluice.store,
+            &home.sluice.engine,
+            &manifest,
+        )
+        .expect_err("refused")
+        .to_string()
+    };
+    let error = deploy();
+    assert!(
+        error.contains("cannot read its Python runtime") && error.contains("sluice build"),
+        "{error}"
+    );
+    let file = runtimes.join(format!("{runtime}.wasm"));
+    std::fs::write(&file, b"other bytes").expect("runtime");
+    let error = deploy();
+    assert!(error.contains("has sha256"), "{error}");
+    std::fs::write(&file, &runtime_bytes).expect("runtime");
+    let error = deploy();
+    assert!(
+        error.contains(&format!("the Python runtime {runtime}"))
+            && error.contains("is not a WebAssembly component"),
+        "{error}"
+    );
+
+    // A stored package modified after deploy is not run under its digest.
+    let digest = sluice::registry::sha256_hex(&package.to_bytes());
+    let blob = home.sluice.home.blob(&digest);
+    let mut changed = package.clone();
+    changed.sources[0].text = "X = 2\n".into();
+    std::fs::write(&blob, changed.to_bytes()).expect("tamper");
+    let engine = sluice::engine::Engine::new(&home.sluice.home).expect("engine");
+    let error = engine
+        .prepare(&digest, &blob)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("does not match its digest"), "{error}");
+}

@@ -1,7 +1,8 @@
-//! Python tasks (issue 15): built by `sluice build` with componentize-py, run
-//! in a DAG next to Rust tasks through real DuckDB. One DAG covers every
-//! case, so its Python components are compiled once in one home (the first
-//! costs ~20 CPU-s, the next ones less through the function cache).
+//! Python tasks (issue 15): built by `sluice build` (one runtime component
+//! made by componentize-py, a package of sources per task), run in a DAG
+//! next to Rust tasks through real DuckDB. One home covers every case, so
+//! the runtime is compiled once (~20 CPU-s) and no Python task after the
+//! first compiles anything.
 
 use serde_json::json;
 
@@ -66,6 +67,47 @@ timeout = "1s"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_tasks_run_beside_rust_tasks_and_fail_as_they_should() {
     let home = TestHome::new();
+
+    // The first Python task compiles the runtime; a second one, other code on
+    // the same runtime, compiles nothing, and neither leaves code of its own
+    // in the compile cache.
+    let first_task =
+        home.deploy(&home.manifest("python_first", "[tasks.t]\nplugin = \"py-testkit\"\n"));
+    assert_eq!(first_task.compiled, ["t"]);
+    let second_task =
+        home.deploy(&home.manifest("python_second", "[tasks.t]\nplugin = \"etl-extract-py\"\n"));
+    assert!(
+        second_task.compiled.is_empty(),
+        "{:?}",
+        second_task.compiled
+    );
+    let component = |deployment: &sluice::registry::Deployment| {
+        home.sluice
+            .store
+            .version(&deployment.dag_id, &deployment.version)
+            .expect("version")
+            .spec
+            .tasks[0]
+            .component
+            .clone()
+    };
+    let (first_package, second_package) = (component(&first_task), component(&second_task));
+    assert_ne!(first_package, second_package);
+    let runtime_of = |digest: &str| {
+        let bytes = std::fs::read(home.sluice.home.blob(digest)).expect("stored package");
+        sluice::python_package::PythonPackage::parse(&bytes)
+            .expect("a Python package")
+            .runtime
+    };
+    let runtime = runtime_of(&first_package);
+    assert_eq!(runtime_of(&second_package), runtime);
+    let cached: Vec<String> = std::fs::read_dir(home.home_path().join("cache/compiled"))
+        .expect("compile cache")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(cached[0].starts_with(&format!("{runtime}-")), "{cached:?}");
+
     let run = home.run("python_tasks", DAG, json!({})).await;
     assert_eq!(run.state.as_str(), "failed", "four tasks fail on purpose");
     let id = &run.run_id;
@@ -196,26 +238,34 @@ async fn python_tasks_run_beside_rust_tasks_and_fail_as_they_should() {
     }
 
     // An unchanged task builds to the same bytes: its re-deploy records no
-    // new version.
+    // new version. (The package is a function of the sources and the
+    // runtime's digest; the runtime is reused while the SDK is unchanged.)
     let plugins = repo_root().join("plugins");
+    let dist = plugins.join("dist");
     let first = home.deploy(&home.dir.path().join("dags/python_tasks/dag.toml"));
+    let before = std::fs::read(dist.join("py-testkit.pytask")).expect("built");
+    let rebuilt_runtime = sluice::plugins::python::build_runtime(
+        &sluice::plugins::python::componentize_py().expect("componentize-py"),
+        &sluice::plugins::default_target_dir(&plugins).join("python"),
+        &dist,
+        true,
+    )
+    .expect("runtime rebuilt");
+    assert!(
+        rebuilt_runtime.reused,
+        "unchanged SDK and WIT reuse the last runtime"
+    );
+    assert_eq!(rebuilt_runtime.digest, runtime);
     let task = sluice::plugins::python::find_tasks(&plugins)
         .expect("Python tasks")
         .into_iter()
         .find(|t| t.name == "py-testkit")
         .expect("py-testkit");
-    let before = std::fs::read(plugins.join("dist/py-testkit.wasm")).expect("built");
-    let built = sluice::plugins::python::build_task(
-        &sluice::plugins::python::componentize_py().expect("componentize-py"),
-        &task,
-        &sluice::plugins::default_target_dir(&plugins).join("python"),
-        &plugins.join("dist"),
-        true,
-    )
-    .expect("rebuilt");
-    assert!(built.reused, "unchanged inputs reuse the last build");
-    assert_eq!(std::fs::read(&built.component).expect("rebuilt"), before);
+    let rebuilt = sluice::plugins::python::build_task(&task, &rebuilt_runtime.digest, &dist)
+        .expect("rebuilt");
+    assert_eq!(std::fs::read(&rebuilt).expect("rebuilt"), before);
     let again = home.deploy(&home.dir.path().join("dags/python_tasks/dag.toml"));
     assert_eq!(again.version, first.version);
     assert!(!again.new_version);
+    assert!(again.compiled.is_empty(), "{:?}", again.compiled);
 }

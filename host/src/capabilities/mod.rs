@@ -10,6 +10,7 @@
 //! | [`log`] | `log` | [`LogSink`] | [`log::add_to_linker`] |
 //! | [`postgres`] | `connections` | its clients | through [`connections`] |
 //! | [`bucket`] | `connections` | its buckets | through [`connections`] |
+//! | [`python_code`] | `python-code` | [`PythonCode`] | [`python_code::add_to_linker`] |
 //!
 //! Every connection capability is served from one [`view::ConnectionView`].
 //! | [`wasi`] | WASI p2 | `WasiCtx` | [`wasi::add_to_linker`] |
@@ -29,6 +30,7 @@ pub mod handles;
 pub mod limits;
 pub mod log;
 pub mod postgres;
+pub mod python_code;
 pub mod redact;
 pub mod sql;
 pub mod sql_host;
@@ -46,6 +48,7 @@ pub use context::TaskContext;
 pub use grants::Grants;
 pub use limits::{Deadline, MemoryLimiter};
 pub use log::LogSink;
+pub use python_code::PythonCode;
 pub use redact::Redactor;
 pub use sql::{SharedHandles, SqlHandles, SqlPool, SqlSession};
 
@@ -67,6 +70,8 @@ pub struct TaskHost {
     pub limiter: MemoryLimiter,
     /// Connections the task may open.
     pub grants: Grants,
+    /// A Python task's code, for the runtime component that runs it.
+    pub python_code: PythonCode,
     wasi: WasiCtx,
     /// Every guest handle of the try: WASI's, cursors, connections.
     table: ResourceTable,
@@ -81,6 +86,7 @@ pub fn add_to_linker(linker: &mut Linker<TaskHost>) -> wasmtime::Result<()> {
     sql_host::add_to_linker(linker, TaskHost::sql_view)?;
     log::add_to_linker(linker, TaskHost::log_view)?;
     connections::add_to_linker(linker, TaskHost::connection_view)?;
+    python_code::add_to_linker(linker, |host| &mut host.python_code)?;
     Ok(())
 }
 
@@ -102,6 +108,7 @@ impl TaskHost {
             deadline,
             limiter,
             grants,
+            python_code: PythonCode::default(),
             wasi,
             table: ResourceTable::new(),
         }

@@ -10,6 +10,11 @@
 //! is not deserialized: the component is compiled again from its verified blob
 //! and the entry rewritten, with a warning naming the file. Verified code is
 //! kept in a [`SealedCode`] memfd, which worker processes map as it is.
+//!
+//! A Python task is not a component but a [`PythonPackage`] (its sources
+//! and its runtime's digest, see [`crate::python_package`]): preparing it
+//! prepares the runtime component, compiled once and shared by every Python
+//! task, and keeps the sources for each instance.
 
 mod function_cache;
 mod sealed;
@@ -29,6 +34,7 @@ use wasmtime::{Config, Store, UpdateDeadline};
 use crate::bindings::TaskPre;
 use crate::capabilities::TaskHost;
 use crate::home::Home;
+use crate::python_package::{PackageError, PythonPackage};
 use function_cache::FunctionCache;
 pub use sealed::SealedCode;
 use sealed::Unsealed;
@@ -95,6 +101,22 @@ pub enum EngineError {
         /// The key file.
         path: String,
     },
+    /// A Python task package that cannot be read.
+    #[error("{path}: {source}")]
+    Package {
+        /// The blob.
+        path: String,
+        /// What is wrong with it.
+        source: PackageError,
+    },
+    /// The runtime component of a Python task does not load.
+    #[error("the Python runtime {runtime} of this task: {source}")]
+    PythonRuntime {
+        /// Its digest.
+        runtime: String,
+        /// Why.
+        source: Box<EngineError>,
+    },
 }
 
 impl EngineError {
@@ -118,12 +140,14 @@ enum Rejected {
     BadTag,
 }
 
-/// A component ready to instantiate.
+/// A task ready to instantiate.
 #[derive(Clone)]
 pub struct Prepared {
-    /// The pre-instantiated component.
+    /// The pre-instantiated component (a Python task's: its runtime).
     pub pre: TaskPre<TaskHost>,
-    /// Whether this call compiled it (false: memory or disk cache).
+    /// A Python task's code, which its runtime asks for (`python-code`).
+    pub python: Option<Arc<PythonPackage>>,
+    /// Whether this call compiled a component (false: memory or disk cache).
     pub compiled: bool,
 }
 
@@ -245,11 +269,14 @@ impl CacheKey {
 pub struct Engine {
     engine: wasmtime::Engine,
     linker: Linker<TaskHost>,
+    home: Home,
     cache_dir: PathBuf,
     cache_key: CacheKey,
     compat: String,
-    loaded: Mutex<HashMap<String, TaskPre<TaskHost>>>,
+    loaded: Mutex<HashMap<String, Prepared>>,
     sealed: Mutex<HashMap<String, Arc<SealedCode>>>,
+    /// The runtime digest of each Python task prepared, by the task's digest.
+    runtimes: Mutex<HashMap<String, String>>,
     _ticker: EpochTicker,
 }
 
@@ -282,23 +309,29 @@ impl Engine {
         Ok(Self {
             engine,
             linker,
+            home: home.clone(),
             cache_dir: home.compile_cache(),
             cache_key,
             compat,
             loaded: Mutex::new(HashMap::new()),
             sealed: Mutex::new(HashMap::new()),
+            runtimes: Mutex::new(HashMap::new()),
             _ticker: ticker,
         })
     }
 
-    /// Loads component `digest` stored at `blob`: from memory, else from the
-    /// compile cache, else compiled (and cached). Validates the world.
+    /// Loads task `digest` stored at `blob`: from memory, else from the
+    /// compile cache, else compiled (and cached). Validates the world. A
+    /// Python task's runtime is loaded the same way, from the blob store.
     pub fn prepare(&self, digest: &str, blob: &Path) -> Result<Prepared, EngineError> {
-        if let Some(pre) = self.lock_loaded().get(digest) {
+        if let Some(prepared) = self.lock_loaded().get(digest) {
             return Ok(Prepared {
-                pre: pre.clone(),
                 compiled: false,
+                ..prepared.clone()
             });
+        }
+        if let Some(package) = read_package(digest, blob)? {
+            return self.prepare_python(digest, package);
         }
         let cached = self
             .cache_dir
@@ -308,15 +341,63 @@ impl Engine {
             None => (self.compile(digest, blob, &cached)?, true),
         };
         let pre = self.pre_instantiate(&component, blob)?;
-        self.lock_loaded().insert(digest.to_owned(), pre.clone());
+        let prepared = Prepared {
+            pre,
+            python: None,
+            compiled,
+        };
+        self.lock_loaded()
+            .insert(digest.to_owned(), prepared.clone());
         lock(&self.sealed).insert(digest.to_owned(), Arc::new(code));
-        Ok(Prepared { pre, compiled })
+        Ok(prepared)
     }
 
-    /// The sealed compiled code of component `digest`, if this engine has
+    /// Prepares Python task `digest`: its runtime (from memory after the
+    /// first Python task), with `package`'s sources for its instances.
+    fn prepare_python(
+        &self,
+        digest: &str,
+        package: PythonPackage,
+    ) -> Result<Prepared, EngineError> {
+        let runtime = &package.runtime;
+        let failed = |source| EngineError::PythonRuntime {
+            runtime: runtime.clone(),
+            source: Box::new(source),
+        };
+        let prepared = self
+            .prepare(runtime, &self.home.blob(runtime))
+            .map_err(failed)?;
+        if prepared.python.is_some() {
+            return Err(failed(EngineError::NotAComponent {
+                path: self.home.blob(runtime).display().to_string(),
+                message: "is a Python task package, not a runtime component".into(),
+            }));
+        }
+        lock(&self.runtimes).insert(digest.to_owned(), runtime.clone());
+        let prepared = Prepared {
+            python: Some(Arc::new(package)),
+            ..prepared
+        };
+        self.lock_loaded().insert(
+            digest.to_owned(),
+            Prepared {
+                compiled: false,
+                ..prepared.clone()
+            },
+        );
+        Ok(prepared)
+    }
+
+    /// The sealed compiled code of task `digest` (a Python task's: its
+    /// runtime's) and the digest of the component it is, if this engine has
     /// prepared it: what a worker process is handed (see [`Engine::adopt`]).
-    pub fn sealed_code(&self, digest: &str) -> Option<Arc<SealedCode>> {
-        lock(&self.sealed).get(digest).cloned()
+    pub fn sealed_code(&self, digest: &str) -> Option<(String, Arc<SealedCode>)> {
+        let component = lock(&self.runtimes)
+            .get(digest)
+            .cloned()
+            .unwrap_or_else(|| digest.to_owned());
+        let code = lock(&self.sealed).get(&component).cloned()?;
+        Some((component, code))
     }
 
     /// Prepares component `digest` (stored at `blob`) from `code`, the sealed
@@ -329,7 +410,12 @@ impl Engine {
         let component = unsafe { code.deserialize(&self.engine) }
             .map_err(EngineError::wasmtime("load the compiled code handed over"))?;
         let pre = self.pre_instantiate(&component, blob)?;
-        self.lock_loaded().insert(digest.to_owned(), pre);
+        let prepared = Prepared {
+            pre,
+            python: None,
+            compiled: false,
+        };
+        self.lock_loaded().insert(digest.to_owned(), prepared);
         lock(&self.sealed).insert(digest.to_owned(), Arc::new(code));
         Ok(())
     }
@@ -418,7 +504,7 @@ impl Engine {
         Ok(Ok(code.seal().map_err(in_memfd)?))
     }
 
-    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskPre<TaskHost>>> {
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Prepared>> {
         lock(&self.loaded)
     }
 
@@ -521,6 +607,39 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 const WASM_MAGIC: &[u8] = b"\0asm";
+
+/// The Python task package stored at `blob` under `digest`, if it is one
+/// (`None`: a component, or no blob, which only a compile would need).
+fn read_package(digest: &str, blob: &Path) -> Result<Option<PythonPackage>, EngineError> {
+    let path = || blob.display().to_string();
+    let io = |source| EngineError::Io {
+        path: path(),
+        source,
+    };
+    let mut file = match std::fs::File::open(blob) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let mut start = Vec::with_capacity(64);
+    file.by_ref().take(64).read_to_end(&mut start).map_err(io)?;
+    if !PythonPackage::is_package(&start) {
+        return Ok(None);
+    }
+    file.read_to_end(&mut start).map_err(io)?;
+    if crate::digest::sha256_hex(&start) != digest {
+        return Err(EngineError::Tampered {
+            path: path(),
+            digest: digest.to_owned(),
+        });
+    }
+    PythonPackage::parse(&start)
+        .map(Some)
+        .map_err(|source| EngineError::Package {
+            path: path(),
+            source,
+        })
+}
 
 /// A component binary starts with the wasm magic and layer 1 (version 0x0d).
 fn is_component(bytes: &[u8]) -> bool {

@@ -10,18 +10,17 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{Executor, ExecutorError, TryFuture, TryOutcome, TryRequest};
-use crate::bindings::TaskPre;
 use crate::bindings::sluice::task::types::ErrorKind;
 use crate::capabilities::limits::{MemoryExceeded, Stopped};
 use crate::capabilities::sql::SqlConfig;
 use crate::capabilities::wasi::{CapturedOutput, sandbox_ctx};
 use crate::capabilities::{
-    Deadline, Grants, LogSink, MemoryLimiter, SharedHandles, SqlPool, SqlSession, TaskContext,
-    TaskHost,
+    Deadline, Grants, LogSink, MemoryLimiter, PythonCode, SharedHandles, SqlPool, SqlSession,
+    TaskContext, TaskHost,
 };
 use crate::confine::Sandbox;
 use crate::connections::Connection;
-use crate::engine::Engine;
+use crate::engine::{Engine, Prepared};
 use crate::events::RunEvent;
 use crate::home::Home;
 use crate::store::Store;
@@ -42,8 +41,8 @@ pub struct LocalExecutor {
     engine: Arc<Engine>,
     sql_pool: Arc<SqlPool>,
     sandbox: Sandbox,
-    /// Components loaded for runs, by digest.
-    prepared: Mutex<HashMap<String, TaskPre<TaskHost>>>,
+    /// Tasks loaded for runs, by digest.
+    prepared: Mutex<HashMap<String, Prepared>>,
     closing: Closing,
 }
 
@@ -68,19 +67,20 @@ impl LocalExecutor {
         }
     }
 
-    /// The sealed compiled code of `component` once [`Executor::prepare`] has
-    /// loaded it, for a worker process to map.
-    pub fn sealed_code(&self, component: &str) -> Option<Arc<crate::engine::SealedCode>> {
+    /// The sealed compiled code of task `component` (a Python task's: its
+    /// runtime's) and the digest of the component it is, once
+    /// [`Executor::prepare`] has loaded it, for a worker process to map.
+    pub fn sealed_code(&self, component: &str) -> Option<(String, Arc<crate::engine::SealedCode>)> {
         self.engine.sealed_code(component)
     }
 
-    fn load(&self, component: &str) -> Result<TaskPre<TaskHost>, crate::engine::EngineError> {
-        if let Some(pre) = lock(&self.prepared).get(component) {
-            return Ok(pre.clone());
+    fn load(&self, component: &str) -> Result<Prepared, crate::engine::EngineError> {
+        if let Some(prepared) = lock(&self.prepared).get(component) {
+            return Ok(prepared.clone());
         }
         let prepared = self.engine.prepare(component, &self.home.blob(component))?;
-        lock(&self.prepared).insert(component.to_owned(), prepared.pre.clone());
-        Ok(prepared.pre)
+        lock(&self.prepared).insert(component.to_owned(), prepared.clone());
+        Ok(prepared)
     }
 
     /// The connections granted to the try, decrypted: read at the start of the
@@ -182,7 +182,7 @@ impl LocalExecutor {
             });
         Box::pin(async move {
             match ready {
-                Ok(pre) => run_try(env, pre, request, connections, events).await,
+                Ok(prepared) => run_try(env, prepared, request, connections, events).await,
                 Err(error) => TryOutcome::Failed {
                     error,
                     retryable: false,
@@ -203,7 +203,7 @@ struct TryEnv {
 /// Runs one try to its end. Never panics on guest behaviour.
 async fn run_try(
     env: TryEnv,
-    pre: TaskPre<TaskHost>,
+    prepared: Prepared,
     request: TryRequest,
     connections: Vec<Connection>,
     events: UnboundedSender<RunEvent>,
@@ -240,7 +240,7 @@ async fn run_try(
             sandbox,
         };
         tokio::task::spawn_blocking(move || {
-            run_blocking(&engine, &pre, sql, request, connections, watch)
+            run_blocking(&engine, &prepared, sql, request, connections, watch)
         })
     };
     tokio::pin!(worker);
@@ -301,7 +301,7 @@ struct Watch {
 
 fn run_blocking(
     engine: &Engine,
-    pre: &TaskPre<TaskHost>,
+    prepared: &Prepared,
     sql: SqlSession,
     request: TryRequest,
     connections: Vec<Connection>,
@@ -353,7 +353,7 @@ fn run_blocking(
         params: request.params.to_string(),
         staging_dir: staging,
     };
-    let host = TaskHost::new(
+    let mut host = TaskHost::new(
         context,
         sql,
         log,
@@ -362,8 +362,10 @@ fn run_blocking(
         grants,
         wasi,
     );
+    host.python_code = PythonCode(prepared.python.clone());
     let mut store = engine.store(host);
-    let result = pre
+    let result = prepared
+        .pre
         .instantiate(&mut store)
         .and_then(|task| task.call_run(&mut store, &input));
     let host = store.into_data();

@@ -7,9 +7,10 @@
 //! The worker gets the [`TryRequest`] (names only) as one JSON line on stdin
 //! and opens the same Sluice home, so it resolves connections from the vault
 //! itself: no secret crosses the pipe. It answers with [`WorkerMessage`] JSON
-//! lines on stdout, the last one the outcome. The try's compiled component,
-//! verified by the host, is handed over as a sealed memfd on descriptor
-//! [`WORKER_CODE_FD`] (named by `$SLUICE_WORKER_CODE`), which the worker maps
+//! lines on stdout, the last one the outcome. The try's compiled component
+//! (a Python task's runtime), verified by the host, is handed over as a
+//! sealed memfd on descriptor [`WORKER_CODE_FD`] (named by
+//! `$SLUICE_WORKER_CODE`), which the worker maps
 //! instead of reading and verifying the compile cache again.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -199,9 +200,11 @@ impl Executor for ProcessExecutor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // A Python task's is its runtime's code: the worker reads the task's
+        // sources from the blob store, verifying their digest.
         let code = self.local.sealed_code(&request.component);
-        if let Some(code) = &code {
-            hand_over(&mut command, code, &request.component);
+        if let Some((component, code)) = &code {
+            hand_over(&mut command, code, component);
         }
         let exe = self.exe.clone();
         Box::pin(async move {

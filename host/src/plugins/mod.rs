@@ -1,6 +1,7 @@
 //! `sluice build`: compiles the `plugins/` workspace to WebAssembly components
 //! and copies them to `plugins/dist/`: the Rust crates with cargo, then the
-//! Python tasks with componentize-py ([`python`]).
+//! Python runtime with componentize-py and a package per Python task
+//! ([`python`]).
 
 pub mod python;
 
@@ -130,9 +131,11 @@ pub fn build_plugins(plugins_dir: &Path, quiet: bool) -> Result<Vec<PathBuf>, Bu
     let python_tasks = python::find_tasks(plugins_dir)?;
     if !python_tasks.is_empty() {
         let componentize_py = python::componentize_py()?;
-        let work = target_dir.join("python");
+        let runtime =
+            python::build_runtime(&componentize_py, &target_dir.join("python"), &dist, quiet)?;
+        copied.push(runtime.component);
         for task in &python_tasks {
-            copied.push(python::build_task(&componentize_py, task, &work, &dist, quiet)?.component);
+            copied.push(python::build_task(task, &runtime.digest, &dist)?);
         }
     }
     copied.sort();

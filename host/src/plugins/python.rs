@@ -1,26 +1,31 @@
 //! Python tasks: a directory of `plugins/` whose `pyproject.toml` has a
-//! `[tool.sluice]` table is compiled by the pinned componentize-py into a
-//! component of the `task` world.
+//! `[tool.sluice]` table is a Python task. `sluice build` makes two things:
 //!
-//! The sources are staged in `<target>/python/<name>/src` (the task's `.py`
-//! files, and the Python SDK and the WIT embedded in this binary, so the SDK
-//! always matches the host's contract), every staged entry with the same
-//! modification time.
+//! - one runtime component, `dist/python-runtime/<sha256>.wasm`, compiled by
+//!   the pinned componentize-py from the Python SDK and the WIT embedded in
+//!   this binary (world `python-task`): the interpreter with the SDK and the
+//!   standard library of `sluice/preload.py` imported, and no task. Every
+//!   Python task runs on it, so the host compiles it once;
+//! - per task, `dist/<name>.pytask`: a [`PythonPackage`] of the task's `.py`
+//!   files (sorted by path, no modification times) and the runtime's digest.
+//!   It is a pure function of those, so building unchanged sources gives the
+//!   same bytes, and an unchanged re-deploy records no new version.
 //!
 //! componentize-py 0.25.1 does not build reproducibly: the component holds a
-//! snapshot of the interpreter's memory after importing the task, and its
-//! pre-initialization draws the string-hash secret and the `random` seed from
-//! the OS (changing dict layouts across ~14 MB of the snapshot) and sees the
-//! modification times of the temporary directories it unpacks the standard
-//! library into. Neither can be set from outside. So a build whose inputs
-//! (digest of the staged tree and the componentize-py version) equal the last
-//! build's reuses its component: unchanged sources keep their bytes, and an
-//! unchanged re-deploy records no new version.
+//! snapshot of the interpreter's memory, and its pre-initialization draws the
+//! string-hash secret and the `random` seed from the OS (changing dict
+//! layouts across ~14 MB of the snapshot) and sees the modification times of
+//! the temporary directories it unpacks the standard library into. Neither
+//! can be set from outside. So a runtime build whose inputs (digest of the
+//! staged SDK and WIT and the componentize-py version) equal the last
+//! build's reuses its component; a clean checkout builds a runtime with
+//! another digest (and so packages with other digests) once.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::BuildError;
+use crate::python_package::{self, PythonPackage, SourceFile};
 
 /// The componentize-py release Python tasks are built with.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
@@ -30,6 +35,9 @@ pub const COMPONENTIZE_PY_ENV: &str = "SLUICE_COMPONENTIZE_PY";
 
 /// The contract, written next to the sources for componentize-py.
 const TASK_WIT: &str = include_str!("../../../wit/task.wit");
+
+/// The runtime's own import (`python-code`) and world (`python-task`).
+const PYTHON_WIT: &str = include_str!("../../../wit/python.wit");
 
 /// The Python SDK (`sdk/python/sluice`), staged with every Python task.
 const SDK_FILES: &[(&str, &str)] = &[
@@ -46,14 +54,25 @@ const SDK_FILES: &[(&str, &str)] = &[
         include_str!("../../../sdk/python/sluice/errors.py"),
     ),
     (
+        "loader.py",
+        include_str!("../../../sdk/python/sluice/loader.py"),
+    ),
+    (
+        "preload.py",
+        include_str!("../../../sdk/python/sluice/preload.py"),
+    ),
+    (
         "runtime.py",
         include_str!("../../../sdk/python/sluice/runtime.py"),
     ),
 ];
 
-/// The module componentize-py is pointed at: it imports the task's module
-/// (running its `@task`) and exposes the SDK's `WitWorld`.
-const APP_MODULE: &str = "sluice_app";
+/// The module componentize-py is pointed at: it imports the SDK (and with it
+/// the standard library the runtime offers) and exposes its `WitWorld`.
+const APP_MODULE: &str = "sluice_runtime";
+
+/// The WIT world of the runtime component.
+const RUNTIME_WORLD: &str = "python-task";
 
 /// Modification time of every staged file and directory
 /// (2000-01-01T00:00:00Z): the interpreter's import caches record them.
@@ -201,36 +220,34 @@ pub fn default_venv(home: &Path) -> PathBuf {
         .join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"))
 }
 
-/// Compiles `task` into `dist/<name>.wasm`, staging its sources under
-/// `work/<name>/src`; with `quiet`, componentize-py's output is only shown on
-/// failure. When the staged inputs (sources, SDK, WIT, componentize-py
-/// version) are those of the last build, that build's component is reused:
-/// componentize-py's pre-initialization snapshot is not reproducible (see
-/// the module documentation), so unchanged sources keep their bytes, and
-/// their content hash, only this way.
-pub fn build_task(
+/// Builds the runtime component into `dist/python-runtime/<sha256>.wasm`,
+/// staging its sources under `work/runtime/src`; with `quiet`,
+/// componentize-py's output is only shown on failure. When the staged inputs
+/// (SDK, WIT, componentize-py version) are those of the last build, that
+/// build's component is reused: componentize-py's pre-initialization
+/// snapshot is not reproducible (see the module documentation).
+pub fn build_runtime(
     componentize_py: &Path,
-    task: &PythonTask,
     work: &Path,
     dist: &Path,
     quiet: bool,
-) -> Result<Built, BuildError> {
+) -> Result<Runtime, BuildError> {
     let failed = |message: String| BuildError::Python {
-        task: task.dir.display().to_string(),
+        task: "the Python runtime".into(),
         message,
     };
     // Absolute: componentize-py runs in the staging directory.
-    let work = std::path::absolute(work.join(&task.name))
+    let work = std::path::absolute(work.join("runtime"))
         .map_err(|e| failed(format!("cannot resolve {}: {e}", work.display())))?;
     let stage = work.join("src");
     if stage.exists() {
         std::fs::remove_dir_all(&stage)
             .map_err(|e| failed(format!("cannot clear {}: {e}", stage.display())))?;
     }
-    stage_task(task, &stage).map_err(|e| failed(format!("cannot stage sources: {e}")))?;
+    stage_runtime(&stage).map_err(|e| failed(format!("cannot stage the SDK: {e}")))?;
     let inputs = inputs_digest(&stage)
         .map_err(|e| failed(format!("cannot read the staged sources: {e}")))?;
-    let component = work.join(format!("{}.wasm", task.name));
+    let component = work.join("runtime.wasm");
     let recorded = work.join("inputs.sha256");
     let reused = component.is_file()
         && std::fs::read_to_string(&recorded).is_ok_and(|text| text.trim() == inputs);
@@ -241,56 +258,131 @@ pub fn build_task(
         std::fs::write(&recorded, &inputs)
             .map_err(|e| failed(format!("cannot write {}: {e}", recorded.display())))?;
     }
-    let dest = dist.join(format!("{}.wasm", task.name));
-    std::fs::copy(&component, &dest).map_err(|source| BuildError::Copy {
-        dir: dist.display().to_string(),
+    let bytes = std::fs::read(&component)
+        .map_err(|e| failed(format!("cannot read {}: {e}", component.display())))?;
+    let digest = crate::digest::sha256_hex(&bytes);
+    let dir = dist.join(python_package::RUNTIME_DIR);
+    let dest = dir.join(format!("{digest}.wasm"));
+    let copy_err = |source| BuildError::Copy {
+        dir: dir.display().to_string(),
         source,
-    })?;
-    Ok(Built {
+    };
+    std::fs::create_dir_all(&dir).map_err(copy_err)?;
+    if !dest.is_file() {
+        crate::home::write_atomically(&dest, &bytes).map_err(copy_err)?;
+    }
+    Ok(Runtime {
         component: dest,
+        digest,
         reused,
     })
 }
 
-/// A built Python task.
+/// The built runtime component.
 #[derive(Debug)]
-pub struct Built {
-    /// Its component in `dist/`.
+pub struct Runtime {
+    /// `dist/python-runtime/<digest>.wasm`.
     pub component: PathBuf,
+    /// Its sha256.
+    pub digest: String,
     /// Whether the last build's component was reused (inputs unchanged).
     pub reused: bool,
 }
 
-/// Stages what componentize-py reads into `stage`: `app/` (the task's `.py`
-/// files, the SDK as `sluice/`, the entry module) and `wit/task.wit`.
-fn stage_task(task: &PythonTask, stage: &Path) -> std::io::Result<()> {
-    let app = stage.join("app");
-    stage_sources(&task.dir, &app)?;
-    let sdk = app.join("sluice");
-    if sdk.exists() {
-        return Err(std::io::Error::other(
-            "the task has its own `sluice` package, which would hide the SDK",
+/// Writes `task`'s package, run by runtime `runtime` (a digest), to
+/// `dist/<name>.pytask`, and removes a `dist/<name>.wasm` an earlier
+/// Sluice built for it. Returns the package's path.
+pub fn build_task(task: &PythonTask, runtime: &str, dist: &Path) -> Result<PathBuf, BuildError> {
+    let failed = |message: String| BuildError::Python {
+        task: task.dir.display().to_string(),
+        message,
+    };
+    let package = task_package(task, runtime).map_err(failed)?;
+    let dest = dist.join(format!("{}.{}", task.name, python_package::EXTENSION));
+    let copy_err = |source| BuildError::Copy {
+        dir: dist.display().to_string(),
+        source,
+    };
+    crate::home::write_atomically(&dest, &package.to_bytes()).map_err(copy_err)?;
+    match std::fs::remove_file(dist.join(format!("{}.wasm", task.name))) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(copy_err(e)),
+        _ => {}
+    }
+    Ok(dest)
+}
+
+/// The package of `task`: its `.py` files and runtime `runtime`.
+fn task_package(task: &PythonTask, runtime: &str) -> Result<PythonPackage, String> {
+    let mut sources = Vec::new();
+    collect_sources(&task.dir, "", &mut sources)
+        .map_err(|e| format!("cannot read its sources: {e}"))?;
+    if sources
+        .iter()
+        .any(|s| s.path == "sluice.py" || s.path.starts_with("sluice/"))
+    {
+        return Err("the task has its own `sluice` module, which would hide the SDK".into());
+    }
+    let file = task.module.replace('.', "/");
+    let (module, package) = (format!("{file}.py"), format!("{file}/__init__.py"));
+    if !sources
+        .iter()
+        .any(|s| s.path == module || s.path == package)
+    {
+        return Err(format!(
+            "[tool.sluice] module = {:?}: there is no {module} or {package} in the task's directory",
+            task.module
         ));
     }
+    Ok(PythonPackage::new(runtime, &task.module, sources))
+}
+
+/// The `.py` files under `dir` (not hidden entries or `__pycache__`), with
+/// their paths under `prefix`.
+fn collect_sources(dir: &Path, prefix: &str, sources: &mut Vec<SourceFile>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(std::io::Error::other(format!(
+                "{}: a file name that is not UTF-8",
+                entry.path().display()
+            )));
+        };
+        if name.starts_with('.') || name == "__pycache__" {
+            continue;
+        }
+        let path = format!("{prefix}{name}");
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            collect_sources(&entry.path(), &format!("{path}/"), sources)?;
+        } else if kind.is_file() && name.ends_with(".py") {
+            let text = std::fs::read_to_string(entry.path()).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", entry.path().display()))
+            })?;
+            sources.push(SourceFile { path, text });
+        }
+    }
+    Ok(())
+}
+
+/// Stages what componentize-py reads into `stage`: `app/` (the SDK as
+/// `sluice/`, the entry module) and `wit/`.
+fn stage_runtime(stage: &Path) -> std::io::Result<()> {
+    let sdk = stage.join("app/sluice");
     std::fs::create_dir_all(&sdk)?;
     for (name, text) in SDK_FILES {
-        write_staged(&sdk.join(name), text)?;
+        std::fs::write(sdk.join(name), text)?;
     }
-    write_staged(
-        &app.join(format!("{APP_MODULE}.py")),
-        &format!(
-            "# Generated by `sluice build`: the task's module, then the SDK's entry point.\n\
-             import {module}\n\
-             from sluice import runtime as _runtime\n\
-             from sluice.runtime import WitWorld\n\
-             \n\
-             if _runtime.declared() is None:\n    \
-                 raise RuntimeError(\"module {module} declares no @task function\")\n",
-            module = task.module
-        ),
+    std::fs::write(
+        stage.join(format!("app/{APP_MODULE}.py")),
+        "# Generated by `sluice build`: the Python runtime of Sluice tasks.\n\
+         from sluice.runtime import WitWorld, prepare_snapshot  # noqa: F401 - the world's export\n\
+         \n\
+         prepare_snapshot()\n",
     )?;
     std::fs::create_dir_all(stage.join("wit"))?;
-    write_staged(&stage.join("wit/task.wit"), TASK_WIT)?;
+    std::fs::write(stage.join("wit/task.wit"), TASK_WIT)?;
+    std::fs::write(stage.join("wit/python.wit"), PYTHON_WIT)?;
     set_mtimes(stage)
 }
 
@@ -333,7 +425,13 @@ fn run_componentize_py(
         .current_dir(stage)
         .arg("--wit-path")
         .arg("wit")
-        .args(["--world", "task", "componentize", "--python-path", "app"])
+        .args([
+            "--world",
+            RUNTIME_WORLD,
+            "componentize",
+            "--python-path",
+            "app",
+        ])
         .arg("--output")
         .arg(out)
         .arg(APP_MODULE)
@@ -353,33 +451,6 @@ fn run_componentize_py(
     } else {
         Err(format!("componentize-py failed ({status})\n{output}"))
     }
-}
-
-/// Copies the `.py` files under `src` (not hidden entries or `__pycache__`)
-/// to `dest`, keeping their layout.
-fn stage_sources(src: &Path, dest: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dest)?;
-    let mut entries = std::fs::read_dir(src)?.collect::<Result<Vec<_>, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name();
-        let text = name.to_string_lossy();
-        if text.starts_with('.') || text == "__pycache__" {
-            continue;
-        }
-        let path = entry.path();
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            stage_sources(&path, &dest.join(&name))?;
-        } else if kind.is_file() && path.extension().is_some_and(|e| e == "py") {
-            write_staged(&dest.join(&name), &std::fs::read_to_string(&path)?)?;
-        }
-    }
-    Ok(())
-}
-
-fn write_staged(path: &Path, text: &str) -> std::io::Result<()> {
-    std::fs::write(path, text)
 }
 
 /// Gives every file and directory under `dir` (and `dir`) the fixed
@@ -436,38 +507,60 @@ mod tests {
     }
 
     #[test]
-    fn the_inputs_digest_follows_the_staged_sources_not_where_they_are() {
+    fn a_package_follows_the_sources_not_where_they_are_or_when() {
         let task = |dir: &Path, body: &str| {
-            std::fs::create_dir_all(dir.join("pkg")).expect("dir");
+            std::fs::create_dir_all(dir.join("pkg/__pycache__")).expect("dir");
             std::fs::write(dir.join("main.py"), body).expect("write");
             std::fs::write(dir.join("pkg/util.py"), "X = 1\n").expect("write");
-            std::fs::write(dir.join("notes.txt"), "not staged").expect("write");
+            std::fs::write(dir.join("pkg/__pycache__/util.py"), "stale").expect("write");
+            std::fs::write(dir.join("notes.txt"), "not a source").expect("write");
             PythonTask {
                 dir: dir.to_owned(),
                 name: "t".into(),
                 module: "main".into(),
             }
         };
-        let digest = |task: &PythonTask, stage: &Path| {
-            stage_task(task, stage).expect("staged");
-            inputs_digest(stage).expect("digest")
-        };
+        let runtime = "ab".repeat(32);
         let root = tempfile::tempdir().expect("temp dir");
+        let dist = root.path().join("dist");
+        std::fs::create_dir_all(&dist).expect("dist");
+        let build = |task: &PythonTask| {
+            std::fs::read(build_task(task, &runtime, &dist).expect("built")).expect("package")
+        };
         let a = task(&root.path().join("a"), "print(1)\n");
+        let first = build(&a);
+        let package = PythonPackage::parse(&first).expect("a package");
+        let paths: Vec<&str> = package.sources.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(paths, ["main.py", "pkg/util.py"]);
+        assert_eq!(
+            (package.module.as_str(), package.runtime.as_str()),
+            ("main", runtime.as_str())
+        );
+        // Elsewhere, later, with other modification times: the same bytes.
         let b = task(&root.path().join("b"), "print(1)\n");
-        let first = digest(&a, &root.path().join("stage-a"));
-        assert_eq!(first, digest(&b, &root.path().join("stage-b")));
-        // Files that are not Python sources are not inputs.
+        std::fs::File::open(b.dir.join("main.py"))
+            .and_then(|f| f.set_modified(std::time::UNIX_EPOCH))
+            .expect("mtime");
+        assert_eq!(build(&b), first);
+        // Files that are not Python sources are not in it.
         std::fs::write(a.dir.join("notes.txt"), "changed").expect("write");
-        assert_eq!(first, digest(&a, &root.path().join("stage-a2")));
-        // One byte of a source is.
+        assert_eq!(build(&a), first);
+        // One byte of a source is; so is the runtime.
         let c = task(&root.path().join("c"), "print(2)\n");
-        assert_ne!(first, digest(&c, &root.path().join("stage-c")));
-        let staged = root.path().join("stage-c/app/sluice_app.py");
+        assert_ne!(build(&c), first);
+        let other = build_task(&a, &"cd".repeat(32), &dist).expect("built");
+        assert_ne!(std::fs::read(other).expect("package"), first);
+        // A module that is not there is named.
+        let missing = PythonTask {
+            module: "pkg.nope".into(),
+            ..a.clone()
+        };
+        let error = build_task(&missing, &runtime, &dist)
+            .expect_err("refused")
+            .to_string();
         assert!(
-            std::fs::read_to_string(staged)
-                .expect("entry module")
-                .contains("import main\n")
+            error.contains("no pkg/nope.py or pkg/nope/__init__.py"),
+            "{error}"
         );
     }
 }

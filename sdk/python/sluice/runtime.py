@@ -1,18 +1,28 @@
 """The entry point: the ``@task`` decorator and the ``WitWorld`` export that
 componentize-py binds to the world's ``run``.
 
+The runtime component holds no task: at its ``run`` it asks the host for the
+task's code (``python-code``), imports the task's module from it (``loader``),
+and calls the function that module declared with ``@task``.
+
 Nothing raised by a task reaches componentize-py (where an uncaught exception
 traps the component): every exception becomes a ``task-error``.
 """
 
+import gc
+import importlib.machinery
 import json
 import logging
+import sys
 import traceback
 
 from componentize_py_types import Err
 from wit_world.imports import log as _log
+from wit_world.imports import python_code as _python_code
 from wit_world.imports import types as _types
 
+from . import loader
+from . import preload  # noqa: F401 - imports the standard library the runtime offers
 from .context import Context, Input
 from .errors import PERMANENT, SluiceError
 
@@ -77,11 +87,42 @@ def _describe(error):
     return f"{name}: {text}" if text else name
 
 
+def load_task(module, files):
+    """Imports the task's ``module`` from ``files`` (``{path: text}``) and
+    returns the function it declared with ``@task``. What cannot import
+    (a syntax error, a module the runtime does not have) fails permanently."""
+    finder = loader.SourceFinder(files)
+    try:
+        loader.import_task(finder, module)
+    except (SyntaxError, ImportError) as error:
+        message = _describe(error)
+        if isinstance(error, ModuleNotFoundError) and error.name not in finder.names():
+            message += (
+                " (a Python task can import its own .py files and the standard library"
+                " modules of the Sluice runtime, listed in sluice/preload.py)"
+            )
+        raise SluiceError(message, PERMANENT) from error
+    if _task is None:
+        raise SluiceError(f"module {module} declares no @task function", PERMANENT)
+    return _task
+
+
+def _host_task():
+    """The task the host hands over (``python-code``), imported once."""
+    if _task is not None:
+        return _task
+    code = _python_code.code()
+    return load_task(code.module, {source.path: source.text for source in code.sources})
+
+
 def run_task(function, text):
-    """Runs ``function`` on the input document ``text``; returns the output
-    document, or raises ``Err(TaskError)`` for every failure."""
+    """Runs ``function`` (or, when it is ``None``, the task the host hands
+    over) on the input document ``text``; returns the output document, or
+    raises ``Err(TaskError)`` for every failure."""
     _route_logging()
     try:
+        if function is None:
+            function = _host_task()
         output = function(Context(), Input.decode(text))
         try:
             return json.dumps(output, separators=(",", ":"), allow_nan=False)
@@ -104,11 +145,29 @@ class WitWorld:
     """The world's export, bound by componentize-py."""
 
     def run(self, input: str) -> str:
-        function = _task
-        if function is None:
-            raise Err(
-                _types.TaskError(
-                    _types.ErrorKind.PERMANENT, "the component declares no @task function"
-                )
-            )
-        return run_task(function, input)
+        return run_task(None, input)
+
+
+def prepare_snapshot():
+    """Called once, by the runtime's entry module, while componentize-py
+    pre-initializes the interpreter: every instance starts from the memory
+    this leaves, mapped copy-on-write, so what is done here is not done (nor
+    its pages copied) at each run. Routes logging, takes the import path a
+    task takes once (with a module that is then forgotten), and moves every
+    object out of the collector's generations, so that a collection during a
+    run does not write to every page of the heap. Imports are then served
+    from memory only: ``sys.modules``, the built-in and frozen modules, and
+    the task's sources."""
+    _route_logging()
+    finder = loader.SourceFinder({"sluice_warm_up.py": "VALUE = 1\n"})
+    loader.import_task(finder, "sluice_warm_up")
+    sys.meta_path.remove(finder)
+    del sys.modules["sluice_warm_up"]
+    # The interpreter's files are not in the sandbox at run time (what was
+    # imported now is in memory): searching the file system for a module
+    # only costs a run time (milliseconds per missing module) and would read
+    # `.py` files from wherever the working directory is.
+    sys.meta_path[:] = [f for f in sys.meta_path if f is not importlib.machinery.PathFinder]
+    sys.path_importer_cache.clear()
+    gc.collect()
+    gc.freeze()

@@ -44,8 +44,22 @@ class SqlErrorValue:
     message: str
 
 
+@dataclass
+class SourceFile:
+    path: str
+    text: str
+
+
+@dataclass
+class TaskCode:
+    module: str
+    sources: list
+
+
 LOG = []
 TABLE = [{"i": n} for n in range(7)]
+# What the fake host hands over as the task's code (``python-code``).
+CODE = TaskCode("main", [])
 
 
 class FakeCursor:
@@ -77,7 +91,7 @@ def install_fakes():
     imports = types.ModuleType("wit_world.imports")
     root.imports = imports
     mods = {name: types.ModuleType(f"wit_world.imports.{name}") for name in
-            ["types", "log", "sql", "context", "connections"]}
+            ["types", "log", "sql", "context", "connections", "python_code"]}
     mods["types"].ErrorKind = ErrorKind
     mods["types"].TaskError = TaskError
     mods["log"].Level = Level
@@ -86,6 +100,7 @@ def install_fakes():
     mods["sql"].execute = lambda statement: 3
     mods["sql"].query = fake_query
     mods["sql"].query_json = lambda statement, max_rows: json.dumps(TABLE[:max_rows])
+    mods["python_code"].code = lambda: CODE
     mods["context"].staging_dir = lambda: "/staging/run"
     mods["context"].ds = lambda: "2026-01-31"
     mods["connections"].open_postgres = lambda id: (_ for _ in ()).throw(
@@ -215,6 +230,89 @@ class SqlTests(unittest.TestCase):
         self.assertEqual(self.ctx.staging_path("a.parquet"), "/staging/run/a.parquet")
         self.assertEqual(self.ctx.ds, "2026-01-31")
         self.assertEqual(sluice.literal("it's"), "'it''s'")
+
+
+class HostCodeTests(unittest.TestCase):
+    """The runtime imports the task the host hands over, from memory."""
+
+    def setUp(self):
+        self.saved = (runtime._task, list(sys.meta_path), dict(sys.modules))
+        runtime._task = None
+
+    def tearDown(self):
+        runtime._task, meta_path, modules = self.saved
+        sys.meta_path[:] = meta_path
+        for name in set(sys.modules) - set(modules):
+            del sys.modules[name]
+
+    def host_run(self, module, files, params=None):
+        global CODE
+        CODE = TaskCode(module, [SourceFile(path, text) for path, text in sorted(files.items())])
+        LOG.clear()
+        return runtime.WitWorld().run(json.dumps({"params": params or {}, "upstream": {}}))
+
+    def test_the_task_module_imports_its_packages_from_the_sources(self):
+        files = {
+            "jobs/__init__.py": "PREFIX = 'n='\n",
+            "jobs/main.py": (
+                "from sluice import task\n"
+                "from jobs import PREFIX\n"
+                "from lib.util import double\n"
+                "@task\n"
+                "def run(ctx, input):\n"
+                "    return PREFIX + str(double(input.params['n']))\n"
+            ),
+            "lib/util.py": "def double(n):\n    return 2 * n\n",
+        }
+        self.assertEqual(self.host_run("jobs.main", files, {"n": 21}), '"n=42"')
+        self.assertEqual(sys.modules["lib"].__path__, [])
+        self.assertEqual(sys.modules["jobs.main"].__file__, "jobs/main.py")
+
+    def test_a_traceback_shows_the_tasks_lines(self):
+        files = {"main.py": "from sluice import task\n@task\ndef run(ctx, input):\n    return {}['gone']\n"}
+        with self.assertRaises(Err) as caught:
+            self.host_run("main", files)
+        self.assertEqual(caught.exception.value, TaskError(ErrorKind.RETRYABLE, "KeyError: 'gone'"))
+        self.assertIn('File "main.py", line 4, in run', LOG[-1][1])
+        self.assertIn("return {}['gone']", LOG[-1][1])
+
+    def test_what_cannot_import_fails_permanently(self):
+        for files, expected in [
+            ({"main.py": "def broken(:\n"}, "SyntaxError"),
+            ({"main.py": "import numpy\n"}, "ModuleNotFoundError: No module named 'numpy' (a Python task"),
+            ({"main.py": "X = 1\n"}, "module main declares no @task function"),
+            ({"other.py": "X = 1\n"}, "ModuleNotFoundError: No module named 'main'"),
+        ]:
+            runtime._task = None
+            sys.modules.pop("main", None)
+            sys.meta_path[:] = self.saved[1]
+            with self.assertRaises(Err) as caught:
+                self.host_run("main", files)
+            self.assertEqual(caught.exception.value.kind, ErrorKind.PERMANENT, files)
+            self.assertTrue(caught.exception.value.message.startswith(expected), caught.exception.value)
+
+    def test_the_snapshot_warm_up_leaves_no_module_behind_and_no_file_search(self):
+        import gc
+        import importlib.machinery
+
+        try:
+            runtime.prepare_snapshot()
+            self.assertNotIn("sluice_warm_up", sys.modules)
+            self.assertEqual(
+                sys.meta_path,
+                [f for f in self.saved[1] if f is not importlib.machinery.PathFinder],
+            )
+            self.assertIsNone(runtime._task)
+            with self.assertRaises(ModuleNotFoundError):
+                import sluice_not_in_memory  # noqa: F401
+        finally:
+            gc.unfreeze()
+
+    def test_the_preloaded_standard_library_is_importable(self):
+        from sluice import preload
+
+        self.assertEqual(preload.UNAVAILABLE, ())
+        self.assertIn("json", preload.MODULES)
 
 
 class DecoratorTests(unittest.TestCase):

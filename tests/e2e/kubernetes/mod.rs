@@ -597,3 +597,42 @@ fn the_worker_endpoint_serves_only_the_bound_pod_of_a_live_try() {
     let out = running.output_within(CHILD_DEADLINE);
     assert!(out.status.success(), "{:?}", text(&out));
 }
+
+#[test]
+fn a_python_task_runs_in_a_pod_on_the_runtime_it_fetches() {
+    let kube = Kube::new();
+    let manifest = kube.home.manifest(
+        "kpython",
+        "[tasks.extract]\nplugin = \"etl-extract-py\"\nparams = { rows = 1000 }\n",
+    );
+    let out = kube.cli(&["run", &manifest.display().to_string(), "--no-progress"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let run = kube.last_run("kpython");
+    assert_eq!(run.state.as_str(), "success");
+    assert_eq!(
+        kube.home.output(&run.run_id, "extract"),
+        serde_json::json!({ "rows": 1000, "file": "raw.parquet" })
+    );
+    // The pod's home received the task's package and the runtime it names
+    // (fetched from the endpoint, each checked against its digest).
+    let version = kube
+        .home
+        .sluice
+        .store
+        .version("kpython", &run.version)
+        .expect("version");
+    let package = &version.spec.tasks[0].component;
+    let bytes = std::fs::read(kube.home.sluice.home.blob(package)).expect("package");
+    let runtime = sluice::python_package::PythonPackage::parse(&bytes)
+        .expect("a Python task")
+        .runtime;
+    let claims = kube.stored("PersistentVolumeClaim");
+    let claim = claims[0]["metadata"]["name"].as_str().expect("claim name");
+    let blobs = kube
+        .cluster
+        .claim_dir(claim)
+        .join("worker-home/blobs/sha256");
+    for digest in [package, &runtime] {
+        assert!(blobs.join(digest).is_file(), "{digest} not in {blobs:?}");
+    }
+}

@@ -6,12 +6,13 @@
 //! (audience `sluice`): the host asks the API server to review it
 //! (TokenReview), reads the pod name and uid the server vouches for, and
 //! binds them to the live try whose Job made that pod. It then gets that
-//! try's request, component and granted connections (secrets travel only
-//! here, into the worker's memory), and sends its log lines, progress and
-//! outcome back. A token the server does not accept, one of a pod that is not
-//! the bound pod of a live try, or one for a try that has ended is refused,
-//! with one exception: a worker whose acknowledgement was lost may repeat the
-//! outcome it reported, and that identical report is acknowledged again.
+//! try's request, component (and a Python task's runtime) and granted
+//! connections (secrets travel only here, into the worker's memory), and
+//! sends its log lines, progress and outcome back. A token the server does
+//! not accept, one of a pod that is not the bound pod of a live try, or one
+//! for a try that has ended is refused, with one exception: a worker whose
+//! acknowledgement was lost may repeat the outcome it reported, and that
+//! identical report is acknowledged again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -205,6 +206,7 @@ impl Endpoint {
         axum::Router::new()
             .route("/v1/try", get(assignment))
             .route("/v1/component", get(component))
+            .route("/v1/python-runtime", get(python_runtime))
             .route("/v1/events", post(events))
             .route("/v1/outcome", post(outcome))
             .with_state(self)
@@ -399,6 +401,32 @@ async fn component(
         Refusal(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot read component {digest} ({}): {e}", path.display()),
+        )
+    })
+}
+
+/// The runtime component of the try's Python task: the only other blob a
+/// worker is served.
+async fn python_runtime(
+    State(endpoint): State<Arc<Endpoint>>,
+    headers: HeaderMap,
+) -> Result<Vec<u8>, Refusal> {
+    let package = component(State(endpoint.clone()), headers).await?;
+    let package = crate::python_package::PythonPackage::parse(&package).map_err(|e| {
+        Refusal(
+            StatusCode::NOT_FOUND,
+            format!("the try's component is not a Python task ({e})"),
+        )
+    })?;
+    let path = endpoint.home.blob(&package.runtime);
+    tokio::fs::read(&path).await.map_err(|e| {
+        Refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "cannot read Python runtime {} ({}): {e}",
+                package.runtime,
+                path.display()
+            ),
         )
     })
 }

@@ -1,11 +1,12 @@
 //! The worker's side of the [endpoint](super::endpoint), inside a try's pod:
-//! fetch the try and its connections, fetch the component and check its
-//! sha256 before compiling it, run the try with the in-process executor
-//! (same sandbox, limits and DuckDB lockdown as on one machine), stream log
-//! lines and progress, and report the outcome until the host acknowledges it.
-//! A worker that starts while the host restarts asks again for its try
-//! until the new host has adopted it; one whose CA refuses the endpoint's
-//! certificate stops at once, having sent nothing.
+//! fetch the try and its connections, fetch the component (and a Python
+//! task's runtime) and check its sha256 before compiling it, run the try
+//! with the in-process executor (same sandbox, limits and DuckDB lockdown
+//! as on one machine), stream log lines and progress, and report the
+//! outcome until the host acknowledges it. A worker that starts while the
+//! host restarts asks again for its try until the new host has adopted it;
+//! one whose CA refuses the endpoint's certificate stops at once, having
+//! sent nothing.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::connections::Connection;
 use crate::events::TaskKey;
 use crate::executor::{Executor, LocalExecutor, TryOutcome, WorkerMessage};
 use crate::home::Home;
+use crate::python_package::PythonPackage;
 
 /// How often buffered log lines and progress are sent.
 const FLUSH: Duration = Duration::from_millis(200);
@@ -366,7 +368,29 @@ fn http_client(pod: &PodTry, refused: Arc<AtomicBool>) -> Result<reqwest::Client
         .map_err(|e| error(format!("cannot build the HTTP client: {e}")))
 }
 
+/// Puts the try's component `digest` in the home's blob store, and, when it
+/// is a Python task, the runtime component it names.
 async fn fetch_component(host: &Host, home: &Home, digest: &str) -> Result<(), PodWorkerError> {
+    let bytes = fetch_blob(host, home, digest, "/v1/component").await?;
+    if PythonPackage::is_package(&bytes) {
+        let package = PythonPackage::parse(&bytes).map_err(|e| PodWorkerError::Call {
+            what: "reading the Python task",
+            url: host.url("/v1/component"),
+            detail: e.to_string(),
+        })?;
+        fetch_blob(host, home, &package.runtime, "/v1/python-runtime").await?;
+    }
+    Ok(())
+}
+
+/// The bytes of blob `digest`: from the home when they are there and match
+/// it, else fetched from the endpoint's `route`, checked and stored.
+async fn fetch_blob(
+    host: &Host,
+    home: &Home,
+    digest: &str,
+    route: &str,
+) -> Result<Vec<u8>, PodWorkerError> {
     let path = home.blob(digest);
     if path.is_file() {
         let bytes = std::fs::read(&path).map_err(|source| PodWorkerError::Io {
@@ -374,15 +398,15 @@ async fn fetch_component(host: &Host, home: &Home, digest: &str) -> Result<(), P
             source,
         })?;
         if hex::encode(Sha256::digest(&bytes)) == digest {
-            return Ok(());
+            return Ok(bytes);
         }
     }
     let response = host
-        .get_once_up("fetching the component", "/v1/component")
+        .get_once_up("fetching the component", route)
         .await?;
     let bytes = response.bytes().await.map_err(|e| PodWorkerError::Call {
         what: "fetching the component",
-        url: host.url("/v1/component"),
+        url: host.url(route),
         detail: e.to_string(),
     })?;
     let actual = hex::encode(Sha256::digest(&bytes));
@@ -401,7 +425,8 @@ async fn fetch_component(host: &Host, home: &Home, digest: &str) -> Result<(), P
     crate::home::write_atomically(&path, &bytes).map_err(|source| PodWorkerError::Io {
         path: path.display().to_string(),
         source,
-    })
+    })?;
+    Ok(bytes.to_vec())
 }
 
 /// Offers the log lines the host has not taken yet, then the outcome, until

@@ -1,0 +1,177 @@
+//! Python tasks as data (a leaf: the build writes packages, the registry,
+//! the engine and the workers read them). `sluice build` compiles one runtime component per
+//! componentize-py version and Python SDK (the interpreter with the SDK
+//! imported, exporting the task world and importing `python-code`,
+//! `wit/python.wit`); a Python task is a [`PythonPackage`]: its module name,
+//! its `.py` sources and the digest of the runtime that runs it.
+//!
+//! The engine prepares a package by preparing its runtime (compiled once,
+//! shared by every Python task of the process) and hands the sources to
+//! each instance through `python-code`. A package is deterministic JSON
+//! (sources sorted by path, nothing else varies), so its digest, which a DAG
+//! version records, names exactly the runtime and the sources that ran.
+
+use serde::{Deserialize, Serialize};
+
+/// What a package's bytes start with: its `format` field, first.
+const MAGIC: &[u8] = b"{\"format\":\"sluice-python-task/1\"";
+
+/// The package format this host reads and writes.
+pub const FORMAT: &str = "sluice-python-task/1";
+
+/// The file extension of a Python task in `plugins/dist/` (`<name>.pytask`).
+pub const EXTENSION: &str = "pytask";
+
+/// The directory of `plugins/dist/` holding runtime components, by digest
+/// (`python-runtime/<sha256>.wasm`).
+pub const RUNTIME_DIR: &str = "python-runtime";
+
+/// A deployed Python task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonPackage {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// sha256 of the runtime component that runs it.
+    pub runtime: String,
+    /// The module holding the `@task` function.
+    pub module: String,
+    /// Its `.py` files, sorted by path.
+    pub sources: Vec<SourceFile>,
+}
+
+/// One source file of a Python task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFile {
+    /// Relative, `/`-separated (`pkg/util.py`).
+    pub path: String,
+    /// The file's text.
+    pub text: String,
+}
+
+/// Why bytes are not a Python package.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    /// Not the JSON of a package.
+    #[error("not a Python task package: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A package whose fields are wrong.
+    #[error("Python task package: {0}")]
+    Invalid(String),
+}
+
+impl PythonPackage {
+    /// A package of `sources` (sorted here) run by runtime `runtime`.
+    pub fn new(runtime: &str, module: &str, mut sources: Vec<SourceFile>) -> Self {
+        sources.sort_by(|a, b| a.path.cmp(&b.path));
+        Self {
+            format: FORMAT.to_owned(),
+            runtime: runtime.to_owned(),
+            module: module.to_owned(),
+            sources,
+        }
+    }
+
+    /// Whether `bytes` (the start of a file will do) are a package rather
+    /// than a component.
+    pub fn is_package(bytes: &[u8]) -> bool {
+        bytes.starts_with(MAGIC)
+    }
+
+    /// The bytes of this package: the same for the same runtime, module and
+    /// sources, whatever order they were listed in.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes =
+            serde_json::to_vec(self).expect("a package is strings and lists of strings");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// Reads and checks a package.
+    pub fn parse(bytes: &[u8]) -> Result<Self, PackageError> {
+        let package: Self = serde_json::from_slice(bytes)?;
+        let invalid = |m: String| Err(PackageError::Invalid(m));
+        if package.format != FORMAT {
+            return invalid(format!(
+                "format {:?}; this host reads {FORMAT:?}",
+                package.format
+            ));
+        }
+        if !crate::digest::is_sha256_hex(&package.runtime) {
+            return invalid(format!(
+                "runtime {:?} is not a sha256 digest",
+                package.runtime
+            ));
+        }
+        if !package.sources.is_sorted_by(|a, b| a.path < b.path) {
+            return invalid("its sources are not sorted by path, each once".into());
+        }
+        if let Some(bad) = package.sources.iter().find(|s| {
+            !s.path.ends_with(".py")
+                || s.path
+                    .split('/')
+                    .any(|part| part.is_empty() || part == "." || part == "..")
+        }) {
+            return invalid(format!(
+                "source path {:?} is not a relative path of a .py file",
+                bad.path
+            ));
+        }
+        Ok(package)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(path: &str, text: &str) -> SourceFile {
+        SourceFile {
+            path: path.into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn a_package_is_the_same_bytes_whatever_the_order_of_its_sources() {
+        let runtime = "ab".repeat(32);
+        let a = PythonPackage::new(
+            &runtime,
+            "main",
+            vec![
+                source("pkg/util.py", "X = 1\n"),
+                source("main.py", "import pkg.util\n"),
+            ],
+        );
+        let b = PythonPackage::new(
+            &runtime,
+            "main",
+            vec![
+                source("main.py", "import pkg.util\n"),
+                source("pkg/util.py", "X = 1\n"),
+            ],
+        );
+        assert_eq!(a.to_bytes(), b.to_bytes());
+        assert!(PythonPackage::is_package(&a.to_bytes()));
+        assert!(!PythonPackage::is_package(b"\0asm\x0d\0\x01\0"));
+        assert_eq!(PythonPackage::parse(&a.to_bytes()).expect("parses"), a);
+    }
+
+    #[test]
+    fn a_package_with_a_bad_runtime_or_path_is_refused() {
+        let mut package = PythonPackage::new(&"cd".repeat(32), "m", vec![source("m.py", "")]);
+        package.runtime = "not-a-digest".into();
+        let error = PythonPackage::parse(&package.to_bytes()).expect_err("refused");
+        assert!(error.to_string().contains("not a sha256 digest"), "{error}");
+
+        let package = PythonPackage::new(&"cd".repeat(32), "m", vec![source("../escape.py", "")]);
+        let error = PythonPackage::parse(&package.to_bytes()).expect_err("refused");
+        assert!(error.to_string().contains("\"../escape.py\""), "{error}");
+
+        let mut package = PythonPackage::new(&"cd".repeat(32), "m", vec![]);
+        package.sources = vec![source("b.py", ""), source("a.py", "")];
+        let error = PythonPackage::parse(&package.to_bytes()).expect_err("refused");
+        assert!(error.to_string().contains("not sorted"), "{error}");
+    }
+}
