@@ -371,6 +371,17 @@ pub(crate) fn open_fresh() -> Result<Connection, SqlError> {
     Ok(Connection::open_in_memory_with_flags(options)?)
 }
 
+/// DuckDB's async I/O threads for a task's session: none, so files are
+/// written by the statement's own threads. With them (DuckDB's default is
+/// four per worker thread), a `COPY` stopped mid-write (its staging limit
+/// reached, its deadline passed, a disk error) can deadlock DuckDB 2.0: the
+/// aborting thread drains the async writer's tasks while holding the
+/// stream queue's lock, and a finishing write task waits for that lock
+/// (`AsyncFileWriter::AbortWrite` → `TaskExecutor::DrainTasks` against
+/// `ManagedAsyncWriteStreamQueue::SchedulePendingWritesInternal`; seen in
+/// `limits::a_task_filling_staging_is_stopped_at_its_staging_limit`).
+const ASYNC_THREADS: u32 = 0;
+
 /// Applies the task's limits and threads (DuckDB launches its worker pools
 /// from the calling thread, at the end of the statement that changes their
 /// size), confines file access to staging, then locks the configuration.
@@ -402,8 +413,7 @@ pub(crate) fn lock_down(conn: Connection, config: &SqlConfig) -> Result<Connecti
         memory = config.memory_limit,
         spill = config.spill_limit,
         threads = config.threads,
-        // DuckDB's own default: four async I/O threads per worker thread.
-        async_threads = (4 * config.threads).min(256),
+        async_threads = ASYNC_THREADS,
         staging = literal(&staging),
         temp = literal(temp),
         home = literal(staging.trim_end_matches('/')),

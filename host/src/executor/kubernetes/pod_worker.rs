@@ -401,9 +401,7 @@ async fn fetch_blob(
             return Ok(bytes);
         }
     }
-    let response = host
-        .get_once_up("fetching the component", route)
-        .await?;
+    let response = host.get_once_up("fetching the component", route).await?;
     let bytes = response.bytes().await.map_err(|e| PodWorkerError::Call {
         what: "fetching the component",
         url: host.url(route),
