@@ -451,13 +451,39 @@ fn start_and_kill(home: &TestHome, manifest: &std::path::Path) -> String {
                 })
         },
     );
+    // `slow` is recorded running before its worker starts.
+    wait_for("the worker of `slow`", Duration::from_secs(30), || {
+        (!workers_of(home).is_empty()).then_some(())
+    });
     child.kill();
     assert_eq!(
         home.sluice.store.run(&run_id).expect("run").state.as_str(),
         "running",
         "left running by the kill"
     );
+    // The killed host's worker (`slow` sleeps for 10 minutes) dies with it.
+    wait_for(
+        "the killed host's worker to end",
+        Duration::from_secs(10),
+        || workers_of(home).is_empty().then_some(()),
+    );
     run_id
+}
+
+/// The pids of the `sluice worker` processes running on `home`.
+fn workers_of(home: &TestHome) -> Vec<u32> {
+    let home = home.home_path().to_string_lossy().into_owned();
+    let processes = std::fs::read_dir("/proc").expect("/proc");
+    processes
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_worker = args.contains(&b"worker".as_slice()) && args.contains(&home.as_bytes());
+            is_worker.then_some(pid)
+        })
+        .collect()
 }
 
 fn assert_recovered(home: &TestHome, run_id: &str) {

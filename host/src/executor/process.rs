@@ -200,6 +200,7 @@ impl Executor for ProcessExecutor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        die_with_host(&mut command);
         // A Python task's is its runtime's code: the worker reads the task's
         // sources from the blob store, verifying their digest.
         let code = self.local.sealed_code(&request.component);
@@ -243,6 +244,28 @@ impl Executor for ProcessExecutor {
     fn release(&self, _run_id: &str) {
         // Each try's future waits for its worker to exit (or kills it), and a
         // process that has exited holds no file of the run.
+    }
+}
+
+/// Has the worker started by `command` killed by the kernel when the
+/// thread that starts it ends (a thread of the host's runtime, so when the
+/// host does), however the host ends: a worker left behind would run on
+/// past its deadline, which only the host enforces.
+fn die_with_host(command: &mut tokio::process::Command) {
+    let host = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only `prctl` and `getppid`, which are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A host that ended before the line above sent no signal.
+            if u32::try_from(libc::getppid()).ok() != Some(host) {
+                return Err(std::io::Error::other("the host process has ended"));
+            }
+            Ok(())
+        });
     }
 }
 
