@@ -741,31 +741,26 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
         loaded[1].pre.instantiate(&mut store)?;
         instantiate.push(clock.elapsed());
 
-        // py-testkit's `noop` mode: its module imported from the package's
-        // sources (as every try does), the function called, `{}` returned.
-        let mut host = bench_host(&sluice, &staging, &config, &events)?;
-        host.python_code = capabilities::PythonCode(loaded[0].python.clone());
-        let clock = Instant::now();
-        let mut store = fresh_engine.store(host);
-        let task = loaded[0].pre.instantiate(&mut store)?;
-        let output = task.call_run(&mut store, noop)?;
-        imported.push(clock.elapsed());
-        match output {
-            Ok(text) if text == "{}" => {}
-            other => return Err(format!("py-testkit's noop mode returned {other:?}").into()),
-        }
-
-        let mut host = bench_host(&sluice, &staging, &config, &events)?;
-        host.python_code = capabilities::PythonCode(Some(tiny.clone()));
-        let clock = Instant::now();
-        let mut store = fresh_engine.store(host);
-        let task = loaded[0].pre.instantiate(&mut store)?;
-        let output = task.call_run(&mut store, noop)?;
-        smallest.push(clock.elapsed());
-        match output {
-            Ok(text) if text == "{}" => {}
-            other => return Err(format!("the smallest task returned {other:?}").into()),
-        }
+        // The runtime given `code` as its task's sources (imported as every
+        // try does), the function called, `{}` returned: the time it took.
+        let run_noop = |code, what: &str| -> BenchResult<Duration> {
+            let mut host = bench_host(&sluice, &staging, &config, &events)?;
+            host.python_code = capabilities::PythonCode(code);
+            let clock = Instant::now();
+            let mut store = fresh_engine.store(host);
+            let task = loaded[0].pre.instantiate(&mut store)?;
+            let output = task.call_run(&mut store, noop)?;
+            let took = clock.elapsed();
+            match output {
+                Ok(text) if text == "{}" => Ok(took),
+                other => Err(format!("{what} returned {other:?}").into()),
+            }
+        };
+        imported.push(run_noop(
+            loaded[0].python.clone(),
+            "py-testkit's noop mode",
+        )?);
+        smallest.push(run_noop(Some(tiny.clone()), "the smallest task")?);
     }
     println!(
         "   warm instantiate of {} (store + instance), median of {iterations}: {:.1} µs",
