@@ -636,10 +636,10 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
         .enumerate()
     {
         let package = std::fs::read(dist.join(format!("{plugin}.{}", python_package::EXTENSION)))?;
-        let runtime = PythonPackage::parse(&package)?.runtime;
+        let runtime_key = PythonPackage::parse(&package)?.runtime_key;
         let runtime_size = std::fs::metadata(
             dist.join(python_package::RUNTIME_DIR)
-                .join(format!("{runtime}.wasm")),
+                .join(format!("{runtime_key}.wasm")),
         )?
         .len();
         let manifest = write_dag(
@@ -652,10 +652,10 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
         let deployed = registry::deploy(&sluice.home, &sluice.store, &sluice.engine, &manifest)?;
         let (wall, cpu) = (clock.elapsed(), cpu_time() - cpu);
         println!(
-            "   deploy #{} ({plugin}: {:.1} KiB package, runtime {} {}): {} wall, {} CPU (compiled: {})",
+            "   deploy #{} ({plugin}: {:.1} KiB package, runtime key {} {}): {} wall, {} CPU (compiled: {})",
             n + 1,
             package.len() as f64 / 1024.0,
-            &runtime[..12],
+            &runtime_key[..12],
             mib(runtime_size),
             secs(wall),
             secs(cpu),
@@ -723,7 +723,7 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
         .python
         .as_ref()
         .ok_or("py-testkit is not a Python package")?
-        .runtime
+        .runtime_key
         .clone();
     let tiny = std::sync::Arc::new(PythonPackage::new(
         &runtime,

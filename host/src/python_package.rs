@@ -3,27 +3,39 @@
 //! componentize-py version and Python SDK (the interpreter with the SDK
 //! imported, exporting the task world and importing `python-code`,
 //! `wit/python.wit`); a Python task is a [`PythonPackage`]: its module name,
-//! its `.py` sources and the digest of the runtime that runs it.
+//! its `.py` sources and the runtime's key.
+//!
+//! A runtime is named by its key, the sha256 of what it is built from
+//! (componentize-py's version, the SDK, the WIT), not by its bytes:
+//! componentize-py's builds of the same inputs differ (its snapshot holds
+//! OS randomness), and naming the bytes would give every clean checkout new
+//! package digests for unchanged sources. A home records the first runtime
+//! component deployed for a key and runs that one for every package naming
+//! it (`Home::python_runtime`), so a run still traces to exact bytes:
+//! version, package, key, recorded component.
 //!
 //! The engine prepares a package by preparing its runtime (compiled once,
 //! shared by every Python task of the process) and hands the sources to
 //! each instance through `python-code`. A package is deterministic JSON
 //! (sources sorted by path, nothing else varies), so its digest, which a DAG
-//! version records, names exactly the runtime and the sources that ran.
+//! version records, is the same wherever unchanged sources are built.
 
 use serde::{Deserialize, Serialize};
 
-/// What a package's bytes start with: its `format` field, first.
-const MAGIC: &[u8] = b"{\"format\":\"sluice-python-task/1\"";
+/// What a package's bytes start with, whatever its format version: its
+/// `format` field, first.
+const MAGIC: &[u8] = b"{\"format\":\"sluice-python-task/";
 
-/// The package format this host reads and writes.
-pub const FORMAT: &str = "sluice-python-task/1";
+/// The package format this host reads and writes. (Format 1 named its
+/// runtime by the component's digest; its packages are refused with a
+/// request to rebuild.)
+pub const FORMAT: &str = "sluice-python-task/2";
 
 /// The file extension of a Python task in `plugins/dist/` (`<name>.pytask`).
 pub const EXTENSION: &str = "pytask";
 
-/// The directory of `plugins/dist/` holding runtime components, by digest
-/// (`python-runtime/<sha256>.wasm`).
+/// The directory of `plugins/dist/` holding runtime components, by key
+/// (`python-runtime/<key>.wasm`).
 pub const RUNTIME_DIR: &str = "python-runtime";
 
 /// A deployed Python task.
@@ -32,8 +44,9 @@ pub const RUNTIME_DIR: &str = "python-runtime";
 pub struct PythonPackage {
     /// Always [`FORMAT`].
     pub format: String,
-    /// sha256 of the runtime component that runs it.
-    pub runtime: String,
+    /// The key of the runtime that runs it: sha256 of the runtime's build
+    /// inputs (see the module documentation).
+    pub runtime_key: String,
     /// The module holding the `@task` function.
     pub module: String,
     /// Its `.py` files, sorted by path.
@@ -62,12 +75,13 @@ pub enum PackageError {
 }
 
 impl PythonPackage {
-    /// A package of `sources` (sorted here) run by runtime `runtime`.
-    pub fn new(runtime: &str, module: &str, mut sources: Vec<SourceFile>) -> Self {
+    /// A package of `sources` (sorted here) run by the runtime of key
+    /// `runtime_key`.
+    pub fn new(runtime_key: &str, module: &str, mut sources: Vec<SourceFile>) -> Self {
         sources.sort_by(|a, b| a.path.cmp(&b.path));
         Self {
             format: FORMAT.to_owned(),
-            runtime: runtime.to_owned(),
+            runtime_key: runtime_key.to_owned(),
             module: module.to_owned(),
             sources,
         }
@@ -90,18 +104,23 @@ impl PythonPackage {
 
     /// Reads and checks a package.
     pub fn parse(bytes: &[u8]) -> Result<Self, PackageError> {
-        let package: Self = serde_json::from_slice(bytes)?;
+        /// The format alone, read before the fields it decides.
+        #[derive(Deserialize)]
+        struct Format {
+            format: String,
+        }
         let invalid = |m: String| Err(PackageError::Invalid(m));
-        if package.format != FORMAT {
+        let Format { format } = serde_json::from_slice(bytes)?;
+        if format != FORMAT {
             return invalid(format!(
-                "format {:?}; this host reads {FORMAT:?}",
-                package.format
+                "format {format:?}; this host reads {FORMAT:?}: build the task again with `sluice build` and deploy it"
             ));
         }
-        if !crate::digest::is_sha256_hex(&package.runtime) {
+        let package: Self = serde_json::from_slice(bytes)?;
+        if !crate::digest::is_sha256_hex(&package.runtime_key) {
             return invalid(format!(
-                "runtime {:?} is not a sha256 digest",
-                package.runtime
+                "runtime key {:?} is not a sha256 digest",
+                package.runtime_key
             ));
         }
         if !package.sources.is_sorted_by(|a, b| a.path < b.path) {
@@ -161,9 +180,16 @@ mod tests {
     #[test]
     fn a_package_with_a_bad_runtime_or_path_is_refused() {
         let mut package = PythonPackage::new(&"cd".repeat(32), "m", vec![source("m.py", "")]);
-        package.runtime = "not-a-digest".into();
+        package.runtime_key = "not-a-digest".into();
         let error = PythonPackage::parse(&package.to_bytes()).expect_err("refused");
         assert!(error.to_string().contains("not a sha256 digest"), "{error}");
+
+        let mut package = PythonPackage::new(&"cd".repeat(32), "m", vec![]);
+        package.format = "sluice-python-task/1".into();
+        let bytes = package.to_bytes();
+        assert!(PythonPackage::is_package(&bytes));
+        let error = PythonPackage::parse(&bytes).expect_err("refused");
+        assert!(error.to_string().contains("`sluice build`"), "{error}");
 
         let package = PythonPackage::new(&"cd".repeat(32), "m", vec![source("../escape.py", "")]);
         let error = PythonPackage::parse(&package.to_bytes()).expect_err("refused");

@@ -2,9 +2,10 @@
 //! versions identified by the sha256 of their canonical spec.
 //!
 //! A Python task (`<name>.pytask`, a [`PythonPackage`]) is stored the same
-//! way, and so is the runtime component it names (from
-//! `<plugin_dir>/python-runtime/<sha256>.wasm`); its package's digest is what
-//! the version records.
+//! way; its package's digest is what the version records. The runtime
+//! component it names by key (`<plugin_dir>/python-runtime/<key>.wasm`) is
+//! stored and recorded for that key the first time the home sees the key;
+//! later builds for the same key are not stored (see `python_package`).
 
 use std::path::{Path, PathBuf};
 
@@ -75,10 +76,13 @@ pub fn deploy(
         let bytes = std::fs::read(&source).map_err(|e| {
             manifest.task_error(&task.id, format!("cannot read {}: {e}", source.display()))
         })?;
-        if PythonPackage::is_package(&bytes) {
-            store_runtime(home, &manifest.plugin_dir, &bytes)
-                .map_err(|e| manifest.task_error(&task.id, format!("{}: {e}", source.display())))?;
-        }
+        // A Python task's first deployment in a home compiles its runtime.
+        let runtime_compiled = if PythonPackage::is_package(&bytes) {
+            store_runtime(home, engine, &manifest.plugin_dir, &bytes)
+                .map_err(|e| manifest.task_error(&task.id, format!("{}: {e}", source.display())))?
+        } else {
+            false
+        };
         let digest = sha256_hex(&bytes);
         let blob = home.blob(&digest);
         store_blob(&blob, &bytes)?;
@@ -93,7 +97,7 @@ pub fn deploy(
             ),
             other => manifest.task_error(&task.id, other.to_string()),
         })?;
-        if prepared.compiled {
+        if prepared.compiled || runtime_compiled {
             compiled.push(task.id.clone());
         }
         task.component = digest;
@@ -128,31 +132,57 @@ fn store_blob(blob: &Path, bytes: &[u8]) -> Result<(), DeployError> {
     })
 }
 
-/// Stores the runtime component Python task `package` names, read from
-/// `<plugin_dir>/python-runtime/<digest>.wasm` and checked against its digest.
-fn store_runtime(home: &Home, plugin_dir: &Path, package: &[u8]) -> Result<(), String> {
+/// Makes sure the home has a runtime for the key Python task `package`
+/// names: if none is recorded, stores
+/// `<plugin_dir>/python-runtime/<key>.wasm` and, once `engine` has
+/// prepared it (a record stands for good), records it for the key. Returns
+/// whether preparing it compiled it.
+fn store_runtime(
+    home: &Home,
+    engine: &Engine,
+    plugin_dir: &Path,
+    package: &[u8],
+) -> Result<bool, String> {
     let package = PythonPackage::parse(package).map_err(|e| e.to_string())?;
-    let blob = home.blob(&package.runtime);
-    if blob.is_file() {
-        return Ok(());
+    let key = &package.runtime_key;
+    let recorded = home
+        .python_runtime(key)
+        .map_err(|e| format!("cannot read the home's record of Python runtime {key}: {e}"))?;
+    if let Some(digest) = recorded {
+        let blob = home.blob(&digest);
+        return if blob.is_file() {
+            Ok(false)
+        } else {
+            Err(format!(
+                "the home runs component {digest} for Python runtime {key}, and {} is missing",
+                blob.display()
+            ))
+        };
     }
     let path = plugin_dir
         .join(python_package::RUNTIME_DIR)
-        .join(format!("{}.wasm", package.runtime));
+        .join(format!("{key}.wasm"));
     let bytes = std::fs::read(&path).map_err(|e| {
         format!(
             "cannot read its Python runtime {} ({e}); `sluice build` builds it",
             path.display()
         )
     })?;
-    let actual = sha256_hex(&bytes);
-    if actual != package.runtime {
+    let digest = sha256_hex(&bytes);
+    let blob = home.blob(&digest);
+    store_blob(&blob, &bytes).map_err(|e| e.to_string())?;
+    let prepared = engine
+        .prepare(&digest, &blob)
+        .map_err(|e| format!("its Python runtime {}: {e}", path.display()))?;
+    if prepared.python.is_some() {
         return Err(format!(
-            "its Python runtime {} has sha256 {actual}, not the digest its name and the task give; rebuild with `sluice build`",
+            "its Python runtime {} is a Python task package, not a runtime component",
             path.display()
         ));
     }
-    store_blob(&blob, &bytes).map_err(|e| e.to_string())
+    home.record_python_runtime(key, &digest)
+        .map_err(|e| format!("cannot record Python runtime {key}: {e}"))?;
+    Ok(prepared.compiled)
 }
 
 /// A plugin a manifest names that is not built.

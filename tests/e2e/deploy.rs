@@ -244,8 +244,9 @@ async fn a_worker_maps_the_code_its_host_verified() {
 }
 
 /// A Python task is deployed with the runtime it names, which must be built
-/// and be the bytes its digest says; its stored package is checked as a
-/// component's blob is. (No runtime is compiled here.)
+/// and be a component: a runtime is recorded for its key only once it
+/// loads. The stored package is checked as a component's blob is. (No
+/// runtime is compiled here.)
 #[test]
 fn a_python_task_needs_its_runtime_and_its_package_unchanged() {
     use sluice::python_package::{PythonPackage, SourceFile};
@@ -254,10 +255,9 @@ fn a_python_task_needs_its_runtime_and_its_package_unchanged() {
     let plugins = home.dir.path().join("fake-plugins");
     let runtimes = plugins.join("python-runtime");
     std::fs::create_dir_all(&runtimes).expect("dir");
-    let runtime_bytes = b"not a runtime component".to_vec();
-    let runtime = sluice::registry::sha256_hex(&runtime_bytes);
+    let key = "ab".repeat(32);
     let package = PythonPackage::new(
-        &runtime,
+        &key,
         "main",
         vec![SourceFile {
             path: "main.py".into(),
@@ -290,16 +290,18 @@ fn a_python_task_needs_its_runtime_and_its_package_unchanged() {
         error.contains("cannot read its Python runtime") && error.contains("sluice build"),
         "{error}"
     );
-    let file = runtimes.join(format!("{runtime}.wasm"));
-    std::fs::write(&file, b"other bytes").expect("runtime");
-    let error = deploy();
-    assert!(error.contains("has sha256"), "{error}");
-    std::fs::write(&file, &runtime_bytes).expect("runtime");
+    let file = runtimes.join(format!("{key}.wasm"));
+    std::fs::write(&file, b"not a runtime component").expect("runtime");
     let error = deploy();
     assert!(
-        error.contains(&format!("the Python runtime {runtime}"))
+        error.contains(&format!("its Python runtime {}", file.display()))
             && error.contains("is not a WebAssembly component"),
         "{error}"
+    );
+    assert_eq!(
+        home.sluice.home.python_runtime(&key).expect("record"),
+        None,
+        "a runtime that does not load is not recorded for the key"
     );
 
     // A stored package modified after deploy is not run under its digest.

@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use crate::support::{TestHome, repo_root};
+use crate::support::{TestHome, plugins_dist, repo_root};
 
 const DAG: &str = r#"
 [tasks.extract]
@@ -97,10 +97,16 @@ async fn python_tasks_run_beside_rust_tasks_and_fail_as_they_should() {
         let bytes = std::fs::read(home.sluice.home.blob(digest)).expect("stored package");
         sluice::python_package::PythonPackage::parse(&bytes)
             .expect("a Python package")
-            .runtime
+            .runtime_key
     };
-    let runtime = runtime_of(&first_package);
-    assert_eq!(runtime_of(&second_package), runtime);
+    let runtime_key = runtime_of(&first_package);
+    assert_eq!(runtime_of(&second_package), runtime_key);
+    let runtime = home
+        .sluice
+        .home
+        .python_runtime(&runtime_key)
+        .expect("the home's record")
+        .expect("a runtime recorded for the key");
     let cached: Vec<String> = std::fs::read_dir(home.home_path().join("cache/compiled"))
         .expect("compile cache")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -239,7 +245,8 @@ async fn python_tasks_run_beside_rust_tasks_and_fail_as_they_should() {
 
     // An unchanged task builds to the same bytes: its re-deploy records no
     // new version. (The package is a function of the sources and the
-    // runtime's digest; the runtime is reused while the SDK is unchanged.)
+    // runtime's key; the runtime is kept while the SDK is unchanged. A clean
+    // checkout: `a_clean_checkout_builds_an_unchanged_python_task_to_the_same_version`.)
     let plugins = repo_root().join("plugins");
     let dist = plugins.join("dist");
     let first = home.deploy(&home.dir.path().join("dags/python_tasks/dag.toml"));
@@ -255,17 +262,87 @@ async fn python_tasks_run_beside_rust_tasks_and_fail_as_they_should() {
         rebuilt_runtime.reused,
         "unchanged SDK and WIT reuse the last runtime"
     );
-    assert_eq!(rebuilt_runtime.digest, runtime);
+    assert_eq!(rebuilt_runtime.key, runtime_key);
     let task = sluice::plugins::python::find_tasks(&plugins)
         .expect("Python tasks")
         .into_iter()
         .find(|t| t.name == "py-testkit")
         .expect("py-testkit");
-    let rebuilt = sluice::plugins::python::build_task(&task, &rebuilt_runtime.digest, &dist)
-        .expect("rebuilt");
+    let rebuilt =
+        sluice::plugins::python::build_task(&task, &rebuilt_runtime.key, &dist).expect("rebuilt");
     assert_eq!(std::fs::read(&rebuilt).expect("rebuilt"), before);
     let again = home.deploy(&home.dir.path().join("dags/python_tasks/dag.toml"));
     assert_eq!(again.version, first.version);
     assert!(!again.new_version);
     assert!(again.compiled.is_empty(), "{:?}", again.compiled);
+}
+
+/// A clean checkout builds the runtime again, and componentize-py's bytes
+/// differ from one build to the next; the task's package does not, so its
+/// re-deploy records no new version, and the home keeps running the
+/// runtime it recorded first for the key.
+#[test]
+fn a_clean_checkout_builds_an_unchanged_python_task_to_the_same_version() {
+    use sluice::plugins::python;
+
+    let home = TestHome::new();
+    let first =
+        home.deploy(&home.manifest("clean_checkout", "[tasks.t]\nplugin = \"py-testkit\"\n"));
+    let package = std::fs::read(plugins_dist().join("py-testkit.pytask")).expect("built");
+    let key = sluice::python_package::PythonPackage::parse(&package)
+        .expect("a package")
+        .runtime_key;
+    let recorded = home
+        .sluice
+        .home
+        .python_runtime(&key)
+        .expect("record")
+        .expect("a runtime recorded for the key");
+
+    // Another checkout's build: nothing built before, in its own directories.
+    let clean = tempfile::tempdir().expect("temp dir");
+    let dist = clean.path().join("dist");
+    let runtime = python::build_runtime(
+        &python::componentize_py().expect("componentize-py"),
+        &clean.path().join("target"),
+        &dist,
+        true,
+    )
+    .expect("runtime built");
+    assert!(!runtime.reused, "nothing to reuse in a clean checkout");
+    assert_eq!(runtime.key, key, "same SDK, WIT and componentize-py");
+    let task = python::find_tasks(&repo_root().join("plugins"))
+        .expect("Python tasks")
+        .into_iter()
+        .find(|t| t.name == "py-testkit")
+        .expect("py-testkit");
+    let rebuilt = python::build_task(&task, &runtime.key, &dist).expect("task built");
+    assert_eq!(std::fs::read(&rebuilt).expect("package"), package);
+
+    let manifest = clean.path().join("dag.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[dag]\nid = \"clean_checkout\"\nplugin_dir = \"{}\"\n[tasks.t]\nplugin = \"py-testkit\"\n",
+            dist.display()
+        ),
+    )
+    .expect("manifest");
+    let again = home.deploy(&manifest);
+    assert_eq!(again.version, first.version);
+    assert!(!again.new_version);
+    assert!(again.compiled.is_empty(), "{:?}", again.compiled);
+    assert_eq!(
+        home.sluice.home.python_runtime(&key).expect("record"),
+        Some(recorded.clone()),
+        "the home runs the runtime it recorded first"
+    );
+    let rebuilt_runtime =
+        sluice::registry::sha256_hex(&std::fs::read(&runtime.component).expect("runtime"));
+    if rebuilt_runtime != recorded {
+        assert!(
+            !home.sluice.home.blob(&rebuilt_runtime).exists(),
+            "a second runtime for a recorded key is not stored"
+        );
+    }
 }

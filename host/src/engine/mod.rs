@@ -110,12 +110,22 @@ pub enum EngineError {
         source: PackageError,
     },
     /// The runtime component of a Python task does not load.
-    #[error("the Python runtime {runtime} of this task: {source}")]
+    #[error("the Python runtime {key} of this task (component {component}): {source}")]
     PythonRuntime {
-        /// Its digest.
-        runtime: String,
+        /// The runtime's key.
+        key: String,
+        /// The component the home runs for it.
+        component: String,
         /// Why.
         source: Box<EngineError>,
+    },
+    /// The home has no runtime component for a Python task's runtime key.
+    #[error("the Python runtime {key} of this task: {message}")]
+    PythonRuntimeRecord {
+        /// The runtime's key.
+        key: String,
+        /// What is wrong.
+        message: String,
     },
 }
 
@@ -275,7 +285,8 @@ pub struct Engine {
     compat: String,
     loaded: Mutex<HashMap<String, Prepared>>,
     sealed: Mutex<HashMap<String, Arc<SealedCode>>>,
-    /// The runtime digest of each Python task prepared, by the task's digest.
+    /// The runtime component's digest of each Python task prepared, by the
+    /// task's digest.
     runtimes: Mutex<HashMap<String, String>>,
     _ticker: EpochTicker,
 }
@@ -359,17 +370,27 @@ impl Engine {
         digest: &str,
         package: PythonPackage,
     ) -> Result<Prepared, EngineError> {
-        let runtime = &package.runtime;
+        let key = &package.runtime_key;
+        let record = |message: String| EngineError::PythonRuntimeRecord {
+            key: key.clone(),
+            message,
+        };
+        let runtime = self
+            .home
+            .python_runtime(key)
+            .map_err(|e| record(e.to_string()))?
+            .ok_or_else(|| record("this home has none recorded; deploy the task".into()))?;
         let failed = |source| EngineError::PythonRuntime {
-            runtime: runtime.clone(),
+            key: key.clone(),
+            component: runtime.clone(),
             source: Box::new(source),
         };
         let prepared = self
-            .prepare(runtime, &self.home.blob(runtime))
+            .prepare(&runtime, &self.home.blob(&runtime))
             .map_err(failed)?;
         if prepared.python.is_some() {
             return Err(failed(EngineError::NotAComponent {
-                path: self.home.blob(runtime).display().to_string(),
+                path: self.home.blob(&runtime).display().to_string(),
                 message: "is a Python task package, not a runtime component".into(),
             }));
         }

@@ -135,7 +135,7 @@ pub fn build_plugins(plugins_dir: &Path, quiet: bool) -> Result<Vec<PathBuf>, Bu
             python::build_runtime(&componentize_py, &target_dir.join("python"), &dist, quiet)?;
         copied.push(runtime.component);
         for task in &python_tasks {
-            copied.push(python::build_task(task, &runtime.digest, &dist)?);
+            copied.push(python::build_task(task, &runtime.key, &dist)?);
         }
     }
     copied.sort();

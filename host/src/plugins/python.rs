@@ -1,13 +1,13 @@
 //! Python tasks: a directory of `plugins/` whose `pyproject.toml` has a
 //! `[tool.sluice]` table is a Python task. `sluice build` makes two things:
 //!
-//! - one runtime component, `dist/python-runtime/<sha256>.wasm`, compiled by
+//! - one runtime component, `dist/python-runtime/<key>.wasm`, compiled by
 //!   the pinned componentize-py from the Python SDK and the WIT embedded in
 //!   this binary (world `python-task`): the interpreter with the SDK and the
 //!   standard library of `sluice/preload.py` imported, and no task. Every
 //!   Python task runs on it, so the host compiles it once;
 //! - per task, `dist/<name>.pytask`: a [`PythonPackage`] of the task's `.py`
-//!   files (sorted by path, no modification times) and the runtime's digest.
+//!   files (sorted by path, no modification times) and the runtime's key.
 //!   It is a pure function of those, so building unchanged sources gives the
 //!   same bytes, and an unchanged re-deploy records no new version.
 //!
@@ -16,10 +16,10 @@
 //! string-hash secret and the `random` seed from the OS (changing dict
 //! layouts across ~14 MB of the snapshot) and sees the modification times of
 //! the temporary directories it unpacks the standard library into. Neither
-//! can be set from outside. So a runtime build whose inputs (digest of the
-//! staged SDK and WIT and the componentize-py version) equal the last
-//! build's reuses its component; a clean checkout builds a runtime with
-//! another digest (and so packages with other digests) once.
+//! can be set from outside. So the runtime is named by its key, the digest
+//! of its staged inputs (SDK, WIT, componentize-py version), not by its
+//! bytes; a build keeps the runtime built earlier for its key, and a home
+//! runs the first component deployed for a key (`Home::python_runtime`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -220,12 +220,13 @@ pub fn default_venv(home: &Path) -> PathBuf {
         .join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"))
 }
 
-/// Builds the runtime component into `dist/python-runtime/<sha256>.wasm`,
-/// staging its sources under `work/runtime/src`; with `quiet`,
-/// componentize-py's output is only shown on failure. When the staged inputs
-/// (SDK, WIT, componentize-py version) are those of the last build, that
-/// build's component is reused: componentize-py's pre-initialization
-/// snapshot is not reproducible (see the module documentation).
+/// Builds the runtime component into `dist/python-runtime/<key>.wasm`, its
+/// key being the digest of its staged inputs (SDK, WIT, componentize-py
+/// version; staged under `work/runtime/src`), and removes the other
+/// runtimes there (every task is rebuilt for this one). With `quiet`,
+/// componentize-py's output is only shown on failure. A runtime already
+/// built for the key is kept: componentize-py would build other bytes for
+/// it (see the module documentation).
 pub fn build_runtime(
     componentize_py: &Path,
     work: &Path,
@@ -245,35 +246,32 @@ pub fn build_runtime(
             .map_err(|e| failed(format!("cannot clear {}: {e}", stage.display())))?;
     }
     stage_runtime(&stage).map_err(|e| failed(format!("cannot stage the SDK: {e}")))?;
-    let inputs = inputs_digest(&stage)
+    let key = inputs_digest(&stage)
         .map_err(|e| failed(format!("cannot read the staged sources: {e}")))?;
-    let component = work.join("runtime.wasm");
-    let recorded = work.join("inputs.sha256");
-    let reused = component.is_file()
-        && std::fs::read_to_string(&recorded).is_ok_and(|text| text.trim() == inputs);
-    if !reused {
-        // A component without its inputs' digest is never taken for another's.
-        let _ = std::fs::remove_file(&recorded);
-        run_componentize_py(componentize_py, &stage, &component, quiet).map_err(failed)?;
-        std::fs::write(&recorded, &inputs)
-            .map_err(|e| failed(format!("cannot write {}: {e}", recorded.display())))?;
-    }
-    let bytes = std::fs::read(&component)
-        .map_err(|e| failed(format!("cannot read {}: {e}", component.display())))?;
-    let digest = crate::digest::sha256_hex(&bytes);
     let dir = dist.join(python_package::RUNTIME_DIR);
-    let dest = dir.join(format!("{digest}.wasm"));
+    let dest = dir.join(format!("{key}.wasm"));
     let copy_err = |source| BuildError::Copy {
         dir: dir.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(&dir).map_err(copy_err)?;
-    if !dest.is_file() {
+    let reused = dest.is_file();
+    if !reused {
+        let component = work.join("runtime.wasm");
+        run_componentize_py(componentize_py, &stage, &component, quiet).map_err(failed)?;
+        let bytes = std::fs::read(&component)
+            .map_err(|e| failed(format!("cannot read {}: {e}", component.display())))?;
+        std::fs::create_dir_all(&dir).map_err(copy_err)?;
         crate::home::write_atomically(&dest, &bytes).map_err(copy_err)?;
+    }
+    for entry in std::fs::read_dir(&dir).map_err(copy_err)? {
+        let path = entry.map_err(copy_err)?.path();
+        if path != dest && path.extension().is_some_and(|e| e == "wasm") {
+            std::fs::remove_file(&path).map_err(copy_err)?;
+        }
     }
     Ok(Runtime {
         component: dest,
-        digest,
+        key,
         reused,
     })
 }
@@ -281,23 +279,27 @@ pub fn build_runtime(
 /// The built runtime component.
 #[derive(Debug)]
 pub struct Runtime {
-    /// `dist/python-runtime/<digest>.wasm`.
+    /// `dist/python-runtime/<key>.wasm`.
     pub component: PathBuf,
-    /// Its sha256.
-    pub digest: String,
-    /// Whether the last build's component was reused (inputs unchanged).
+    /// Its key: sha256 of its build inputs.
+    pub key: String,
+    /// Whether a runtime built earlier for the key was kept.
     pub reused: bool,
 }
 
-/// Writes `task`'s package, run by runtime `runtime` (a digest), to
+/// Writes `task`'s package, run by the runtime of key `runtime_key`, to
 /// `dist/<name>.pytask`, and removes a `dist/<name>.wasm` an earlier
 /// Sluice built for it. Returns the package's path.
-pub fn build_task(task: &PythonTask, runtime: &str, dist: &Path) -> Result<PathBuf, BuildError> {
+pub fn build_task(
+    task: &PythonTask,
+    runtime_key: &str,
+    dist: &Path,
+) -> Result<PathBuf, BuildError> {
     let failed = |message: String| BuildError::Python {
         task: task.dir.display().to_string(),
         message,
     };
-    let package = task_package(task, runtime).map_err(failed)?;
+    let package = task_package(task, runtime_key).map_err(failed)?;
     let dest = dist.join(format!("{}.{}", task.name, python_package::EXTENSION));
     let copy_err = |source| BuildError::Copy {
         dir: dist.display().to_string(),
@@ -311,8 +313,8 @@ pub fn build_task(task: &PythonTask, runtime: &str, dist: &Path) -> Result<PathB
     Ok(dest)
 }
 
-/// The package of `task`: its `.py` files and runtime `runtime`.
-fn task_package(task: &PythonTask, runtime: &str) -> Result<PythonPackage, String> {
+/// The package of `task`: its `.py` files and runtime key `runtime_key`.
+fn task_package(task: &PythonTask, runtime_key: &str) -> Result<PythonPackage, String> {
     let mut sources = Vec::new();
     collect_sources(&task.dir, "", &mut sources)
         .map_err(|e| format!("cannot read its sources: {e}"))?;
@@ -333,7 +335,7 @@ fn task_package(task: &PythonTask, runtime: &str) -> Result<PythonPackage, Strin
             task.module
         ));
     }
-    Ok(PythonPackage::new(runtime, &task.module, sources))
+    Ok(PythonPackage::new(runtime_key, &task.module, sources))
 }
 
 /// The `.py` files under `dir` (not hidden entries or `__pycache__`), with
@@ -533,7 +535,7 @@ mod tests {
         let paths: Vec<&str> = package.sources.iter().map(|s| s.path.as_str()).collect();
         assert_eq!(paths, ["main.py", "pkg/util.py"]);
         assert_eq!(
-            (package.module.as_str(), package.runtime.as_str()),
+            (package.module.as_str(), package.runtime_key.as_str()),
             ("main", runtime.as_str())
         );
         // Elsewhere, later, with other modification times: the same bytes.

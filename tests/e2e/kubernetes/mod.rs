@@ -613,8 +613,9 @@ fn a_python_task_runs_in_a_pod_on_the_runtime_it_fetches() {
         kube.home.output(&run.run_id, "extract"),
         serde_json::json!({ "rows": 1000, "file": "raw.parquet" })
     );
-    // The pod's home received the task's package and the runtime it names
-    // (fetched from the endpoint, each checked against its digest).
+    // The pod's home received the task's package and the runtime the host
+    // runs for its key (fetched from the endpoint, each checked against its
+    // digest), and records that runtime for the key.
     let version = kube
         .home
         .sluice
@@ -623,16 +624,26 @@ fn a_python_task_runs_in_a_pod_on_the_runtime_it_fetches() {
         .expect("version");
     let package = &version.spec.tasks[0].component;
     let bytes = std::fs::read(kube.home.sluice.home.blob(package)).expect("package");
-    let runtime = sluice::python_package::PythonPackage::parse(&bytes)
+    let key = sluice::python_package::PythonPackage::parse(&bytes)
         .expect("a Python task")
-        .runtime;
+        .runtime_key;
+    let runtime = kube
+        .home
+        .sluice
+        .home
+        .python_runtime(&key)
+        .expect("record")
+        .expect("a runtime recorded for the key");
     let claims = kube.stored("PersistentVolumeClaim");
     let claim = claims[0]["metadata"]["name"].as_str().expect("claim name");
-    let blobs = kube
-        .cluster
-        .claim_dir(claim)
-        .join("worker-home/blobs/sha256");
+    let worker_home = kube.cluster.claim_dir(claim).join("worker-home");
+    let blobs = worker_home.join("blobs/sha256");
     for digest in [package, &runtime] {
         assert!(blobs.join(digest).is_file(), "{digest} not in {blobs:?}");
     }
+    let worker_home = sluice::home::Home::open(&worker_home).expect("the pod's home");
+    assert_eq!(
+        worker_home.python_runtime(&key).expect("record"),
+        Some(runtime)
+    );
 }

@@ -36,6 +36,7 @@ use crate::connections::{Connection, ConnectionConfig};
 use crate::events::RunEvent;
 use crate::executor::{LocalExecutor, TryOutcome, TryRequest, WorkerMessage};
 use crate::home::Home;
+use crate::python_package::PythonPackage;
 
 /// The TokenReview `extra` keys naming the pod a bound token belongs to.
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
@@ -72,6 +73,9 @@ pub struct Assignment {
     pub request: TryRequest,
     /// Its granted connections.
     pub connections: Vec<GrantedConnection>,
+    /// For a Python task: the runtime component the host runs for the
+    /// package's runtime key (`/v1/python-runtime` serves it).
+    pub python_runtime: Option<String>,
 }
 
 /// The pod a live try is bound to.
@@ -384,19 +388,52 @@ async fn assignment(
             allow_privileged: c.allow_privileged,
         })
         .collect();
+    let python_runtime = match python_package(&endpoint, &request.component).await? {
+        Some(package) => Some(runtime_component(&endpoint, &package)?),
+        None => None,
+    };
     Ok(Json(Assignment {
         request,
         connections,
+        python_runtime,
     }))
 }
 
-async fn component(
-    State(endpoint): State<Arc<Endpoint>>,
-    headers: HeaderMap,
-) -> Result<Vec<u8>, Refusal> {
-    let job = endpoint.authenticate(&headers).await?;
-    let digest = endpoint.with_slot(&job, |slot| slot.request.component.clone())?;
-    let path = endpoint.home.blob(&digest);
+/// Component `digest` of the home, if it is a Python task package.
+async fn python_package(
+    endpoint: &Endpoint,
+    digest: &str,
+) -> Result<Option<PythonPackage>, Refusal> {
+    let bytes = read_blob(endpoint, digest).await?;
+    if !PythonPackage::is_package(&bytes) {
+        return Ok(None);
+    }
+    PythonPackage::parse(&bytes).map(Some).map_err(|e| {
+        Refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("component {digest}: {e}"),
+        )
+    })
+}
+
+/// The digest of the runtime component the home runs for `package`.
+fn runtime_component(endpoint: &Endpoint, package: &PythonPackage) -> Result<String, Refusal> {
+    let key = &package.runtime_key;
+    let refused = |detail: String| {
+        Refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Python runtime {key}: {detail}"),
+        )
+    };
+    endpoint
+        .home
+        .python_runtime(key)
+        .map_err(|e| refused(e.to_string()))?
+        .ok_or_else(|| refused("none recorded in the host's home".into()))
+}
+
+async fn read_blob(endpoint: &Endpoint, digest: &str) -> Result<Vec<u8>, Refusal> {
+    let path = endpoint.home.blob(digest);
     tokio::fs::read(&path).await.map_err(|e| {
         Refusal(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -405,30 +442,31 @@ async fn component(
     })
 }
 
+async fn component(
+    State(endpoint): State<Arc<Endpoint>>,
+    headers: HeaderMap,
+) -> Result<Vec<u8>, Refusal> {
+    let job = endpoint.authenticate(&headers).await?;
+    let digest = endpoint.with_slot(&job, |slot| slot.request.component.clone())?;
+    read_blob(&endpoint, &digest).await
+}
+
 /// The runtime component of the try's Python task: the only other blob a
 /// worker is served.
 async fn python_runtime(
     State(endpoint): State<Arc<Endpoint>>,
     headers: HeaderMap,
 ) -> Result<Vec<u8>, Refusal> {
-    let package = component(State(endpoint.clone()), headers).await?;
-    let package = crate::python_package::PythonPackage::parse(&package).map_err(|e| {
+    let job = endpoint.authenticate(&headers).await?;
+    let digest = endpoint.with_slot(&job, |slot| slot.request.component.clone())?;
+    let package = python_package(&endpoint, &digest).await?.ok_or_else(|| {
         Refusal(
             StatusCode::NOT_FOUND,
-            format!("the try's component is not a Python task ({e})"),
+            "the try's component is not a Python task".into(),
         )
     })?;
-    let path = endpoint.home.blob(&package.runtime);
-    tokio::fs::read(&path).await.map_err(|e| {
-        Refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "cannot read Python runtime {} ({}): {e}",
-                package.runtime,
-                path.display()
-            ),
-        )
-    })
+    let runtime = runtime_component(&endpoint, &package)?;
+    read_blob(&endpoint, &runtime).await
 }
 
 async fn events(

@@ -251,6 +251,7 @@ pub async fn serve(local: &LocalExecutor, home: &Home, pod: PodTry) -> Result<()
     let Assignment {
         mut request,
         connections,
+        python_runtime,
     } = serde_json::from_slice(&bytes).map_err(|e| PodWorkerError::Call {
         what: "reading the try",
         url: host.url("/v1/try"),
@@ -262,7 +263,7 @@ pub async fn serve(local: &LocalExecutor, home: &Home, pod: PodTry) -> Result<()
             expected: host.pod.key.clone(),
         });
     }
-    fetch_component(&host, home, &request.component).await?;
+    fetch_component(&host, home, &request.component, python_runtime.as_deref()).await?;
     let io = |path: &std::path::Path| {
         let path = path.display().to_string();
         move |source| PodWorkerError::Io { path, source }
@@ -369,16 +370,43 @@ fn http_client(pod: &PodTry, refused: Arc<AtomicBool>) -> Result<reqwest::Client
 }
 
 /// Puts the try's component `digest` in the home's blob store, and, when it
-/// is a Python task, the runtime component it names.
-async fn fetch_component(host: &Host, home: &Home, digest: &str) -> Result<(), PodWorkerError> {
+/// is a Python task, the runtime component the host assigned for it
+/// (`python_runtime`), recorded for the package's runtime key.
+async fn fetch_component(
+    host: &Host,
+    home: &Home,
+    digest: &str,
+    python_runtime: Option<&str>,
+) -> Result<(), PodWorkerError> {
     let bytes = fetch_blob(host, home, digest, "/v1/component").await?;
-    if PythonPackage::is_package(&bytes) {
-        let package = PythonPackage::parse(&bytes).map_err(|e| PodWorkerError::Call {
-            what: "reading the Python task",
-            url: host.url("/v1/component"),
-            detail: e.to_string(),
-        })?;
-        fetch_blob(host, home, &package.runtime, "/v1/python-runtime").await?;
+    if !PythonPackage::is_package(&bytes) {
+        return Ok(());
+    }
+    let wrong = |detail: String| PodWorkerError::Call {
+        what: "reading the Python task",
+        url: host.url("/v1/try"),
+        detail,
+    };
+    let package = PythonPackage::parse(&bytes).map_err(|e| wrong(e.to_string()))?;
+    let runtime = python_runtime
+        .ok_or_else(|| wrong("the host assigned no runtime component for it".into()))?;
+    if !crate::digest::is_sha256_hex(runtime) {
+        return Err(wrong(format!(
+            "the runtime component {runtime:?} is not a digest"
+        )));
+    }
+    fetch_blob(host, home, runtime, "/v1/python-runtime").await?;
+    let key = &package.runtime_key;
+    let recorded =
+        home.record_python_runtime(key, runtime)
+            .map_err(|source| PodWorkerError::Io {
+                path: format!("the record of Python runtime {key}"),
+                source,
+            })?;
+    if recorded != runtime {
+        return Err(wrong(format!(
+            "this home runs component {recorded} for Python runtime {key}, the host {runtime}"
+        )));
     }
     Ok(())
 }
