@@ -319,6 +319,32 @@ fn a_clean_checkout_builds_an_unchanged_python_task_to_the_same_version() {
     let rebuilt = python::build_task(&task, &runtime.key, &dist).expect("task built");
     assert_eq!(std::fs::read(&rebuilt).expect("package"), package);
 
+    // The build checks imports against what this runtime listed: the
+    // testkit's pass (its escape attempts import socket, subprocess and
+    // ctypes), a module the runtime lacks is refused with its file and line.
+    python::check_imports(&task, &runtime.modules).expect("the testkit's imports");
+    let lacking = clean.path().join("lacking");
+    std::fs::create_dir_all(&lacking).expect("dir");
+    std::fs::write(
+        lacking.join("main.py"),
+        "import statistics\nimport zoneinfo\nimport requests\n",
+    )
+    .expect("source");
+    let lacking = python::PythonTask {
+        dir: lacking,
+        name: "lacking".into(),
+        module: "main".into(),
+    };
+    let error = python::check_imports(&lacking, &runtime.modules)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains("main.py:3: imports `requests`, which the Python runtime does not have")
+            && !error.contains("statistics")
+            && !error.contains("zoneinfo"),
+        "{error}"
+    );
+
     let manifest = clean.path().join("dag.toml");
     std::fs::write(
         &manifest,

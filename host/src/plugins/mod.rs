@@ -1,9 +1,10 @@
 //! `sluice build`: compiles the `plugins/` workspace to WebAssembly components
 //! and copies them to `plugins/dist/`: the Rust crates with cargo, then the
 //! Python runtime with componentize-py and a package per Python task
-//! ([`python`]).
+//! ([`python`]), checking what each task imports (`python_imports`).
 
 pub mod python;
+mod python_imports;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -135,6 +136,7 @@ pub fn build_plugins(plugins_dir: &Path, quiet: bool) -> Result<Vec<PathBuf>, Bu
             python::build_runtime(&componentize_py, &target_dir.join("python"), &dist, quiet)?;
         copied.push(runtime.component);
         for task in &python_tasks {
+            python::check_imports(task, &runtime.modules)?;
             copied.push(python::build_task(task, &runtime.key, &dist)?);
         }
     }

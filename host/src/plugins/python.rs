@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::BuildError;
+use super::python_imports::{self, RuntimeModules};
 use crate::python_package::{self, PythonPackage, SourceFile};
 
 /// The componentize-py release Python tasks are built with.
@@ -73,6 +74,11 @@ const APP_MODULE: &str = "sluice_runtime";
 
 /// The WIT world of the runtime component.
 const RUNTIME_WORLD: &str = "python-task";
+
+/// What the runtime's `prepare_snapshot` writes beside the SDK while
+/// componentize-py pre-initializes it: what a task can import
+/// (`sluice.runtime.MODULES_FILE`).
+const MODULES_FILE: &str = "runtime-modules.json";
 
 /// Modification time of every staged file and directory
 /// (2000-01-01T00:00:00Z): the interpreter's import caches record them.
@@ -222,8 +228,9 @@ pub fn default_venv(home: &Path) -> PathBuf {
 
 /// Builds the runtime component into `dist/python-runtime/<key>.wasm`, its
 /// key being the digest of its staged inputs (SDK, WIT, componentize-py
-/// version; staged under `work/runtime/src`), and removes the other
-/// runtimes there (every task is rebuilt for this one). With `quiet`,
+/// version; staged under `work/runtime/src`), with the list of what it can
+/// import beside it (`<key>.json`), and removes the other runtimes there
+/// (every task is rebuilt for this one). With `quiet`,
 /// componentize-py's output is only shown on failure. A runtime already
 /// built for the key is kept: componentize-py would build other bytes for
 /// it (see the module documentation).
@@ -254,24 +261,37 @@ pub fn build_runtime(
         dir: dir.display().to_string(),
         source,
     };
-    let reused = dest.is_file();
+    let modules_path = dir.join(format!("{key}.json"));
+    let reused = dest.is_file() && modules_path.is_file();
     if !reused {
         let component = work.join("runtime.wasm");
         run_componentize_py(componentize_py, &stage, &component, quiet).map_err(failed)?;
-        let bytes = std::fs::read(&component)
-            .map_err(|e| failed(format!("cannot read {}: {e}", component.display())))?;
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| failed(format!("cannot read {}: {e}", path.display())))
+        };
+        let bytes = read(&component)?;
+        let modules = read(&stage.join("app").join(MODULES_FILE))?;
         std::fs::create_dir_all(&dir).map_err(copy_err)?;
+        crate::home::write_atomically(&modules_path, &modules).map_err(copy_err)?;
         crate::home::write_atomically(&dest, &bytes).map_err(copy_err)?;
     }
+    let modules = std::fs::read(&modules_path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+        .map_err(|e| failed(format!("{}: {e}", modules_path.display())))?;
     for entry in std::fs::read_dir(&dir).map_err(copy_err)? {
         let path = entry.map_err(copy_err)?.path();
-        if path != dest && path.extension().is_some_and(|e| e == "wasm") {
+        if path != dest
+            && path != modules_path
+            && path.extension().is_some_and(|e| e == "wasm" || e == "json")
+        {
             std::fs::remove_file(&path).map_err(copy_err)?;
         }
     }
     Ok(Runtime {
         component: dest,
         key,
+        modules,
         reused,
     })
 }
@@ -283,8 +303,23 @@ pub struct Runtime {
     pub component: PathBuf,
     /// Its key: sha256 of its build inputs.
     pub key: String,
+    /// What a task can import from it.
+    pub modules: RuntimeModules,
     /// Whether a runtime built earlier for the key was kept.
     pub reused: bool,
+}
+
+/// Checks that `task` imports only its own modules and `runtime`'s (see
+/// `python_imports`).
+pub fn check_imports(task: &PythonTask, runtime: &RuntimeModules) -> Result<(), BuildError> {
+    let failed = |message: String| BuildError::Python {
+        task: task.dir.display().to_string(),
+        message,
+    };
+    let mut sources = Vec::new();
+    collect_sources(&task.dir, "", &mut sources)
+        .map_err(|e| failed(format!("cannot read its sources: {e}")))?;
+    python_imports::check(&task.dir, &sources, runtime).map_err(failed)
 }
 
 /// Writes `task`'s package, run by the runtime of key `runtime_key`, to

@@ -9,10 +9,12 @@ Nothing raised by a task reaches componentize-py (where an uncaught exception
 traps the component): every exception becomes a ``task-error``.
 """
 
+import _imp
 import gc
 import importlib.machinery
 import json
 import logging
+import os
 import sys
 import traceback
 
@@ -169,5 +171,27 @@ def prepare_snapshot():
     # `.py` files from wherever the working directory is.
     sys.meta_path[:] = [f for f in sys.meta_path if f is not importlib.machinery.PathFinder]
     sys.path_importer_cache.clear()
+    _write_importable(os.path.join(os.path.dirname(os.path.dirname(__file__)), MODULES_FILE))
     gc.collect()
     gc.freeze()
+
+
+#: The file, beside the ``sluice`` package, in which ``prepare_snapshot``
+#: lists what a task can import; ``sluice build`` checks tasks against it.
+MODULES_FILE = "runtime-modules.json"
+
+
+def _write_importable(path):
+    """Writes the modules a task can import from now on, and this Python's
+    version, as JSON to ``path``: those in memory, the built-in ones and the
+    frozen ones."""
+    names = set(sys.modules) | set(sys.builtin_module_names)
+    names.update(getattr(_imp, "_frozen_module_names", tuple)())
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(
+            {
+                "python": ".".join(str(part) for part in sys.version_info[:3]),
+                "modules": sorted(names),
+            },
+            file,
+        )
