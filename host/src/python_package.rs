@@ -63,6 +63,16 @@ pub struct SourceFile {
     pub text: String,
 }
 
+impl SourceFile {
+    /// The file at `path` with `text`.
+    pub fn new(path: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            text: text.into(),
+        }
+    }
+}
+
 /// Why bytes are not a Python package.
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
@@ -145,13 +155,6 @@ impl PythonPackage {
 mod tests {
     use super::*;
 
-    fn source(path: &str, text: &str) -> SourceFile {
-        SourceFile {
-            path: path.into(),
-            text: text.into(),
-        }
-    }
-
     #[test]
     fn a_package_is_the_same_bytes_whatever_the_order_of_its_sources() {
         let runtime = "ab".repeat(32);
@@ -159,16 +162,16 @@ mod tests {
             &runtime,
             "main",
             vec![
-                source("pkg/util.py", "X = 1\n"),
-                source("main.py", "import pkg.util\n"),
+                SourceFile::new("pkg/util.py", "X = 1\n"),
+                SourceFile::new("main.py", "import pkg.util\n"),
             ],
         );
         let b = PythonPackage::new(
             &runtime,
             "main",
             vec![
-                source("main.py", "import pkg.util\n"),
-                source("pkg/util.py", "X = 1\n"),
+                SourceFile::new("main.py", "import pkg.util\n"),
+                SourceFile::new("pkg/util.py", "X = 1\n"),
             ],
         );
         assert_eq!(a.to_bytes(), b.to_bytes());
@@ -179,7 +182,8 @@ mod tests {
 
     #[test]
     fn a_package_with_a_bad_runtime_or_path_is_refused() {
-        let mut package = PythonPackage::new(&"cd".repeat(32), "m", vec![source("m.py", "")]);
+        let mut package =
+            PythonPackage::new(&"cd".repeat(32), "m", vec![SourceFile::new("m.py", "")]);
         package.runtime_key = "not-a-digest".into();
         let error = PythonPackage::parse(&package.to_bytes()).expect_err("refused");
         assert!(error.to_string().contains("not a sha256 digest"), "{error}");
@@ -191,12 +195,16 @@ mod tests {
         let error = PythonPackage::parse(&bytes).expect_err("refused");
         assert!(error.to_string().contains("`sluice build`"), "{error}");
 
-        let package = PythonPackage::new(&"cd".repeat(32), "m", vec![source("../escape.py", "")]);
+        let package = PythonPackage::new(
+            &"cd".repeat(32),
+            "m",
+            vec![SourceFile::new("../escape.py", "")],
+        );
         let error = PythonPackage::parse(&package.to_bytes()).expect_err("refused");
         assert!(error.to_string().contains("\"../escape.py\""), "{error}");
 
         let mut package = PythonPackage::new(&"cd".repeat(32), "m", vec![]);
-        package.sources = vec![source("b.py", ""), source("a.py", "")];
+        package.sources = vec![SourceFile::new("b.py", ""), SourceFile::new("a.py", "")];
         let error = PythonPackage::parse(&package.to_bytes()).expect_err("refused");
         assert!(error.to_string().contains("not sorted"), "{error}");
     }

@@ -156,13 +156,6 @@ fn older(host: &str, runtime: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn source(path: &str, text: &str) -> SourceFile {
-        SourceFile {
-            path: path.into(),
-            text: text.into(),
-        }
-    }
-
     fn runtime(python: &str) -> RuntimeModules {
         RuntimeModules {
             python: python.into(),
@@ -176,15 +169,15 @@ mod tests {
     #[test]
     fn imports_must_be_the_tasks_own_or_the_runtimes() {
         let sources = [
-            source(
+            SourceFile::new(
                 "main.py",
                 "import json, os.path\nfrom sluice import task\nfrom pkg.util import X\nfrom . import sibling\n\
                  try:\n    import numpy\nexcept ImportError:\n    numpy = None\n\
                  if TYPE_CHECKING:\n    import pandas\n\
                  def f():\n    import requests\n",
             ),
-            source("pkg/__init__.py", ""),
-            source(
+            SourceFile::new("pkg/__init__.py", ""),
+            SourceFile::new(
                 "pkg/util.py",
                 "import os.nope\nX = '''\nimport in_a_string\n'''\n",
             ),
@@ -205,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_file_the_host_cannot_parse_is_an_error_unless_the_runtime_is_newer() {
-        let sources = [source("main.py", "def f(:\n")];
+        let sources = [SourceFile::new("main.py", "def f(:\n")];
         let error = check(Path::new("/t"), &sources, &runtime("3.0.0")).expect_err("refused");
         assert!(error.starts_with("/t/main.py:1: "), "{error}");
         check(Path::new("/t"), &sources, &runtime("99.0.0")).expect("left to the runtime");
