@@ -150,7 +150,7 @@ class WitWorld:
         return run_task(None, input)
 
 
-def prepare_snapshot():
+def prepare_snapshot(modules_file):
     """Called once, by the runtime's entry module, while componentize-py
     pre-initializes the interpreter: every instance starts from the memory
     this leaves, mapped copy-on-write, so what is done here is not done (nor
@@ -159,7 +159,8 @@ def prepare_snapshot():
     object out of the collector's generations, so that a collection during a
     run does not write to every page of the heap. Imports are then served
     from memory only: ``sys.modules``, the built-in and frozen modules, and
-    the task's sources."""
+    the task's sources; ``modules_file`` receives their names, for
+    ``sluice build``'s check of a task's imports."""
     _route_logging()
     finder = loader.SourceFinder({"sluice_warm_up.py": "VALUE = 1\n"})
     loader.import_task(finder, "sluice_warm_up")
@@ -171,14 +172,9 @@ def prepare_snapshot():
     # `.py` files from wherever the working directory is.
     sys.meta_path[:] = [f for f in sys.meta_path if f is not importlib.machinery.PathFinder]
     sys.path_importer_cache.clear()
-    _write_importable(os.path.join(os.path.dirname(os.path.dirname(__file__)), MODULES_FILE))
+    _write_importable(modules_file)
     gc.collect()
     gc.freeze()
-
-
-#: The file, beside the ``sluice`` package, in which ``prepare_snapshot``
-#: lists what a task can import; ``sluice build`` checks tasks against it.
-MODULES_FILE = "runtime-modules.json"
 
 
 def _write_importable(path):

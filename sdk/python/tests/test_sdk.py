@@ -291,12 +291,20 @@ class HostCodeTests(unittest.TestCase):
             self.assertEqual(caught.exception.value.kind, ErrorKind.PERMANENT, files)
             self.assertTrue(caught.exception.value.message.startswith(expected), caught.exception.value)
 
-    def test_the_snapshot_warm_up_leaves_no_module_behind_and_no_file_search(self):
+    def test_the_snapshot_warm_up_leaves_no_module_behind_no_file_search_and_a_module_list(self):
         import gc
         import importlib.machinery
 
+        import json
+        import tempfile
+
         try:
-            runtime.prepare_snapshot()
+            with tempfile.TemporaryDirectory() as tmp:
+                modules_file = Path(tmp) / "runtime-modules.json"
+                runtime.prepare_snapshot(str(modules_file))
+                listed = json.loads(modules_file.read_text())
+            self.assertEqual(listed["python"], ".".join(map(str, sys.version_info[:3])))
+            self.assertTrue({"json", "sluice", "sys"} <= set(listed["modules"]), listed)
             self.assertNotIn("sluice_warm_up", sys.modules)
             self.assertEqual(
                 sys.meta_path,
