@@ -719,19 +719,19 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
     let (mut instantiate, mut imported, mut smallest) = (Vec::new(), Vec::new(), Vec::new());
     let noop = r#"{"params":{"mode":"noop"},"upstream":{}}"#;
     // The smallest task there is: what a run costs besides the task's own import.
-    let runtime = loaded[0]
+    let runtime_key = loaded[0]
         .python
         .as_ref()
         .ok_or("py-testkit is not a Python package")?
         .runtime_key
         .clone();
     let tiny = std::sync::Arc::new(PythonPackage::new(
-        &runtime,
+        &runtime_key,
         "tiny",
-        vec![python_package::SourceFile {
-            path: "tiny.py".into(),
-            text: "from sluice import task\n\n@task\ndef run(ctx, input):\n    return {}\n".into(),
-        }],
+        vec![python_package::SourceFile::new(
+            "tiny.py",
+            "from sluice import task\n\n@task\ndef run(ctx, input):\n    return {}\n",
+        )],
     ));
     for _ in 0..iterations {
         let mut host = bench_host(&sluice, &staging, &config, &events)?;

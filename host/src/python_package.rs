@@ -3,7 +3,8 @@
 //! componentize-py version and Python SDK (the interpreter with the SDK
 //! imported, exporting the task world and importing `python-code`,
 //! `wit/python.wit`); a Python task is a [`PythonPackage`]: its module name,
-//! its `.py` sources and the runtime's key.
+//! its `.py` sources and the runtime's key ([`read_stored`] reads one from
+//! the blob store).
 //!
 //! A runtime is named by its key, the sha256 of what it is built from
 //! (componentize-py's version, the SDK, the WIT), not by its bytes:
@@ -19,6 +20,9 @@
 //! each instance through `python-code`. A package is deterministic JSON
 //! (sources sorted by path, nothing else varies), so its digest, which a DAG
 //! version records, is the same wherever unchanged sources are built.
+
+use std::io::Read;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +86,43 @@ pub enum PackageError {
     /// A package whose fields are wrong.
     #[error("Python task package: {0}")]
     Invalid(String),
+}
+
+/// Why a package stored under its digest cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredPackageError {
+    /// Reading the file failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Its bytes are not those of its digest.
+    #[error("the stored package does not match its digest")]
+    Tampered,
+    /// Its bytes are not a valid package.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+}
+
+/// The package stored at `blob` under `digest`, if the file is one: `None`
+/// for a component or no file, read no further than its start. A package's
+/// bytes must match `digest`.
+pub fn read_stored(blob: &Path, digest: &str) -> Result<Option<PythonPackage>, StoredPackageError> {
+    let mut file = match std::fs::File::open(blob) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut bytes = Vec::with_capacity(MAGIC.len());
+    file.by_ref()
+        .take(MAGIC.len() as u64)
+        .read_to_end(&mut bytes)?;
+    if !PythonPackage::is_package(&bytes) {
+        return Ok(None);
+    }
+    file.read_to_end(&mut bytes)?;
+    if crate::digest::sha256_hex(&bytes) != digest {
+        return Err(StoredPackageError::Tampered);
+    }
+    Ok(Some(PythonPackage::parse(&bytes)?))
 }
 
 impl PythonPackage {
@@ -178,6 +219,22 @@ mod tests {
         assert!(PythonPackage::is_package(&a.to_bytes()));
         assert!(!PythonPackage::is_package(b"\0asm\x0d\0\x01\0"));
         assert_eq!(PythonPackage::parse(&a.to_bytes()).expect("parses"), a);
+    }
+
+    #[test]
+    fn a_stored_package_is_read_only_when_it_is_one_and_its_digest_holds() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let package = PythonPackage::new(&"ab".repeat(32), "m", vec![SourceFile::new("m.py", "")]);
+        let bytes = package.to_bytes();
+        let digest = crate::digest::sha256_hex(&bytes);
+        let blob = dir.path().join("blob");
+        assert!(read_stored(&blob, &digest).expect("no file").is_none());
+        std::fs::write(&blob, b"\0asm\x0d\0\x01\0 a component").expect("write");
+        assert!(read_stored(&blob, &digest).expect("a component").is_none());
+        std::fs::write(&blob, &bytes).expect("write");
+        assert_eq!(read_stored(&blob, &digest).expect("read"), Some(package));
+        let error = read_stored(&blob, &"cd".repeat(32)).expect_err("refused");
+        assert!(matches!(error, StoredPackageError::Tampered), "{error}");
     }
 
     #[test]

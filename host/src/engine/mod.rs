@@ -12,9 +12,10 @@
 //! kept in a [`SealedCode`] memfd, which worker processes map as it is.
 //!
 //! A Python task is not a component but a [`PythonPackage`] (its sources
-//! and its runtime's digest, see [`crate::python_package`]): preparing it
-//! prepares the runtime component, compiled once and shared by every Python
-//! task, and keeps the sources for each instance.
+//! and its runtime's key, see [`crate::python_package`]): preparing it
+//! looks up the runtime component the home recorded for the key and
+//! prepares it, compiled once and shared by every Python task, and keeps
+//! the sources for each instance.
 
 mod function_cache;
 mod sealed;
@@ -34,7 +35,7 @@ use wasmtime::{Config, Store, UpdateDeadline};
 use crate::bindings::TaskPre;
 use crate::capabilities::TaskHost;
 use crate::home::Home;
-use crate::python_package::{PackageError, PythonPackage};
+use crate::python_package::{self, PackageError, PythonPackage, StoredPackageError};
 use function_cache::FunctionCache;
 pub use sealed::SealedCode;
 use sealed::Unsealed;
@@ -632,34 +633,15 @@ const WASM_MAGIC: &[u8] = b"\0asm";
 /// The Python task package stored at `blob` under `digest`, if it is one
 /// (`None`: a component, or no blob, which only a compile would need).
 fn read_package(digest: &str, blob: &Path) -> Result<Option<PythonPackage>, EngineError> {
-    let path = || blob.display().to_string();
-    let io = |source| EngineError::Io {
-        path: path(),
-        source,
-    };
-    let mut file = match std::fs::File::open(blob) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    };
-    let mut start = Vec::with_capacity(64);
-    file.by_ref().take(64).read_to_end(&mut start).map_err(io)?;
-    if !PythonPackage::is_package(&start) {
-        return Ok(None);
-    }
-    file.read_to_end(&mut start).map_err(io)?;
-    if crate::digest::sha256_hex(&start) != digest {
-        return Err(EngineError::Tampered {
-            path: path(),
+    let path = blob.display().to_string();
+    python_package::read_stored(blob, digest).map_err(|e| match e {
+        StoredPackageError::Io(source) => EngineError::Io { path, source },
+        StoredPackageError::Tampered => EngineError::Tampered {
+            path,
             digest: digest.to_owned(),
-        });
-    }
-    PythonPackage::parse(&start)
-        .map(Some)
-        .map_err(|source| EngineError::Package {
-            path: path(),
-            source,
-        })
+        },
+        StoredPackageError::Package(source) => EngineError::Package { path, source },
+    })
 }
 
 /// A component binary starts with the wasm magic and layer 1 (version 0x0d).

@@ -36,7 +36,7 @@ use crate::connections::{Connection, ConnectionConfig};
 use crate::events::RunEvent;
 use crate::executor::{LocalExecutor, TryOutcome, TryRequest, WorkerMessage};
 use crate::home::Home;
-use crate::python_package::PythonPackage;
+use crate::python_package::{self, PythonPackage};
 
 /// The TokenReview `extra` keys naming the pod a bound token belongs to.
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
@@ -399,21 +399,24 @@ async fn assignment(
     }))
 }
 
-/// Component `digest` of the home, if it is a Python task package.
+/// Component `digest` of the home, if it is a Python task package (a
+/// component is read no further than its start).
 async fn python_package(
     endpoint: &Endpoint,
     digest: &str,
 ) -> Result<Option<PythonPackage>, Refusal> {
-    let bytes = read_blob(endpoint, digest).await?;
-    if !PythonPackage::is_package(&bytes) {
-        return Ok(None);
-    }
-    PythonPackage::parse(&bytes).map(Some).map_err(|e| {
+    let blob = endpoint.home.blob(digest);
+    let refused = |detail: String| {
         Refusal(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("component {digest}: {e}"),
+            format!("component {digest} ({}): {detail}", blob.display()),
         )
-    })
+    };
+    let (path, wanted) = (blob.clone(), digest.to_owned());
+    tokio::task::spawn_blocking(move || python_package::read_stored(&path, &wanted))
+        .await
+        .map_err(|e| refused(e.to_string()))?
+        .map_err(|e| refused(e.to_string()))
 }
 
 /// The digest of the runtime component the home runs for `package`.

@@ -87,7 +87,8 @@ struct Inner {
     settings: KubeSettings,
     started: OnceCell<Started>,
     /// The runs whose anchor and claim this process applied; held across
-    /// the apply, so tries of a run starting together apply them once.
+    /// the apply, so tries of a run starting together apply them once (and
+    /// runs starting together apply theirs one after the other).
     anchors: tokio::sync::Mutex<HashMap<String, Anchor>>,
     /// One permit per pod in flight (`max_pods`).
     pods: Arc<Semaphore>,
