@@ -15,6 +15,7 @@ pub mod confine;
 pub mod connections;
 pub mod daemon;
 pub mod digest;
+mod duckdb_wait;
 pub mod engine;
 pub mod executor;
 #[cfg(feature = "fuzz")]
