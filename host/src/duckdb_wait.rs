@@ -8,9 +8,9 @@
 //! (`NO_TASKS_AVAILABLE`), it asks again at once, holding a CPU at 100% until
 //! a task frees. Whether that happens depends on which thread takes a
 //! pipeline's only task, so a process of the seed ETL burned twice its work
-//! in CPU time in about one run in four, in `sluice run` and in the crate
-//! baseline alike; DuckDB's official Python build never did
-//! (BENCHMARKS.md, "A spinning thread").
+//! in CPU time now and then: one crate baseline in five, one `sluice run` in
+//! eleven; DuckDB's official Python build never did (BENCHMARKS.md, "A
+//! spinning thread").
 //!
 //! The host's build script links every binary of this package with
 //! `--wrap` for those two functions, so that the `duckdb` crate's calls land
