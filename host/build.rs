@@ -4,6 +4,9 @@
 //! them without a spinning thread (see `src/duckdb_wait.rs`).
 
 fn main() {
+    // The arguments depend on nothing else: without this, cargo would run
+    // the script again whenever any file of the package changes.
+    println!("cargo::rerun-if-changed=build.rs");
     for function in [
         "duckdb_execute_prepared",
         "duckdb_execute_prepared_streaming",
