@@ -11,7 +11,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fantoccini::wd::Capabilities;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -65,6 +65,27 @@ async fn wait_css(client: &Client, css: &str) -> fantoccini::elements::Element {
         .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("the page never showed `{css}`: {e}"))
+}
+
+/// Clicks what `locator` finds, finding it again if the page replaced it
+/// between the find and the click: the live pages (grid, run) redraw their
+/// markup on every server-sent event, so an element found a moment ago can be
+/// gone, and the click then fails with a stale element reference.
+async fn click(client: &Client, locator: Locator<'_>, what: &str) {
+    let deadline = Instant::now() + UI_WAIT;
+    loop {
+        let element = client
+            .wait()
+            .at_most(UI_WAIT)
+            .for_element(locator)
+            .await
+            .unwrap_or_else(|e| panic!("the page never showed {what}: {e}"));
+        match element.click().await {
+            Ok(()) => return,
+            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {}
+            Err(e) => panic!("clicking {what}: {e}"),
+        }
+    }
 }
 
 #[test]
@@ -135,32 +156,24 @@ fn the_ui_triggers_etl_local_shows_it_go_green_live_and_opens_a_task_log() {
             .expect("trigger");
 
         // The grid turns green without a reload (server-sent events).
-        let load = wait_css(&client, r#"a.cell[data-task="load"][data-state="success"]"#).await;
+        wait_css(&client, r#"a.cell[data-task="load"][data-state="success"]"#).await;
         screenshot(&client, "grid").await;
         let url = client.current_url().await.expect("url");
         assert!(url.as_str().ends_with("#/dag/etl_local"), "{url}");
 
         // The run: graph, Gantt chart, staging.
-        client
-            .find(Locator::Css(r#"a.cell[data-state="success"][data-run]"#))
-            .await
-            .expect("the run's square")
-            .click()
-            .await
-            .expect("open the run");
+        click(
+            &client,
+            Locator::Css(r#"a.cell[data-state="success"][data-run]"#),
+            "the run's square",
+        )
+        .await;
         wait_css(&client, r#"#run-state[data-state="success"]"#).await;
         wait_css(&client, r#"svg g.node[data-task="load"][data-state="success"]"#).await;
         screenshot(&client, "run").await;
 
         // The load task and its log.
-        drop(load);
-        client
-            .find(Locator::LinkText("load"))
-            .await
-            .expect("the load task's link")
-            .click()
-            .await
-            .expect("open the task");
+        click(&client, Locator::LinkText("load"), "the load task's link").await;
         let log = wait_css(&client, "#log span").await;
         let text = log.text().await.expect("log text");
         assert!(text.contains("loaded"), "{text}");
