@@ -25,7 +25,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -649,7 +649,9 @@ fn is_component(bytes: &[u8]) -> bool {
     bytes.starts_with(WASM_MAGIC) && bytes.get(4..8) == Some(&[0x0d, 0x00, 0x01, 0x00])
 }
 
-/// Advances the engine epoch every [`EPOCH_TICK`] until dropped.
+/// Advances the engine epoch every [`EPOCH_TICK`] until dropped. Dropping it
+/// wakes the thread instead of waiting out its tick: a worker process drops
+/// its engine on the way out, and the parent waits for that exit.
 struct EpochTicker {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -662,9 +664,16 @@ impl EpochTicker {
         let thread = std::thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
+                let mut next = Instant::now() + EPOCH_TICK;
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
+                    let now = Instant::now();
+                    if now < next {
+                        // Woken early by `drop` (or spuriously): look at the flag again.
+                        std::thread::park_timeout(next - now);
+                        continue;
+                    }
                     engine.increment_epoch();
+                    next = now + EPOCH_TICK;
                 }
             })
             .ok();
@@ -676,6 +685,7 @@ impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
