@@ -99,7 +99,11 @@ async fn a_running_task_cannot_reach_another_running_runs_staging() {
         loop {
             if let (Some(v), Some(a)) = (staging_of("victim"), staging_of("attacker")) {
                 std::fs::write(format!("{v}/secret.txt"), "the victim's data").expect("plant");
-                std::fs::write(format!("{a}/target.txt"), &v).expect("tell");
+                // Renamed into place, so the attacker, polling for the file,
+                // never reads it created but not yet written.
+                std::fs::write(format!("{a}/target.tmp"), &v).expect("tell");
+                std::fs::rename(format!("{a}/target.tmp"), format!("{a}/target.txt"))
+                    .expect("tell");
                 return v;
             }
             assert!(
