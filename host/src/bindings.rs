@@ -37,6 +37,16 @@ pub fn foreign_contract(
         })
 }
 
+/// Whether `component` imports the `sql` interface (of any `sluice:task`
+/// version): a task that can ask for a DuckDB session. Components import
+/// only the interfaces they use.
+pub fn imports_sql(component: &wasmtime::component::Component, engine: &wasmtime::Engine) -> bool {
+    component
+        .component_type()
+        .imports(engine)
+        .any(|(name, _)| name.starts_with("sluice:task/sql@"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -219,9 +219,10 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> Result<ExitCode> {
     match cli.command {
         Command::Worker(args) => {
             let app = open()?;
+            let open_database_ahead = args.open_database_ahead();
             match args.pod_try()? {
                 Some(pod) => runtime.block_on(app.serve_pod_worker(pod))?,
-                None => runtime.block_on(app.serve_worker())?,
+                None => runtime.block_on(app.serve_worker(open_database_ahead))?,
             }
             Ok(ExitCode::SUCCESS)
         }

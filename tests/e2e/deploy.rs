@@ -318,3 +318,41 @@ fn a_python_task_needs_its_runtime_and_its_package_unchanged() {
         .to_string();
     assert!(error.contains("does not match its digest"), "{error}");
 }
+
+/// The engine knows which tasks import `sql` (what the process executor
+/// tells a worker so that it opens its database ahead): a component imports
+/// only the interfaces it uses.
+#[test]
+fn the_engine_knows_which_tasks_import_sql() {
+    let home = TestHome::new();
+    let path = home.manifest(
+        "imports",
+        "[tasks.extract]\nplugin = \"etl-extract\"\n\
+         [tasks.load]\nplugin = \"etl-load-pg\"\nafter = [\"extract\"]\n",
+    );
+    let deployment = home.deploy(&path);
+    let version = home
+        .sluice
+        .store
+        .version("imports", &deployment.version)
+        .expect("version");
+    let component = |id: &str| {
+        version
+            .spec
+            .tasks
+            .iter()
+            .find(|t| t.id == id)
+            .map(|t| t.component.clone())
+            .unwrap_or_else(|| panic!("no task {id}"))
+    };
+    let engine = &home.sluice.engine;
+    assert!(
+        engine.uses_sql(&component("extract")),
+        "etl-extract runs SQL"
+    );
+    assert!(
+        !engine.uses_sql(&component("load")),
+        "etl-load-pg only copies through its Postgres connection"
+    );
+    assert!(!engine.uses_sql(&"0".repeat(64)), "an unknown component");
+}

@@ -91,7 +91,12 @@ impl App {
 
     /// Serves one try for a parent's [`crate::executor::ProcessExecutor`]
     /// (`sluice worker`): the try on stdin, its reports on stdout.
-    pub async fn serve_worker(&self) -> Result<(), AppError> {
+    /// `open_database_ahead`: the host said the task imports `sql`, so its
+    /// DuckDB database is opened while the try is set up.
+    pub async fn serve_worker(&self, open_database_ahead: bool) -> Result<(), AppError> {
+        if open_database_ahead {
+            self.sluice.sql_pool.warm();
+        }
         crate::executor::adopt_handed_code(&self.sluice.engine, &self.sluice.home);
         Ok(crate::executor::worker::serve(self.sluice.executor.as_ref()).await?)
     }

@@ -427,9 +427,10 @@ pub(crate) fn lock_down(conn: Connection, config: &SqlConfig) -> Result<Connecti
 /// never reused; the pool only moves the opening off the critical path. A
 /// pooled database has no DuckDB threads yet (see [`open_fresh`]), so the
 /// session thread that takes it can still confine every thread that will run
-/// the task's statements. The
-/// refill thread starts with the first session and is joined when the pool is
-/// dropped, so a process never exits while DuckDB is opening a database.
+/// the task's statements. A refilling pool's thread starts with the first
+/// session (or [`SqlPool::warm`]); an on-demand pool opens at most the one
+/// database `warm` asks for ahead. The opening thread is joined when the pool
+/// is dropped, so a process never exits while DuckDB is opening a database.
 pub struct SqlPool {
     depth: usize,
     state: std::sync::Mutex<PoolState>,
@@ -438,7 +439,7 @@ pub struct SqlPool {
 #[derive(Default)]
 struct PoolState {
     ready: Option<mpsc::Receiver<Result<Connection, SqlError>>>,
-    refill: Option<std::thread::JoinHandle<()>>,
+    opener: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SqlPool {
@@ -450,32 +451,73 @@ impl SqlPool {
         }
     }
 
-    /// A pool that opens every database on demand (for comparison).
+    /// A pool that opens every database on demand, but the one [`SqlPool::warm`]
+    /// opens ahead (for a process that serves one try, where refills would
+    /// only compete with the try for the CPU).
     pub fn on_demand() -> Self {
         Self::new(0)
     }
 
+    /// Starts opening ahead now, for a session expected soon: a refilling
+    /// pool starts its refills; an on-demand pool opens one database, which
+    /// the next session waits for rather than opening another.
+    pub fn warm(&self) {
+        let mut state = self.lock();
+        if state.ready.is_none() {
+            self.start(&mut state);
+        }
+    }
+
     /// A fresh database: a ready one, or one opened now.
     fn take(&self) -> Result<Connection, SqlError> {
+        let mut state = self.lock();
         if self.depth == 0 {
-            return open_fresh();
+            // The database `warm` is opening, if any: it started earlier
+            // than one opened now would. It is taken once.
+            let ahead = state.ready.take();
+            drop(state);
+            return match ahead {
+                Some(ahead) => ahead.recv().unwrap_or_else(|_| open_fresh()),
+                None => open_fresh(),
+            };
         }
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if state.ready.is_none() {
-            let (tx, rx) = mpsc::sync_channel(self.depth);
-            state.refill = std::thread::Builder::new()
-                .name("sluice-sql-pool".into())
-                // Ends when the pool is dropped (send fails).
-                .spawn(move || while tx.send(open_fresh()).is_ok() {})
-                .ok();
-            state.ready = Some(rx);
+            self.start(&mut state);
         }
         let ready = state.ready.as_ref().and_then(|rx| rx.try_recv().ok());
         drop(state);
         ready.unwrap_or_else(open_fresh)
+    }
+
+    /// Starts the thread that opens databases ahead: refills up to `depth`,
+    /// or one database for an on-demand pool.
+    fn start(&self, state: &mut PoolState) {
+        // An earlier one-database opener has handed its database over.
+        if let Some(done) = state.opener.take() {
+            let _ = done.join();
+        }
+        let (tx, rx) = mpsc::sync_channel(self.depth.max(1));
+        let refill = self.depth > 0;
+        let opener = std::thread::Builder::new()
+            .name("sluice-sql-pool".into())
+            .spawn(move || {
+                // A refill ends when the pool is dropped (send fails).
+                while tx.send(open_fresh()).is_ok() && refill {}
+            });
+        match opener {
+            Ok(opener) => {
+                state.opener = Some(opener);
+                state.ready = Some(rx);
+            }
+            // Sessions open their databases themselves then.
+            Err(e) => tracing::warn!("cannot start a thread opening DuckDB databases ahead: {e}"),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -486,8 +528,8 @@ impl Drop for SqlPool {
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         state.ready.take();
-        if let Some(refill) = state.refill.take() {
-            let _ = refill.join();
+        if let Some(opener) = state.opener.take() {
+            let _ = opener.join();
         }
     }
 }
@@ -806,6 +848,40 @@ fn write_json(
 #[cfg(test)]
 mod handler_tests {
     use super::*;
+
+    /// An on-demand pool opens nothing until warmed, then exactly one
+    /// database ahead, which the next session takes; later ones open their own.
+    #[test]
+    fn a_warmed_on_demand_pool_opens_one_database_ahead() {
+        let pool = SqlPool::on_demand();
+        assert!(pool.lock().ready.is_none(), "opened before it was warmed");
+        pool.warm();
+        assert!(pool.lock().ready.is_some(), "warm did not start an opener");
+        let ahead = pool.take().expect("the database opened ahead");
+        assert!(
+            pool.lock().ready.is_none(),
+            "a second database is on its way"
+        );
+        let fresh = pool.take().expect("a database opened on demand");
+        for conn in [ahead, fresh] {
+            let one: i64 = conn
+                .query_row("SELECT 1", [], |row| row.get(0))
+                .expect("query");
+            assert_eq!(one, 1);
+        }
+        // Warmed again, it opens one more; dropping the pool untaken joins it.
+        pool.warm();
+        drop(pool);
+    }
+
+    /// A refilling pool warmed before any session has its refills started.
+    #[test]
+    fn a_warmed_refilling_pool_starts_its_refills() {
+        let pool = SqlPool::new(1);
+        pool.warm();
+        assert!(pool.lock().opener.is_some());
+        pool.take().expect("a database");
+    }
 
     /// Every kind of statement, run on two fresh databases: through `execute`
     /// (streaming) and through DuckDB's materialized execute, as before.

@@ -152,9 +152,17 @@ pub struct WorkerArgs {
     /// Try number.
     #[arg(long = "try")]
     try_number: Option<u32>,
+    /// Set by the process executor when the try's task imports `sql`.
+    #[arg(long = sluice::executor::WORKER_SQL_OPTION, hide = true)]
+    open_database_ahead: bool,
 }
 
 impl WorkerArgs {
+    /// Whether the host asked for the try's database to be opened ahead.
+    pub fn open_database_ahead(&self) -> bool {
+        self.open_database_ahead
+    }
+
     /// The pod's try, when started with `--endpoint`.
     pub fn pod_try(self) -> Result<Option<PodTry>> {
         let Some(endpoint) = self.endpoint else {

@@ -160,6 +160,9 @@ pub struct Prepared {
     pub python: Option<Arc<PythonPackage>>,
     /// Whether this call compiled a component (false: memory or disk cache).
     pub compiled: bool,
+    /// Whether the component imports `sql`, so that its tries will open a
+    /// DuckDB database (a Python task's runtime always does).
+    pub uses_sql: bool,
 }
 
 /// The file name of the compile cache's key in the Sluice home.
@@ -357,6 +360,7 @@ impl Engine {
             pre,
             python: None,
             compiled,
+            uses_sql: crate::bindings::imports_sql(&component, &self.engine),
         };
         self.lock_loaded()
             .insert(digest.to_owned(), prepared.clone());
@@ -410,6 +414,12 @@ impl Engine {
         Ok(prepared)
     }
 
+    /// Whether task `digest`, once prepared, imports `sql` (false if this
+    /// engine has not prepared it).
+    pub fn uses_sql(&self, digest: &str) -> bool {
+        self.lock_loaded().get(digest).is_some_and(|p| p.uses_sql)
+    }
+
     /// The sealed compiled code of task `digest` (a Python task's: its
     /// runtime's) and the digest of the component it is, if this engine has
     /// prepared it: what a worker process is handed (see [`Engine::adopt`]).
@@ -436,6 +446,7 @@ impl Engine {
             pre,
             python: None,
             compiled: false,
+            uses_sql: crate::bindings::imports_sql(&component, &self.engine),
         };
         self.lock_loaded().insert(digest.to_owned(), prepared);
         lock(&self.sealed).insert(digest.to_owned(), Arc::new(code));

@@ -74,6 +74,12 @@ impl LocalExecutor {
         self.engine.sealed_code(component)
     }
 
+    /// Whether task `component` imports `sql`, once [`Executor::prepare`] has
+    /// loaded it: its worker process can open its database ahead.
+    pub fn uses_sql(&self, component: &str) -> bool {
+        self.engine.uses_sql(component)
+    }
+
     fn load(&self, component: &str) -> Result<Prepared, crate::engine::EngineError> {
         if let Some(prepared) = lock(&self.prepared).get(component) {
             return Ok(prepared.clone());

@@ -28,7 +28,8 @@ use crate::schedule::Interval;
 pub use kubernetes::KubernetesExecutor;
 pub use local::{LocalExecutor, MAX_OUTPUT_BYTES};
 pub use process::{
-    KILL_GRACE, ProcessExecutor, WORKER_CODE_ENV, WORKER_CODE_FD, WorkerMessage, adopt_handed_code,
+    KILL_GRACE, ProcessExecutor, WORKER_CODE_ENV, WORKER_CODE_FD, WORKER_SQL_OPTION, WorkerMessage,
+    adopt_handed_code,
 };
 pub use sluice_core::run::TryOutcome;
 

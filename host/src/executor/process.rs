@@ -45,6 +45,11 @@ pub const WORKER_CODE_FD: std::os::fd::RawFd = 3;
 /// [`WORKER_CODE_FD`].
 pub const WORKER_CODE_ENV: &str = "SLUICE_WORKER_CODE";
 
+/// The `sluice worker` option (hidden) by which the host says that the try's
+/// task imports `sql`: the worker opens its DuckDB database while it sets the
+/// try up, instead of at the task's first SQL call.
+pub const WORKER_SQL_OPTION: &str = "open-database-ahead";
+
 /// In a worker: prepares the component the host handed over (see
 /// [`WORKER_CODE_FD`]), if it did. A handover that cannot be used is
 /// reported and the worker loads the component from the compile cache.
@@ -194,8 +199,11 @@ impl Executor for ProcessExecutor {
         if self.allow_unconfined {
             command.arg("--allow-unconfined");
         }
+        command.arg("worker");
+        if self.local.uses_sql(&request.component) {
+            command.arg(format!("--{WORKER_SQL_OPTION}"));
+        }
         command
-            .arg("worker")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -227,23 +235,29 @@ impl Executor for ProcessExecutor {
             drop(code);
             let timeout = request.policy.timeout;
             let outcome = supervise(&mut child, &line, &request.key, &events, timeout).await;
-            // A worker that reported exits at once; one that did not is killed.
-            match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!("waiting for a worker of {:?}: {e}", request.key),
-                Err(_) => {
-                    if let Err(e) = child.kill().await {
-                        tracing::warn!("killing a worker of {:?}: {e}", request.key);
+            // A worker reports its outcome only once it holds no file of the
+            // run, and then exits; the try need not wait for that. One that
+            // does not exit is killed (so is one that never reported).
+            let key = request.key;
+            tokio::spawn(async move {
+                match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("waiting for a worker of {key:?}: {e}"),
+                    Err(_) => {
+                        if let Err(e) = child.kill().await {
+                            tracing::warn!("killing a worker of {key:?}: {e}");
+                        }
                     }
                 }
-            }
+            });
             outcome
         })
     }
 
     fn release(&self, _run_id: &str) {
-        // Each try's future waits for its worker to exit (or kills it), and a
-        // process that has exited holds no file of the run.
+        // A worker reports its outcome after closing its databases, and one
+        // that ended otherwise was killed (`supervise`): none holds a file
+        // of the run by now.
     }
 }
 
@@ -310,6 +324,7 @@ async fn supervise(
     let (Some(mut stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
+        stop(child, key).await;
         return failed("a worker was started without its pipes".into());
     };
     if let Err(e) = async {
@@ -319,6 +334,7 @@ async fn supervise(
     }
     .await
     {
+        stop(child, key).await;
         return failed(format!("cannot hand the try to its worker: {e}"));
     }
     drop(stdin);
@@ -349,7 +365,10 @@ async fn supervise(
                         }
                         Err(outcome) => return outcome,
                     },
-                    Err(e) => return failed(format!("the worker sent a line that is not a report ({e})")),
+                    Err(e) => {
+                        stop(child, key).await;
+                        return failed(format!("the worker sent a line that is not a report ({e})"));
+                    }
                 },
                 Ok(None) => {
                     let status = child.wait().await;
@@ -363,12 +382,13 @@ async fn supervise(
                     };
                     return failed(format!("the worker process ended ({how}) without reporting how the try ended{said}"));
                 }
-                Err(e) => return failed(format!("cannot read the worker's report: {e}")),
+                Err(e) => {
+                    stop(child, key).await;
+                    return failed(format!("cannot read the worker's report: {e}"));
+                }
             },
             () = tokio::time::sleep_until(deadline) => {
-                if let Err(e) = child.kill().await {
-                    tracing::warn!("killing the worker of {key:?}: {e}");
-                }
+                stop(child, key).await;
                 return failed(format!(
                     "timed out after {}: the try was still running {} later and its worker process was killed",
                     humantime::format_duration(timeout),
@@ -376,5 +396,13 @@ async fn supervise(
                 ));
             }
         }
+    }
+}
+
+/// Kills a worker that will not report (and waits for it to be gone): it
+/// holds no file of the run after this.
+async fn stop(child: &mut tokio::process::Child, key: &TaskKey) {
+    if let Err(e) = child.kill().await {
+        tracing::warn!("killing the worker of {key:?}: {e}");
     }
 }

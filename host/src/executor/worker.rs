@@ -24,7 +24,8 @@ pub enum WorkerError {
     Report(#[source] serde_json::Error),
 }
 
-/// Serves one try with `executor`, then waits until the try's databases are closed.
+/// Serves one try with `executor`: waits until the try's databases are
+/// closed, then reports its outcome.
 pub async fn serve(executor: &dyn Executor) -> Result<(), WorkerError> {
     let mut line = String::new();
     BufReader::new(tokio::io::stdin().take(MAX_REQUEST_BYTES))
@@ -46,8 +47,10 @@ pub async fn serve(executor: &dyn Executor) -> Result<(), WorkerError> {
     // The try's sender is dropped when it ends, which ends the relay.
     let (outcome, relayed) = tokio::join!(try_run, relay);
     relayed?;
-    write(&mut stdout, &WorkerMessage::Outcome(outcome)).await?;
+    // The outcome is the last word: once it is out, this process holds no
+    // file of the run and the host no longer waits for it.
     executor.release(&run_id);
+    write(&mut stdout, &WorkerMessage::Outcome(outcome)).await?;
     Ok(())
 }
 
