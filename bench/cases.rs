@@ -339,8 +339,10 @@ fn sandbox_tax(options: &BenchOptions, example_id: &str) -> BenchResult<()> {
         .unwrap_or(policy);
     println!();
     println!(
-        "1. sandbox tax: {example_id} via `sluice run` vs the same SQL via the duckdb crate and via \
-         DuckDB's official build (all fresh processes; threads {}, memory_limit {}; median of 3)",
+        "1. sandbox tax: {example_id} via `sluice run --keep-staging` vs the same SQL via the duckdb crate and via \
+         DuckDB's official build (all fresh processes that leave their files, deleted untimed after each; \
+         threads {}, memory_limit {}; median of 3; `delete`: deleting sluice's staging, which a run \
+         without --keep-staging does before it returns)",
         example.threads,
         mib(example.duckdb_memory)
     );
@@ -353,11 +355,12 @@ fn sandbox_tax(options: &BenchOptions, example_id: &str) -> BenchResult<()> {
         None => println!("   official build: not installed (a full run installs it), skipped"),
     }
     println!(
-        "   {:>10}  {:>14}  {:>14}  {:>14}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}",
+        "   {:>10}  {:>14}  {:>14}  {:>14}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}",
         "rows",
         "crate wall/cpu",
         "official",
         "sluice",
+        "delete",
         "×crate",
         "×official",
         "cpu×crate",
@@ -382,6 +385,7 @@ fn sandbox_tax(options: &BenchOptions, example_id: &str) -> BenchResult<()> {
     );
     for &rows in &options.etl_rows {
         let (mut base, mut official_costs, mut sandboxed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut deletes = Vec::new();
         // Alternated, so that a noisy neighbour hurts all three alike.
         for _ in 0..3 {
             let dir = tempfile::tempdir()?;
@@ -414,13 +418,16 @@ fn sandbox_tax(options: &BenchOptions, example_id: &str) -> BenchResult<()> {
                         "run",
                         example_id,
                         "--no-progress",
+                        "--keep-staging",
                         "--param",
                         &format!("rows={rows}"),
                     ])
                     .stderr(std::process::Stdio::null()),
             )?);
             let staging = home.path().join("staging");
+            let clock = Instant::now();
             std::fs::remove_dir_all(&staging)?;
+            deletes.push(clock.elapsed());
             std::fs::create_dir_all(&staging)?;
         }
         let (b, s) = (Median::of(&base), Median::of(&sandboxed));
@@ -428,10 +435,11 @@ fn sandbox_tax(options: &BenchOptions, example_id: &str) -> BenchResult<()> {
         let ratio = |x: Duration, y: Duration| format!("{:.3}x", x.as_secs_f64() / y.as_secs_f64());
         let or_dash = |f: &dyn Fn(&Median) -> String| o.as_ref().map_or_else(|| "-".to_owned(), f);
         println!(
-            "   {rows:>10}  {:>14}  {:>14}  {:>14}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}",
+            "   {rows:>10}  {:>14}  {:>14}  {:>14}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}",
             b.shown(),
             or_dash(&Median::shown),
             s.shown(),
+            secs(median(deletes)),
             ratio(s.wall, b.wall),
             or_dash(&|o| ratio(s.wall, o.wall)),
             ratio(s.cpu, b.cpu),
