@@ -46,6 +46,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Why a component cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The thread that advances the epoch (what stops a try at its deadline)
+    /// could not be started: without it no wasm deadline would fire.
+    #[error("cannot start the thread that enforces task deadlines: {0}")]
+    Ticker(#[source] std::io::Error),
     /// Not a component (e.g. a core module or garbage).
     #[error("{path}: {message}")]
     NotAComponent {
@@ -320,7 +324,7 @@ impl Engine {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
-        let ticker = EpochTicker::start(engine.clone());
+        let ticker = EpochTicker::start(engine.clone()).map_err(EngineError::Ticker)?;
         Ok(Self {
             engine,
             linker,
@@ -669,7 +673,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: wasmtime::Engine) -> Self {
+    fn start(engine: wasmtime::Engine) -> std::io::Result<Self> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -686,9 +690,11 @@ impl EpochTicker {
                     engine.increment_epoch();
                     next = now + EPOCH_TICK;
                 }
-            })
-            .ok();
-        Self { stop, thread }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
