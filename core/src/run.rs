@@ -185,6 +185,27 @@ impl RunMachine {
             .collect()
     }
 
+    /// The tasks that become ready if the running `task_id` succeeds: waiting
+    /// ones every other upstream task of which has succeeded, in DAG order. An
+    /// executor may get ready for them while `task_id` runs.
+    pub fn next_on_success(&self, task_id: &str) -> Vec<&str> {
+        self.spec
+            .tasks
+            .iter()
+            .filter(|t| t.after.iter().any(|d| d == task_id))
+            .filter(|t| {
+                matches!(
+                    self.state(&t.id),
+                    Some(TaskState::Scheduled | TaskState::Queued)
+                ) && t
+                    .after
+                    .iter()
+                    .all(|d| d == task_id || self.state(d).is_none_or(|s| s == TaskState::Success))
+            })
+            .map(|t| t.id.as_str())
+            .collect()
+    }
+
     /// Whether nothing is running, waiting, or could start: the run has ended.
     pub fn is_done(&self) -> bool {
         self.active == 0 && self.waiting == 0 && !self.spec.tasks.iter().any(|t| self.ready(&t.id))

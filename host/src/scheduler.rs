@@ -580,6 +580,15 @@ impl<'a> RunLoop<'a> {
             error: None,
         });
         let try_run = self.executor.run(request, self.events_tx.clone());
+        // Whatever this try's success would start, the executor may get ready
+        // for while it runs.
+        let spec = self.machine.spec();
+        for next in self.machine.next_on_success(&task_id) {
+            if let Some(task) = spec.task(next) {
+                self.executor
+                    .anticipate(&self.run.run_id, next, &task.component);
+            }
+        }
         self.follow(task_id, try_number, try_run);
         Ok(())
     }

@@ -187,6 +187,29 @@ fn a_join_waits_for_every_upstream() {
 }
 
 #[test]
+fn what_follows_a_try_is_what_its_success_would_start() {
+    let mut m = fresh(dag(
+        &[
+            ("a", &[]),
+            ("b", &[]),
+            ("c", &["a"]),
+            ("d", &["a", "b"]),
+            ("e", &["c"]),
+        ],
+        TaskPolicy::default(),
+        8,
+    ));
+    m.start_ready();
+    // `d` also waits for `b`, which is still running; `e` is two steps away.
+    assert_eq!(m.next_on_success("a"), ["c"]);
+    assert_eq!(started(&succeed(&mut m, "a", 1)), [(s("c"), 1)]);
+    // With `a` done, `b`'s success starts `d`; `c` is running, not waiting.
+    assert_eq!(m.next_on_success("b"), ["d"]);
+    assert_eq!(m.next_on_success("c"), ["e"]);
+    assert!(m.next_on_success("e").is_empty());
+}
+
+#[test]
 fn max_active_tasks_queues_the_rest() {
     let mut m = fresh(dag(
         &[("a", &[]), ("b", &[]), ("c", &[])],

@@ -115,7 +115,7 @@ impl LocalExecutor {
 
 /// A lock that survives a panicked holder (what it guards stays consistent:
 /// whole entries are inserted or taken).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

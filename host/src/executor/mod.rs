@@ -97,6 +97,13 @@ pub trait Executor: Send + Sync {
     /// resolves when it has ended. It never panics on what the task does.
     fn run(&self, request: TryRequest, events: UnboundedSender<RunEvent>) -> TryFuture;
 
+    /// A try of `task_id` (component `component`) in run `run_id` is likely
+    /// to start soon: the scheduler expects it to follow a try it has just
+    /// started. An executor may get ready for it ([`ProcessExecutor`] starts
+    /// its worker ahead); what the run has not used by its end is dropped at
+    /// [`Executor::release`].
+    fn anticipate(&self, _run_id: &str, _task_id: &str, _component: &str) {}
+
     /// Waits until nothing left by the run's tries holds files in its staging
     /// directory; called before the directory may be deleted.
     fn release(&self, run_id: &str);

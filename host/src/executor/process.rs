@@ -12,18 +12,24 @@
 //! sealed memfd on descriptor [`WORKER_CODE_FD`] (named by
 //! `$SLUICE_WORKER_CODE`), which the worker maps
 //! instead of reading and verifying the compile cache again.
+//!
+//! A worker sets itself up (maps that code, opens its DuckDB database) before
+//! it reads its request, so a worker for a try the scheduler expects
+//! ([`Executor::anticipate`]) is started ahead, while the try before it runs, and
+//! the try finds it ready. Each try still gets a process of its own.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::local::lock;
 use super::{Executor, ExecutorError, LocalExecutor, TryFuture, TryOutcome, TryRequest};
 use crate::engine::{Engine, SealedCode};
 use crate::events::{RunEvent, TaskKey};
@@ -37,6 +43,16 @@ const DIAGNOSTIC_LINES: usize = 5;
 
 /// How long a worker that reported may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// How many workers started ahead of their tries may wait at once. Each holds
+/// a process and, when its task uses SQL, an open DuckDB database; a fan-out
+/// wider than this starts the rest of its workers when their tries start.
+const MAX_SPARES: usize = 2;
+
+/// How long a worker started ahead keeps its place when other tries are
+/// expected. One whose run ended without releasing it (the run loop failed)
+/// would otherwise hold it for the host's life.
+const SPARE_IDLE_LIMIT: Duration = Duration::from_secs(600);
 
 /// The descriptor on which a worker finds its try's sealed compiled code.
 pub const WORKER_CODE_FD: std::os::fd::RawFd = 3;
@@ -165,6 +181,18 @@ pub struct ProcessExecutor {
     /// The Sluice home the workers open.
     home: PathBuf,
     allow_unconfined: bool,
+    /// Workers started ahead of the tries the scheduler expects.
+    spares: Mutex<Vec<Spare>>,
+}
+
+/// A worker started for a try that has not started yet, waiting (set up) for
+/// its request. Killed when dropped.
+struct Spare {
+    run_id: String,
+    task_id: String,
+    component: String,
+    child: tokio::process::Child,
+    started: Instant,
 }
 
 impl ProcessExecutor {
@@ -180,6 +208,63 @@ impl ProcessExecutor {
             exe,
             home,
             allow_unconfined,
+            spares: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts a worker for a try of `component`, handing it the component's
+    /// sealed code; it sets itself up and waits for its request on stdin.
+    /// Must be called on the host's runtime.
+    fn start_worker(&self, component: &str) -> std::io::Result<tokio::process::Child> {
+        let mut command = tokio::process::Command::new(&self.exe);
+        command.arg("--home").arg(&self.home);
+        if self.allow_unconfined {
+            command.arg("--allow-unconfined");
+        }
+        command.arg("worker");
+        if self.local.uses_sql(component) {
+            command.arg(format!("--{WORKER_SQL_OPTION}"));
+        }
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        die_with_host(&mut command);
+        // A Python task's is its runtime's code: the worker reads the task's
+        // sources from the blob store, verifying their digest.
+        let code = self.local.sealed_code(component);
+        if let Some((component, code)) = &code {
+            hand_over(&mut command, code, component);
+        }
+        // The worker holds its own descriptor once started.
+        command.spawn()
+    }
+
+    /// The worker started ahead for a try of `component` in `run_id`, if
+    /// one waits and is still alive.
+    fn take_spare(&self, run_id: &str, component: &str) -> Option<tokio::process::Child> {
+        let mut spare = {
+            let mut spares = lock(&self.spares);
+            let i = spares
+                .iter()
+                .position(|s| s.run_id == run_id && s.component == component)?;
+            spares.swap_remove(i)
+        };
+        match spare.child.try_wait() {
+            Ok(None) => Some(spare.child),
+            Ok(Some(status)) => {
+                tracing::warn!(
+                    "the worker started ahead for component {component} of run {run_id} ended ({status}) before its try; starting another"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot tell whether the worker started ahead for component {component} of run {run_id} is alive ({e}); starting another"
+                );
+                None
+            }
         }
     }
 }
@@ -194,28 +279,12 @@ impl Executor for ProcessExecutor {
     }
 
     fn run(&self, request: TryRequest, events: UnboundedSender<RunEvent>) -> TryFuture {
-        let mut command = tokio::process::Command::new(&self.exe);
-        command.arg("--home").arg(&self.home);
-        if self.allow_unconfined {
-            command.arg("--allow-unconfined");
-        }
-        command.arg("worker");
-        if self.local.uses_sql(&request.component) {
-            command.arg(format!("--{WORKER_SQL_OPTION}"));
-        }
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        die_with_host(&mut command);
-        // A Python task's is its runtime's code: the worker reads the task's
-        // sources from the blob store, verifying their digest.
-        let code = self.local.sealed_code(&request.component);
-        if let Some((component, code)) = &code {
-            hand_over(&mut command, code, component);
-        }
-        let exe = self.exe.clone();
+        let worker = match self.take_spare(&request.key.run_id, &request.component) {
+            Some(child) => Ok(child),
+            None => self
+                .start_worker(&request.component)
+                .map_err(|e| format!("cannot start a worker ({}): {e}", self.exe.display())),
+        };
         Box::pin(async move {
             let failed = |error: String| TryOutcome::Failed {
                 error,
@@ -225,14 +294,10 @@ impl Executor for ProcessExecutor {
                 Ok(line) => line,
                 Err(e) => return failed(format!("cannot encode the try for its worker: {e}")),
             };
-            let mut child = match command.spawn() {
+            let mut child = match worker {
                 Ok(child) => child,
-                Err(e) => {
-                    return failed(format!("cannot start a worker ({}): {e}", exe.display()));
-                }
+                Err(error) => return failed(error),
             };
-            // The worker holds its own descriptor now.
-            drop(code);
             let timeout = request.policy.timeout;
             let outcome = supervise(&mut child, &line, &request.key, &events, timeout).await;
             // A worker reports its outcome only once it holds no file of the
@@ -254,17 +319,46 @@ impl Executor for ProcessExecutor {
         })
     }
 
-    fn release(&self, _run_id: &str) {
+    fn anticipate(&self, run_id: &str, task_id: &str, component: &str) {
+        let mut spares = lock(&self.spares);
+        spares.retain(|s| s.started.elapsed() < SPARE_IDLE_LIMIT);
+        // A task expected again (its upstream's retry) still has its worker.
+        let waiting = spares
+            .iter()
+            .any(|s| s.run_id == run_id && s.task_id == task_id);
+        if waiting || spares.len() >= MAX_SPARES {
+            return;
+        }
+        match self.start_worker(component) {
+            Ok(child) => spares.push(Spare {
+                run_id: run_id.to_owned(),
+                task_id: task_id.to_owned(),
+                component: component.to_owned(),
+                child,
+                started: Instant::now(),
+            }),
+            // The try will start its worker when it starts, and say why
+            // if it cannot.
+            Err(e) => tracing::warn!(
+                "cannot start a worker ahead for task `{task_id}` of run {run_id}: {e}"
+            ),
+        }
+    }
+
+    fn release(&self, run_id: &str) {
         // A worker reports its outcome after closing its databases, and one
         // that ended otherwise was killed (`supervise`): none holds a file
-        // of the run by now.
+        // of the run by now. Workers started ahead and not used never saw
+        // the run; dropping them kills them.
+        lock(&self.spares).retain(|s| s.run_id != run_id);
     }
 }
 
 /// Has the worker started by `command` killed by the kernel when the
-/// thread that starts it ends (a thread of the host's runtime, so when the
-/// host does), however the host ends: a worker left behind would run on
-/// past its deadline, which only the host enforces.
+/// thread that starts it ends, however the host ends: a worker left behind
+/// would run on past its deadline, which only the host enforces. Workers are
+/// started by the run loop, so from a thread that lives as long as the host:
+/// one of its runtime's workers, or the main thread of `sluice run`.
 fn die_with_host(command: &mut tokio::process::Command) {
     let host = std::process::id();
     // SAFETY: the closure runs in the child between fork and exec and calls
@@ -404,5 +498,160 @@ async fn supervise(
 async fn stop(child: &mut tokio::process::Child, key: &TaskKey) {
     if let Err(e) = child.kill().await {
         tracing::warn!("killing the worker of {key:?}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use super::*;
+
+    /// A stand-in for `sluice worker` (called as `exe --home HOME worker`):
+    /// notes its pid in HOME/started, waits for its request, notes its pid in
+    /// HOME/served and reports success.
+    fn fake_worker(dir: &Path) -> PathBuf {
+        let outcome = WorkerMessage::Outcome(TryOutcome::Success {
+            output: "{}".into(),
+        });
+        let line = serde_json::to_string(&outcome).expect("an outcome encodes");
+        let script = format!(
+            "#!/bin/sh\necho $$ >> \"$2/started\"\nIFS= read -r request || exit 3\necho $$ >> \"$2/served\"\necho '{line}'\n"
+        );
+        let path = dir.join("worker.sh");
+        std::fs::write(&path, script).expect("write the fake worker");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("make the fake worker executable");
+        path
+    }
+
+    fn pids(home: &Path, file: &str) -> Vec<i32> {
+        match std::fs::read_to_string(home.join(file)) {
+            Ok(text) => text
+                .lines()
+                .map(|l| l.parse().expect("a pid per line"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("read {file}: {e}"),
+        }
+    }
+
+    /// Waits (up to 10 s) until `count` workers have noted their pid.
+    async fn started(home: &Path, count: usize) -> Vec<i32> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let started = pids(home, "started");
+            if started.len() >= count || Instant::now() > deadline {
+                return started;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether process `pid` has ended (gone, or a zombie not yet reaped).
+    fn ended(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+            Err(_) => true,
+        }
+    }
+
+    fn request(run_id: &str, component: &str) -> TryRequest {
+        TryRequest {
+            key: TaskKey {
+                run_id: run_id.into(),
+                task_id: "t".into(),
+                try_number: 1,
+            },
+            dag_id: "d".into(),
+            component: component.into(),
+            logical_date: chrono::DateTime::UNIX_EPOCH,
+            interval: crate::schedule::Interval {
+                start: chrono::DateTime::UNIX_EPOCH,
+                end: chrono::DateTime::UNIX_EPOCH,
+            },
+            params: serde_json::json!({}),
+            upstream: serde_json::Map::new(),
+            staging_dir: "/nonexistent".into(),
+            policy: sluice_core::dag::TaskPolicy {
+                timeout: Duration::from_secs(10),
+                ..Default::default()
+            },
+            connections: Vec::new(),
+            privileged_connections: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_started_ahead_serves_its_try_and_one_not_needed_is_killed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let sluice = crate::Sluice::open(&home).expect("open a home");
+        let executor = ProcessExecutor::new(
+            sluice.local_executor(),
+            fake_worker(dir.path()),
+            home.clone(),
+            false,
+        );
+        let (events, _received) = tokio::sync::mpsc::unbounded_channel();
+
+        // Expected: started at once, and it waits for its request.
+        executor.anticipate("r1", "t", "c1");
+        executor.anticipate("r1", "t", "c1");
+        let ahead = started(&home, 1).await;
+        assert_eq!(ahead.len(), 1, "the expected try's worker starts ahead");
+        assert_eq!(
+            lock(&executor.spares).len(),
+            1,
+            "once for a task expected twice"
+        );
+        assert!(pids(&home, "served").is_empty());
+
+        // The try of that run and component takes it.
+        let outcome = executor.run(request("r1", "c1"), events.clone()).await;
+        assert!(matches!(outcome, TryOutcome::Success { .. }), "{outcome:?}");
+        assert_eq!(
+            pids(&home, "served"),
+            ahead,
+            "the try ran in the worker started ahead"
+        );
+
+        // Another try finds none waiting and gets a process of its own; so
+        // does one of another run.
+        executor.anticipate("r2", "t", "c1");
+        let outcome = executor.run(request("r1", "c1"), events.clone()).await;
+        assert!(matches!(outcome, TryOutcome::Success { .. }), "{outcome:?}");
+        let all = started(&home, 3).await;
+        assert_eq!(all.len(), 3);
+        let served = pids(&home, "served");
+        assert_eq!(served.len(), 2);
+        assert_eq!(served[0], ahead[0]);
+        assert_ne!(served[1], ahead[0], "a worker serves one try");
+
+        // No more than MAX_SPARES wait at once, and the end of their run
+        // kills them unused.
+        executor.anticipate("r2", "u", "c2");
+        executor.anticipate("r2", "v", "c3");
+        assert_eq!(lock(&executor.spares).len(), MAX_SPARES);
+        let waiting: Vec<i32> = started(&home, 4)
+            .await
+            .into_iter()
+            .filter(|pid| !served.contains(pid))
+            .collect();
+        assert_eq!(waiting.len(), MAX_SPARES);
+        executor.release("r2");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !waiting.iter().all(|&pid| ended(pid)) {
+            assert!(
+                Instant::now() < deadline,
+                "unused workers outlive their run's release"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(lock(&executor.spares).is_empty());
+        assert_eq!(pids(&home, "served").len(), 2);
     }
 }
