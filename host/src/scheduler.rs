@@ -398,17 +398,25 @@ impl<'a> RunLoop<'a> {
                 reason: e.to_string(),
             })?;
         }
+        // Whether tries started or ended since the executor last heard what
+        // may come next.
+        let mut moved = true;
         loop {
             let effects = self.machine.start_ready();
+            moved |= effects.iter().any(|e| matches!(e, Effect::StartTry { .. }));
             self.apply(effects)?;
             if self.running.is_empty() {
                 break;
+            }
+            if std::mem::take(&mut moved) {
+                self.anticipate();
             }
             tokio::select! {
                 Some(joined) = self.running.join_next() => {
                     self.drain_events()?;
                     match joined {
                         Ok(Completion::TryDone { task_id, try_number, outcome }) => {
+                            moved = true;
                             self.handle(Event::TryFinished { task_id, try_number, outcome })?;
                         }
                         Ok(Completion::RetryDue { task_id }) => {
@@ -580,17 +588,27 @@ impl<'a> RunLoop<'a> {
             error: None,
         });
         let try_run = self.executor.run(request, self.events_tx.clone());
-        // Whatever this try's success would start, the executor may get ready
-        // for while it runs.
-        let spec = self.machine.spec();
-        for next in self.machine.next_on_success(&task_id) {
-            if let Some(task) = spec.task(next) {
-                self.executor
-                    .anticipate(&self.run.run_id, next, &task.component);
-            }
-        }
         self.follow(task_id, try_number, try_run);
         Ok(())
+    }
+
+    /// Tells the executor which tries may start next: those the success of
+    /// a running try would start. It may get ready for them meanwhile.
+    fn anticipate(&self) {
+        let spec = self.machine.spec();
+        let running = spec.tasks.iter().filter(|t| {
+            self.machine
+                .slot(&t.id)
+                .is_some_and(|s| s.state == TaskState::Running)
+        });
+        for task in running {
+            for next in self.machine.next_on_success(&task.id) {
+                if let Some(next) = spec.task(next) {
+                    self.executor
+                        .anticipate(&self.run.run_id, &next.id, &next.component);
+                }
+            }
+        }
     }
 
     /// Follows a try a stopped host recorded and left running.

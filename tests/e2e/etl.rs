@@ -6,20 +6,31 @@ use crate::support::{TestHome, text};
 fn etl_example_runs_and_its_aggregate_is_exact() {
     let home = TestHome::new();
     let rows: i64 = 200_000;
-    let out = home.cli(&[
-        "run",
-        "examples/etl_local",
-        "--param",
-        &format!("rows={rows}"),
-        "--no-progress",
-        "--keep-staging",
-    ]);
+    let out = home.cli_env(
+        &[
+            "run",
+            "examples/etl_local",
+            "--param",
+            &format!("rows={rows}"),
+            "--no-progress",
+            "--keep-staging",
+        ],
+        &[("SLUICE_LOG", "sluice::executor=debug")],
+    );
     let (stdout, stderr) = text(&out);
     assert!(
         out.status.success(),
         "run failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(stdout.contains("result of load:"), "{stdout}");
+    // Each task after the first ran in a worker started while the one
+    // before it ran.
+    let ahead =
+        |task: &str| stderr.contains(&format!("task `{task}` runs in a worker started ahead"));
+    assert!(
+        !ahead("extract") && ahead("transform") && ahead("load"),
+        "{stderr}"
+    );
 
     let run = home
         .sluice

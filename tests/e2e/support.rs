@@ -165,10 +165,16 @@ impl TestHome {
 
     /// Runs the real `sluice` binary against this home (at most [`CHILD_DEADLINE`]).
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_env(args, &[])
+    }
+
+    /// [`TestHome::cli`] with more environment variables.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         output_within(
             Command::new(env!("CARGO_BIN_EXE_sluice"))
                 .args(args)
                 .env("SLUICE_HOME", self.home_path())
+                .envs(env.iter().copied())
                 .current_dir(repo_root()),
             CHILD_DEADLINE,
         )

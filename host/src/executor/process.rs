@@ -49,9 +49,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// wider than this starts the rest of its workers when their tries start.
 const MAX_SPARES: usize = 2;
 
-/// How long a worker started ahead keeps its place when other tries are
-/// expected. One whose run ended without releasing it (the run loop failed)
-/// would otherwise hold it for the host's life.
+/// How long a worker started ahead keeps its place when all places are taken
+/// and another try is anticipated. One whose run ended without releasing it
+/// (its run loop failed) would otherwise hold its place for the host's life.
 const SPARE_IDLE_LIMIT: Duration = Duration::from_secs(600);
 
 /// The descriptor on which a worker finds its try's sealed compiled code.
@@ -280,7 +280,15 @@ impl Executor for ProcessExecutor {
 
     fn run(&self, request: TryRequest, events: UnboundedSender<RunEvent>) -> TryFuture {
         let worker = match self.take_spare(&request.key.run_id, &request.component) {
-            Some(child) => Ok(child),
+            Some(child) => {
+                tracing::debug!(
+                    "try {} of task `{}` runs in a worker started ahead (pid {:?})",
+                    request.key.try_number,
+                    request.key.task_id,
+                    child.id()
+                );
+                Ok(child)
+            }
             None => self
                 .start_worker(&request.component)
                 .map_err(|e| format!("cannot start a worker ({}): {e}", self.exe.display())),
@@ -321,13 +329,18 @@ impl Executor for ProcessExecutor {
 
     fn anticipate(&self, run_id: &str, task_id: &str, component: &str) {
         let mut spares = lock(&self.spares);
-        spares.retain(|s| s.started.elapsed() < SPARE_IDLE_LIMIT);
-        // A task expected again (its upstream's retry) still has its worker.
-        let waiting = spares
+        // A task anticipated again still has its worker.
+        if spares
             .iter()
-            .any(|s| s.run_id == run_id && s.task_id == task_id);
-        if waiting || spares.len() >= MAX_SPARES {
+            .any(|s| s.run_id == run_id && s.task_id == task_id)
+        {
             return;
+        }
+        if spares.len() >= MAX_SPARES {
+            spares.retain(|s| s.started.elapsed() < SPARE_IDLE_LIMIT);
+            if spares.len() >= MAX_SPARES {
+                return;
+            }
         }
         match self.start_worker(component) {
             Ok(child) => spares.push(Spare {
