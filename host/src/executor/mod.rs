@@ -60,6 +60,34 @@ pub struct TryRequest {
     pub privileged_connections: Vec<String>,
 }
 
+#[cfg(test)]
+impl TryRequest {
+    /// Try 1 of task `task_id` of run `run_id`, of `component`, with no
+    /// params, upstream outputs or connections and the default policy.
+    pub(crate) fn for_tests(run_id: &str, task_id: &str, component: &str) -> Self {
+        Self {
+            key: TaskKey {
+                run_id: run_id.into(),
+                task_id: task_id.into(),
+                try_number: 1,
+            },
+            dag_id: "d".into(),
+            component: component.into(),
+            logical_date: DateTime::UNIX_EPOCH,
+            interval: Interval {
+                start: DateTime::UNIX_EPOCH,
+                end: DateTime::UNIX_EPOCH,
+            },
+            params: Value::Object(Map::new()),
+            upstream: Map::new(),
+            staging_dir: "/nonexistent".into(),
+            policy: TaskPolicy::default(),
+            connections: Vec::new(),
+            privileged_connections: Vec::new(),
+        }
+    }
+}
+
 /// A try under way; resolves to how it ended.
 pub type TryFuture = Pin<Box<dyn Future<Output = TryOutcome> + Send + 'static>>;
 

@@ -573,29 +573,9 @@ mod tests {
     }
 
     fn request(run_id: &str, component: &str) -> TryRequest {
-        TryRequest {
-            key: TaskKey {
-                run_id: run_id.into(),
-                task_id: "t".into(),
-                try_number: 1,
-            },
-            dag_id: "d".into(),
-            component: component.into(),
-            logical_date: chrono::DateTime::UNIX_EPOCH,
-            interval: crate::schedule::Interval {
-                start: chrono::DateTime::UNIX_EPOCH,
-                end: chrono::DateTime::UNIX_EPOCH,
-            },
-            params: serde_json::json!({}),
-            upstream: serde_json::Map::new(),
-            staging_dir: "/nonexistent".into(),
-            policy: sluice_core::dag::TaskPolicy {
-                timeout: Duration::from_secs(10),
-                ..Default::default()
-            },
-            connections: Vec::new(),
-            privileged_connections: Vec::new(),
-        }
+        let mut request = TryRequest::for_tests(run_id, "t", component);
+        request.policy.timeout = Duration::from_secs(10);
+        request
     }
 
     #[tokio::test]

@@ -507,18 +507,10 @@ mod tests {
                 try_number: 2,
             },
             dag_id: "etl".into(),
-            component: "b".repeat(64),
-            logical_date: chrono::DateTime::UNIX_EPOCH,
-            interval: crate::schedule::Interval {
-                start: chrono::DateTime::UNIX_EPOCH,
-                end: chrono::DateTime::UNIX_EPOCH,
-            },
-            params: serde_json::json!({}),
-            upstream: serde_json::Map::new(),
             staging_dir: "/tmp/x".into(),
             policy,
             connections: vec!["warehouse".into()],
-            privileged_connections: vec![],
+            ..TryRequest::for_tests("", "", &"b".repeat(64))
         }
     }
 
