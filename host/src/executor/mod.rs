@@ -126,10 +126,10 @@ pub trait Executor: Send + Sync {
     fn run(&self, request: TryRequest, events: UnboundedSender<RunEvent>) -> TryFuture;
 
     /// A try of `task_id` (component `component`) in run `run_id` is likely
-    /// to start soon: the scheduler expects it to follow a try it has just
-    /// started. An executor may get ready for it ([`ProcessExecutor`] starts
-    /// its worker ahead); what the run has not used by its end is dropped at
-    /// [`Executor::release`].
+    /// to start soon: a running try's success would start it. An executor
+    /// may get ready for it ([`ProcessExecutor`] starts its worker ahead);
+    /// what the run has not used by its end is dropped at
+    /// [`Executor::release`]. Called again for a task already anticipated.
     fn anticipate(&self, _run_id: &str, _task_id: &str, _component: &str) {}
 
     /// Waits until nothing left by the run's tries holds files in its staging
