@@ -148,10 +148,11 @@ pub fn etl_statements(dir: &Path, rows: u64) -> [String; 3] {
 /// The middle value (of an even count, the mean of the two middle ones).
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
-    let upper = xs.get(xs.len() / 2).copied().unwrap_or_default();
-    match xs.len() {
-        n if n % 2 == 0 && n > 0 => (xs[n / 2 - 1] + upper) / 2,
-        _ => upper,
+    let n = xs.len();
+    match n {
+        0 => Duration::ZERO,
+        _ if n.is_multiple_of(2) => (xs[n / 2 - 1] + xs[n / 2]) / 2,
+        _ => xs[n / 2],
     }
 }
 
