@@ -598,7 +598,7 @@ fn startup(options: &BenchOptions, sluice: &Sluice, work: &Path) -> BenchResult<
         }
         let host = bench_host(sluice, &staging, &config, &events)?;
         let clock = Instant::now();
-        let mut store = fresh_engine.store(host);
+        let (mut store, _ticking) = fresh_engine.store(host);
         loaded.pre.instantiate(&mut store)?;
         instantiate.push(clock.elapsed());
     }
@@ -787,7 +787,7 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
         let mut host = bench_host(&sluice, &staging, &config, &events)?;
         host.python_code = capabilities::PythonCode(loaded[1].python.clone());
         let clock = Instant::now();
-        let mut store = fresh_engine.store(host);
+        let (mut store, _ticking) = fresh_engine.store(host);
         loaded[1].pre.instantiate(&mut store)?;
         instantiate.push(clock.elapsed());
 
@@ -797,7 +797,7 @@ fn python_startup(options: &BenchOptions, work: &Path) -> BenchResult<()> {
             let mut host = bench_host(&sluice, &staging, &config, &events)?;
             host.python_code = capabilities::PythonCode(code);
             let clock = Instant::now();
-            let mut store = fresh_engine.store(host);
+            let (mut store, _ticking) = fresh_engine.store(host);
             let task = loaded[0].pre.instantiate(&mut store)?;
             let output = task.call_run(&mut store, noop)?;
             let took = clock.elapsed();

@@ -17,6 +17,7 @@
 //! prepares it, compiled once and shared by every Python task, and keeps
 //! the sources for each instance.
 
+mod epoch;
 mod function_cache;
 mod sealed;
 
@@ -25,7 +26,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -36,6 +37,8 @@ use crate::bindings::TaskPre;
 use crate::capabilities::TaskHost;
 use crate::home::Home;
 use crate::python_package::{self, PackageError, PythonPackage, StoredPackageError};
+use epoch::EpochTicker;
+pub use epoch::Ticking;
 use function_cache::FunctionCache;
 pub use sealed::SealedCode;
 use sealed::Unsealed;
@@ -296,7 +299,7 @@ pub struct Engine {
     /// The runtime component's digest of each Python task prepared, by the
     /// task's digest.
     runtimes: Mutex<HashMap<String, String>>,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 impl Engine {
@@ -324,7 +327,9 @@ impl Engine {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
-        let ticker = EpochTicker::start(engine.clone()).map_err(EngineError::Ticker)?;
+        let ticking = engine.clone();
+        let ticker = EpochTicker::start(EPOCH_TICK, move || ticking.increment_epoch())
+            .map_err(EngineError::Ticker)?;
         Ok(Self {
             engine,
             linker,
@@ -335,7 +340,7 @@ impl Engine {
             loaded: Mutex::new(HashMap::new()),
             sealed: Mutex::new(HashMap::new()),
             runtimes: Mutex::new(HashMap::new()),
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -618,8 +623,10 @@ impl Engine {
         TaskPre::new(instance_pre).map_err(wrong_world)
     }
 
-    /// A store for one try, with its memory limit and deadline armed.
-    pub fn store(&self, host: TaskHost) -> Store<TaskHost> {
+    /// A store for one try, with its memory limit and deadline armed, and
+    /// the guard that keeps the epoch (and so the deadline) advancing: keep
+    /// it while the store runs guest code.
+    pub fn store(&self, host: TaskHost) -> (Store<TaskHost>, Ticking) {
         let deadline = host.deadline.clone();
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limiter);
@@ -631,7 +638,7 @@ impl Engine {
                 Ok(UpdateDeadline::Continue(1))
             }
         });
-        store
+        (store, self.ticker.hold())
     }
 }
 
@@ -662,48 +669,4 @@ fn read_package(digest: &str, blob: &Path) -> Result<Option<PythonPackage>, Engi
 /// A component binary starts with the wasm magic and layer 1 (version 0x0d).
 fn is_component(bytes: &[u8]) -> bool {
     bytes.starts_with(WASM_MAGIC) && bytes.get(4..8) == Some(&[0x0d, 0x00, 0x01, 0x00])
-}
-
-/// Advances the engine epoch every [`EPOCH_TICK`] until dropped. Dropping it
-/// wakes the thread instead of waiting out its tick: a worker process drops
-/// its engine on the way out, and the parent waits for that exit.
-struct EpochTicker {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    fn start(engine: wasmtime::Engine) -> std::io::Result<Self> {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("sluice-epoch".into())
-            .spawn(move || {
-                let mut next = Instant::now() + EPOCH_TICK;
-                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    let now = Instant::now();
-                    if now < next {
-                        // Woken early by `drop` (or spuriously): look at the flag again.
-                        std::thread::park_timeout(next - now);
-                        continue;
-                    }
-                    engine.increment_epoch();
-                    next = now + EPOCH_TICK;
-                }
-            })?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
-    }
 }

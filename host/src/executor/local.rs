@@ -369,11 +369,13 @@ fn run_blocking(
         wasi,
     );
     host.python_code = PythonCode(prepared.python.clone());
-    let mut store = engine.store(host);
+    let (mut store, ticking) = engine.store(host);
     let result = prepared
         .pre
         .instantiate(&mut store)
         .and_then(|task| task.call_run(&mut store, &input));
+    // No guest code runs from here on.
+    drop(ticking);
     let host = store.into_data();
     let mut log = host.log;
     if let Some(thread) = host.sql.close() {
